@@ -1,0 +1,109 @@
+"""Ranking policies: which request goes first. Lower ``sort_key`` = served first.
+
+* ``fcfs``     — arrival order.
+* ``priority`` — the client's priority (higher first; changeable while the request lives), then
+  arrival.
+* ``vtc``      — Virtual Token Counter (Sheng et al., OSDI'24): a counter per tenant grows by the
+  service it receives (prompt tokens x ``w_prompt``, output tokens x ``w_output``, divided by the
+  tenant's weight); the least-served tenant goes first; a tenant that becomes active is lifted to
+  the smallest counter among the active tenants, so idling earns no credit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from scheduler_svc.request import Request
+
+
+class Policy(Protocol):
+    name: str
+
+    def sort_key(self, req: Request) -> tuple[float, ...]: ...
+
+    def on_activate(self, tenant: str, active: Mapping[str, int]) -> None:
+        """`tenant` had no live request and now has one; `active` counts live requests."""
+
+    def on_served(self, tenant: str, prompt_tokens: int, output_tokens: int) -> None: ...
+
+    def counter(self, tenant: str) -> float: ...
+
+
+class FcfsPolicy:
+    name = "fcfs"
+
+    def sort_key(self, req: Request) -> tuple[float, ...]:
+        return (req.arrival_s, req.seq)
+
+    def on_activate(self, tenant: str, active: Mapping[str, int]) -> None:
+        return None
+
+    def on_served(self, tenant: str, prompt_tokens: int, output_tokens: int) -> None:
+        return None
+
+    def counter(self, tenant: str) -> float:
+        return 0.0
+
+
+class PriorityPolicy(FcfsPolicy):
+    name = "priority"
+
+    def sort_key(self, req: Request) -> tuple[float, ...]:
+        return (-req.priority, req.arrival_s, req.seq)
+
+
+class VtcPolicy:
+    name = "vtc"
+
+    def __init__(
+        self,
+        *,
+        w_prompt: float = 1.0,
+        w_output: float = 2.0,
+        tenant_weights: Mapping[str, float] | None = None,
+    ) -> None:
+        if w_prompt < 0 or w_output < 0 or w_prompt + w_output == 0:
+            raise ValueError(f"VTC weights must be >= 0 and not both 0: {w_prompt}, {w_output}")
+        weights = dict(tenant_weights or {})
+        for tenant, w in weights.items():
+            if w <= 0:
+                raise ValueError(f"tenant weight must be > 0: {tenant}={w}")
+        self.w_prompt = w_prompt
+        self.w_output = w_output
+        self._weights = weights
+        self._counters: dict[str, float] = {}
+
+    def weight(self, tenant: str) -> float:
+        return self._weights.get(tenant, 1.0)
+
+    def counter(self, tenant: str) -> float:
+        return self._counters.get(tenant, 0.0)
+
+    def sort_key(self, req: Request) -> tuple[float, ...]:
+        return (self.counter(req.tenant), req.arrival_s, req.seq)
+
+    def on_activate(self, tenant: str, active: Mapping[str, int]) -> None:
+        others = [self.counter(t) for t, n in active.items() if n > 0 and t != tenant]
+        if others:
+            self._counters[tenant] = max(self.counter(tenant), min(others))
+
+    def on_served(self, tenant: str, prompt_tokens: int, output_tokens: int) -> None:
+        cost = prompt_tokens * self.w_prompt + output_tokens * self.w_output
+        self._counters[tenant] = self.counter(tenant) + cost / self.weight(tenant)
+
+
+def make_policy(
+    name: str,
+    *,
+    w_prompt: float = 1.0,
+    w_output: float = 2.0,
+    tenant_weights: Mapping[str, float] | None = None,
+) -> Policy:
+    if name == "fcfs":
+        return FcfsPolicy()
+    if name == "priority":
+        return PriorityPolicy()
+    if name == "vtc":
+        return VtcPolicy(w_prompt=w_prompt, w_output=w_output, tenant_weights=tenant_weights)
+    raise ValueError(f"unknown policy {name!r} (choose fcfs, priority or vtc)")

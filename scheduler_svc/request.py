@@ -1,0 +1,113 @@
+"""Per-request state kept by the scheduler: the one place a request's truth lives.
+
+Life cycle (DESIGN.md)::
+
+    WAITING ──admit──▶ RUNNING (prefilling ⇄ decoding) ──▶ FINISHED
+       ▲                  │  ▲
+       │ recompute        │  └──────── SWAPPING_IN ◀── SWAPPED ◀── SWAPPING_OUT ◀┘ (swap)
+       └──────────────────┘
+
+KV is a cache: ``prompt_ids + output_ids`` are always enough to rebuild a request from nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class Status(enum.IntEnum):
+    """Ordered so that ``status >= Status.FINISHED`` means done."""
+
+    WAITING = 0
+    RUNNING = 1
+    SWAPPING_OUT = 2
+    SWAPPED = 3
+    SWAPPING_IN = 4
+    FINISHED = 5
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """What a worker needs to sample a request's tokens (validated at the edge)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationLimits:
+    max_tokens: int
+    stop_token_ids: frozenset[int] = frozenset()
+    ignore_eos: bool = False
+
+
+@dataclass(slots=True)
+class Request:
+    """Mutable state of one request. ``seq`` is its numeric handle on the step stream."""
+
+    request_id: str
+    seq: int
+    tenant: str
+    prompt_ids: list[int]
+    sampling: Sampling
+    limits: GenerationLimits
+    arrival_s: float
+    priority: int = 0
+    status: Status = Status.WAITING
+    output_ids: list[int] = field(default_factory=list)
+    worker_id: str | None = None
+    # Tokens of prompt_ids + output_ids whose KV is in the worker's pool.
+    num_computed: int = 0
+    # The worker holds this request's execution state (SeqStart sent, no drop since).
+    resident: bool = False
+    # The worker sampled the newest token itself, so the next step may simply decode it.
+    decode_ready: bool = False
+    # Prompt tokens already charged to the tenant by the fairness policy.
+    prompt_charged: int = 0
+    finish_reason: FinishReason | None = None
+    finish_message: str = ""
+    # Timing and counters, reported in RequestMetrics.
+    first_scheduled_s: float | None = None
+    token_times: list[float] = field(default_factory=list)
+    finished_s: float | None = None
+    preemptions: int = 0
+    swap_outs: int = 0
+    swap_ins: int = 0
+    recomputes: int = 0
+    cached_prompt_tokens: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status >= Status.FINISHED
+
+    def token_at(self, start: int, stop: int) -> list[int]:
+        """Token ids ``[start, stop)`` of prompt + output, without building the whole list."""
+        n_prompt = len(self.prompt_ids)
+        if stop <= n_prompt:
+            return self.prompt_ids[start:stop]
+        if start >= n_prompt:
+            return self.output_ids[start - n_prompt : stop - n_prompt]
+        return self.prompt_ids[start:] + self.output_ids[: stop - n_prompt]
+
+
+class TokenEvent(NamedTuple):
+    """New tokens of a request from one step; ``finished`` is set on its last event."""
+
+    request: Request
+    token_ids: tuple[int, ...]
+    finished: bool
