@@ -26,7 +26,8 @@ class BlockRun(NamedTuple):
     """``count`` adjacent blocks ``[start, start + count)``."""
 
     start: int
-    count: int
+    # Shadows tuple.count() on purpose: the field name is part of the shared API.
+    count: int  # type: ignore[assignment]
 
     @property
     def stop(self) -> int:
@@ -211,7 +212,7 @@ class RunAllocator:
             length = self._len_by_start.get(s)
             assert length is not None, f"start {s} missing from the length map"
             assert length >= 1, f"empty free run at {s}"
-            assert 0 <= s and s + length <= self._num_blocks, f"free run {s}+{length} out of range"
+            assert s >= 0 and s + length <= self._num_blocks, f"free run {s}+{length} out of range"
             assert self._start_by_stop.get(s + length) == s, f"stop index wrong for run at {s}"
             if prev_stop is not None:
                 assert prev_stop <= s, f"free runs overlap or unsorted at {s}"
@@ -230,9 +231,7 @@ class RunAllocator:
 
     def _check_range(self, start: int, count: int) -> None:
         if start < 0 or start + count > self._num_blocks:
-            raise ValueError(
-                f"run [{start}, {start + count}) outside [0, {self._num_blocks})"
-            )
+            raise ValueError(f"run [{start}, {start + count}) outside [0, {self._num_blocks})")
 
     def _best_fit(self, length: int) -> int | None:
         """Start of the shortest free run of at least ``length`` blocks (lowest start on ties)."""
