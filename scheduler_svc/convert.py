@@ -1,0 +1,130 @@
+"""Conversions between proto messages and the scheduler's plain data (used by servicers only)."""
+
+from __future__ import annotations
+
+import itertools
+
+from proto import scheduler_pb2 as api
+from proto import worker_pb2 as wk
+from scheduler_svc.frontend import NewRequest
+from scheduler_svc.plan import StepOutput, StepPlan, SwapOrder
+from scheduler_svc.request import FinishReason, Request, Sampling
+from scheduler_svc.workers import WorkerInfo
+from servekit.runs import BlockRun
+
+FINISH = {
+    FinishReason.STOP: api.FINISH_REASON_STOP,
+    FinishReason.LENGTH: api.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: api.FINISH_REASON_CANCELLED,
+    FinishReason.ABORTED: api.FINISH_REASON_ABORTED,
+}
+
+
+def new_request(msg: api.GenerateRequest) -> NewRequest:
+    s = msg.sampling
+    which = msg.WhichOneof("prompt")
+    return NewRequest(
+        prompt_text=msg.text if which == "text" else None,
+        prompt_ids=list(msg.token_ids.ids) if which == "token_ids" else None,
+        max_tokens=s.max_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p or 1.0,
+        top_k=s.top_k,
+        seed=s.seed if s.HasField("seed") else None,
+        stop_token_ids=tuple(s.stop_token_ids),
+        ignore_eos=s.ignore_eos,
+        tenant=msg.tenant or "default",
+        priority=msg.priority,
+        request_id=msg.request_id or None,
+    )
+
+
+def metrics(req: Request) -> api.RequestMetrics:
+    times = req.token_times
+    out = api.RequestMetrics(
+        prompt_tokens=len(req.prompt_ids),
+        cached_prompt_tokens=req.cached_prompt_tokens,
+        preemptions=req.preemptions,
+        swap_outs=req.swap_outs,
+        swap_ins=req.swap_ins,
+        recomputes=req.recomputes,
+    )
+    if req.first_scheduled_s is not None:
+        out.queue_s = req.first_scheduled_s - req.arrival_s
+    if times:
+        out.ttft_s = times[0] - req.arrival_s
+        out.tbt_s.extend(b - a for a, b in itertools.pairwise(times))
+    if req.finished_s is not None:
+        out.e2e_s = req.finished_s - req.arrival_s
+    return out
+
+
+def worker_info(hello: wk.WorkerHello) -> WorkerInfo:
+    return WorkerInfo(
+        worker_id=hello.worker_id,
+        num_blocks=hello.num_blocks,
+        block_size=hello.block_size,
+        block_bytes=hello.block_bytes,
+        max_model_len=hello.max_model_len,
+        device=hello.device,
+        address=hello.address,
+    )
+
+
+def _runs(runs: tuple[BlockRun, ...]) -> list[wk.Run]:
+    return [wk.Run(start=r.start, count=r.count) for r in runs]
+
+
+def _sampling(s: Sampling) -> wk.WorkerSampling:
+    out = wk.WorkerSampling(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+    if s.seed is not None:
+        out.seed = s.seed
+    return out
+
+
+def _copies(order: SwapOrder) -> list[wk.RunCopy]:
+    return [
+        wk.RunCopy(device_start=c.device_start, host_start=c.host_start, count=c.count)
+        for c in order.copies
+    ]
+
+
+def plan_to_proto(plan: StepPlan) -> wk.StepPlan:
+    msg = wk.StepPlan(step_id=plan.step_id, decode=plan.decode, drop=plan.drop)
+    for s in plan.start:
+        start = msg.start.add(
+            seq=s.seq,
+            sampling=_sampling(s.sampling),
+            position=s.position,
+            num_generated=s.num_generated,
+            blocks=_runs(s.blocks),
+        )
+        if s.last_token is not None:
+            start.last_token = s.last_token
+    for a in plan.append:
+        msg.append.add(seq=a.seq, blocks=_runs(a.blocks))
+    for c in plan.prefill:
+        msg.prefill.add(seq=c.seq, token_ids=c.token_ids, sample=c.sample)
+    for o in plan.swap_in:
+        msg.swap_in.add(seq=o.seq, copies=_copies(o), lease_id=o.lease_id)
+    for o in plan.swap_out:
+        msg.swap_out.add(
+            seq=o.seq, copies=_copies(o), lease_id=o.lease_id, block_hashes=o.block_hashes
+        )
+    msg.cancel_swap_out.extend(plan.cancel_swap_out)
+    return msg
+
+
+def output_from_proto(msg: wk.StepResult) -> StepOutput:
+    return StepOutput(
+        step_id=msg.step_id,
+        sampled=dict(zip(msg.seqs, msg.tokens, strict=True)),
+        swap_out_done=tuple(msg.swap_out_done),
+        swap_in_done=tuple(msg.swap_in_done),
+        swap_out_cancelled=tuple(msg.swap_out_cancelled),
+        errors={e.seq: e.message for e in msg.errors},
+        forward_s=msg.timing.forward_s,
+        step_s=msg.timing.step_s,
+        swap_out_bytes=msg.swap_out_bytes,
+        swap_in_bytes=msg.swap_in_bytes,
+    )

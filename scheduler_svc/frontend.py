@@ -1,0 +1,230 @@
+"""The scheduler's asyncio layer over the core: request streams in, step sessions out. No gRPC.
+
+* ``open`` validates and tokenizes at the edge, queues the request and returns its event stream;
+  ``close`` ends a stream (cancelling the request if the client left before it finished).
+* ``worker_session`` drives one worker: plan → exchange → update, until the worker leaves; then
+  its requests are queued again and recomputed elsewhere (KV is a cache, no request is lost).
+
+All state changes happen on the event loop thread, so the core needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from scheduler_svc.core import SchedulerCore, SchedulingError
+from scheduler_svc.plan import StepOutput, StepPlan
+from scheduler_svc.request import GenerationLimits, Request, Sampling, TokenEvent
+from scheduler_svc.workers import WorkerInfo
+from servekit.tokenizer import Tokenizer
+from servekit.validation import validate_generation, validate_sampling
+
+log = logging.getLogger(__name__)
+
+_TENANT = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
+
+Exchange = Callable[[StepPlan], Awaitable[StepOutput]]
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A request as the public API received it, before validation."""
+
+    prompt_text: str | None
+    prompt_ids: list[int] | None
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    tenant: str = "default"
+    priority: int = 0
+    request_id: str | None = None
+
+
+class RequestStream:
+    """Events of one request, in order; the last one has ``finished`` set."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+
+    def put(self, event: TokenEvent) -> None:
+        self._queue.put_nowait(event)
+
+    async def next(self) -> TokenEvent:
+        return await self._queue.get()
+
+    def drain_ready(self) -> list[TokenEvent]:
+        out: list[TokenEvent] = []
+        while not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        return out
+
+
+class Frontend:
+    def __init__(
+        self,
+        core: SchedulerCore,
+        tokenizer: Tokenizer,
+        *,
+        vocab_size: int,
+        max_model_len: int,
+        max_tokens_limit: int,
+        tenants: Mapping[str, float] | None = None,
+    ) -> None:
+        self.core = core
+        self.tokenizer = tokenizer
+        self._vocab_size = vocab_size
+        self._max_model_len = max_model_len
+        self._max_tokens_limit = max_tokens_limit
+        self._tenants = dict(tenants) if tenants else None
+        self._streams: dict[str, RequestStream] = {}
+        self._changed = asyncio.Condition()
+        self._version = 0
+        self._closing = False
+        self.on_step: Callable[[str, StepPlan, StepOutput], None] | None = None
+
+    # ---------------------------------------------------------------- requests
+
+    def prepare(self, new: NewRequest) -> tuple[list[int], Sampling, GenerationLimits, str]:
+        """Validates and tokenizes; ValueError with the offending value otherwise."""
+        tenant = new.tenant or "default"
+        if not _TENANT.match(tenant):
+            raise ValueError(f"tenant must be 1-64 characters of [A-Za-z0-9_.:@-], got {tenant!r}")
+        if self._tenants is not None and tenant not in self._tenants:
+            raise ValueError(f"unknown tenant {tenant!r} (configured: {sorted(self._tenants)})")
+        if (new.prompt_text is None) == (new.prompt_ids is None):
+            raise ValueError("give exactly one of prompt text or prompt token ids")
+        if new.max_tokens > self._max_tokens_limit:
+            raise ValueError(
+                f"max_tokens must be <= {self._max_tokens_limit}, got {new.max_tokens}"
+            )
+        if new.prompt_text is not None:
+            prompt_ids = self.tokenizer.encode(new.prompt_text)
+        else:
+            prompt_ids = list(new.prompt_ids or [])
+        validate_generation(
+            prompt_ids,
+            new.max_tokens,
+            vocab_size=self._vocab_size,
+            max_model_len=self._max_model_len,
+        )
+        validate_sampling(new.temperature, new.top_p, new.top_k, new.seed)
+        for t in new.stop_token_ids:
+            if not 0 <= t < self._vocab_size:
+                raise ValueError(
+                    f"stop token id {t} is outside the vocabulary [0, {self._vocab_size})"
+                )
+        sampling = Sampling(new.temperature, new.top_p, new.top_k, new.seed)
+        limits = GenerationLimits(
+            max_tokens=new.max_tokens,
+            stop_token_ids=frozenset(new.stop_token_ids),
+            ignore_eos=new.ignore_eos,
+        )
+        return prompt_ids, sampling, limits, tenant
+
+    async def open(self, new: NewRequest) -> RequestStream:
+        """Queues a request. Raises ValueError (bad input) or SchedulingError (cannot fit)."""
+        if self._closing:
+            raise ConnectionAbortedError("the scheduler is shutting down")
+        if not self.core.workers:
+            raise ConnectionRefusedError("no worker has joined yet")
+        prompt_ids, sampling, limits, tenant = self.prepare(new)
+        req = self.core.submit(
+            prompt_ids=prompt_ids,
+            sampling=sampling,
+            limits=limits,
+            tenant=tenant,
+            priority=new.priority,
+            request_id=new.request_id,
+        )
+        stream = RequestStream(req)
+        self._streams[req.request_id] = stream
+        await self._notify()
+        return stream
+
+    async def close(self, stream: RequestStream) -> None:
+        """Ends a stream; a request still live (the client left) is cancelled and freed."""
+        req = stream.request
+        if not req.is_finished:
+            self.core.cancel(req.request_id)
+            log.info("client left; request cancelled", extra={"request": req.request_id})
+            await self._notify()
+        self._streams.pop(req.request_id, None)
+        self.core.forget(req.request_id)
+
+    async def cancel(self, request_id: str) -> bool:
+        event = self.core.cancel(request_id)
+        if event is None:
+            if self.core.get(request_id) is None:
+                raise KeyError(request_id)
+            return False
+        self._dispatch([event])
+        await self._notify()
+        return True
+
+    async def set_priority(self, request_id: str, priority: int) -> None:
+        if not self.core.set_priority(request_id, priority):
+            raise KeyError(request_id)
+        await self._notify()
+
+    def _dispatch(self, events: list[TokenEvent]) -> None:
+        for event in events:
+            stream = self._streams.get(event.request.request_id)
+            if stream is not None:
+                stream.put(event)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
+    # ----------------------------------------------------------------- workers
+
+    async def worker_session(self, info: WorkerInfo, exchange: Exchange) -> None:
+        """Runs one worker until its stream ends (or this task is cancelled)."""
+        try:
+            self.core.add_worker(info)
+        except SchedulingError:
+            raise
+        await self._notify()
+        wid = info.worker_id
+        try:
+            while not self._closing:
+                seen = self._version
+                plan = self.core.schedule(wid)
+                if plan is None:
+                    await self._wait_for_change(seen)
+                    continue
+                output = await exchange(plan)
+                self._dispatch(self.core.update_from_output(wid, output))
+                if self.on_step is not None:
+                    self.on_step(wid, plan, output)
+        finally:
+            requeued = self.core.remove_worker(wid)
+            if requeued:
+                log.warning("worker left with requests", extra={"worker": wid, "n": requeued})
+            await self._notify()
+
+    async def _wait_for_change(self, seen: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._version != seen or self._closing)
+
+    async def shutdown(self) -> None:
+        """Stops sessions from planning further and ends every open stream as aborted."""
+        self._closing = True
+        for stream in list(self._streams.values()):
+            req = stream.request
+            if not req.is_finished:
+                req.finish_message = "the scheduler is shutting down"
+                event = self.core.cancel(req.request_id)
+                if event is not None:
+                    stream.put(event)
+        await self._notify()
