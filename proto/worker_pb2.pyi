@@ -15,12 +15,20 @@ class WorkerMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., result: _Optional[_Union[StepResult, _Mapping]] = ...) -> None: ...
 
 class SchedulerMessage(_message.Message):
-    __slots__ = ("plan", "goodbye")
+    __slots__ = ("plan", "goodbye", "accepted")
     PLAN_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     plan: StepPlan
     goodbye: Goodbye
-    def __init__(self, plan: _Optional[_Union[StepPlan, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
+    accepted: Accepted
+    def __init__(self, plan: _Optional[_Union[StepPlan, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., accepted: _Optional[_Union[Accepted, _Mapping]] = ...) -> None: ...
+
+class Accepted(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
 
 class WorkerHello(_message.Message):
     __slots__ = ("worker_id", "model_fingerprint", "num_blocks", "block_size", "block_bytes", "max_model_len", "device", "address", "vocab_size")

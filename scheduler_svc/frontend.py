@@ -16,7 +16,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from scheduler_svc.core import SchedulerCore, SchedulingError
+from scheduler_svc.core import SchedulerCore
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.request import GenerationLimits, Request, Sampling, TokenEvent
 from scheduler_svc.workers import WorkerInfo
@@ -188,12 +188,15 @@ class Frontend:
 
     # ----------------------------------------------------------------- workers
 
-    async def worker_session(self, info: WorkerInfo, exchange: Exchange) -> None:
-        """Runs one worker until its stream ends (or this task is cancelled)."""
-        try:
-            self.core.add_worker(info)
-        except SchedulingError:
-            raise
+    async def worker_session(
+        self, info: WorkerInfo, exchange: Exchange, joined: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Runs one worker until its stream ends (or this task is cancelled).
+
+        Raises SchedulingError (nothing changed) if a worker of that id has already joined.
+        """
+        self.core.add_worker(info)
+        await joined()
         await self._notify()
         wid = info.worker_id
         try:

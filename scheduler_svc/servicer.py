@@ -218,8 +218,13 @@ class StepLinkServicer(wk_grpc.StepLinkServicer):
                 )
             return out
 
+        async def joined() -> None:
+            await context.write(
+                wk.SchedulerMessage(accepted=wk.Accepted(worker_id=info.worker_id))
+            )
+
         try:
-            await self._frontend.worker_session(info, exchange)
+            await self._frontend.worker_session(info, exchange, joined)
         except SchedulingError as err:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
         except ConnectionResetError as err:

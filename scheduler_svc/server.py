@@ -1,0 +1,174 @@
+"""scheduler_svc process: config from flags and environment, life cycle, ordered shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proto import scheduler_pb2_grpc as api_grpc
+from proto import worker_pb2_grpc as wk_grpc
+from scheduler_svc.core import CoreConfig, SchedulerCore
+from scheduler_svc.frontend import Frontend
+from scheduler_svc.metrics import SchedulerMetrics
+from scheduler_svc.policy import make_policy
+from scheduler_svc.servicer import FastSwitchServicer, StepLinkServicer
+from servekit.config import add_common_flags, env_default, parse_weights
+from servekit.logs import setup_logging
+from servekit.modelspec import load_model_spec
+from servekit.service import GrpcService, run
+from servekit.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("vtc", "priority", "fcfs")
+MODES = ("fastswitch", "vllm-baseline")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    listen: str
+    metrics_port: int
+    log_level: str
+    deployment_id: str
+    kvstore: str
+    model: str
+    policy: str
+    mode: str
+    core: CoreConfig
+    max_tokens_limit: int
+    tenants: tuple[tuple[str, float], ...]
+    strict_tenants: bool
+    w_prompt: float
+    w_output: float
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"--policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}")
+        if self.max_tokens_limit <= 0:
+            raise ValueError(f"--max-tokens-limit must be > 0, got {self.max_tokens_limit}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastswitch serve scheduler",
+        description="The central scheduler: public API, fairness, step plans for every worker.",
+    )
+    add_common_flags(p, listen="127.0.0.1:50051", metrics_port=9451)
+    p.add_argument("--kvstore", default=env_default("--kvstore", ""), help="KV store address")
+    p.add_argument("--model", default=env_default("--model", "tiny"), help="tiny or a HF dir")
+    p.add_argument("--policy", default=env_default("--policy", "fcfs"), choices=POLICIES)
+    p.add_argument("--mode", default=env_default("--mode", "fastswitch"), choices=MODES)
+    p.add_argument(
+        "--max-batched-tokens",
+        type=int,
+        default=env_default("--max-batched-tokens", 512),
+        help="token budget of one step (decodes + prefill chunks)",
+    )
+    p.add_argument("--max-num-seqs", type=int, default=env_default("--max-num-seqs", 64))
+    p.add_argument(
+        "--max-prefill-chunk",
+        type=int,
+        default=env_default("--max-prefill-chunk", 512),
+        help="largest prefill chunk of one request in one step",
+    )
+    p.add_argument("--growth-allowance", type=int, default=env_default("--growth-allowance", 4))
+    p.add_argument("--max-waiting", type=int, default=env_default("--max-waiting", 10_000))
+    p.add_argument("--max-tokens-limit", type=int, default=env_default("--max-tokens-limit", 4096))
+    p.add_argument(
+        "--tenants",
+        default=env_default("--tenants", ""),
+        help="NAME=WEIGHT,... fairness weights (others weigh 1)",
+    )
+    p.add_argument(
+        "--strict-tenants",
+        action="store_true",
+        help="reject tenants not named in --tenants (INVALID_ARGUMENT)",
+    )
+    p.add_argument("--vtc-prompt-weight", type=float, default=1.0)
+    p.add_argument("--vtc-output-weight", type=float, default=2.0)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
+    return SchedulerConfig(
+        listen=args.listen,
+        metrics_port=args.metrics_port,
+        log_level=args.log_level,
+        deployment_id=args.deployment_id,
+        kvstore=args.kvstore,
+        model=args.model,
+        policy=args.policy,
+        mode=args.mode,
+        core=CoreConfig(
+            max_batched_tokens=args.max_batched_tokens,
+            max_num_seqs=args.max_num_seqs,
+            max_prefill_chunk=args.max_prefill_chunk,
+            growth_allowance=args.growth_allowance,
+            max_waiting=args.max_waiting,
+        ),
+        max_tokens_limit=args.max_tokens_limit,
+        tenants=tuple(parse_weights(args.tenants).items()),
+        strict_tenants=args.strict_tenants,
+        w_prompt=args.vtc_prompt_weight,
+        w_output=args.vtc_output_weight,
+    )
+
+
+async def serve(cfg: SchedulerConfig) -> int:
+    spec = load_model_spec(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    weights = dict(cfg.tenants)
+    policy = make_policy(
+        cfg.policy, w_prompt=cfg.w_prompt, w_output=cfg.w_output, tenant_weights=weights
+    )
+    core = SchedulerCore(cfg.core, policy, eos_token_ids=spec.eos_token_ids)
+    frontend = Frontend(
+        core,
+        tokenizer,
+        vocab_size=spec.vocab_size,
+        max_model_len=spec.max_model_len,
+        max_tokens_limit=cfg.max_tokens_limit,
+        tenants=weights if cfg.strict_tenants else None,
+    )
+    service = GrpcService("scheduler", listen=cfg.listen, metrics_port=cfg.metrics_port)
+    metrics = SchedulerMetrics(service.registry)
+    frontend.on_step = lambda wid, plan, out: metrics.on_step(core, wid, plan, out)
+    service.add(
+        api_grpc.add_FastSwitchServicer_to_server,
+        FastSwitchServicer(frontend, metrics, policy=cfg.policy, mode=cfg.mode),
+        "fastswitch.v1.FastSwitch",
+    )
+    service.add(
+        wk_grpc.add_StepLinkServicer_to_server,
+        StepLinkServicer(frontend, model_fingerprint=spec.fingerprint),
+        "fastswitch.worker.v1.StepLink",
+    )
+    await service.start()
+    service.install_signal_handlers()
+    service.set_serving(True)
+    log.info("scheduler ready", extra={"model": spec.name, "policy": cfg.policy, "mode": cfg.mode})
+    await service.wait_for_signal()
+    # Ordered shutdown: NOT_SERVING, end open streams, stop accepting, drain.
+    await frontend.shutdown()
+    await service.stop(grace_s=3.0)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("scheduler", args.log_level)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as err:
+        print(f"fastswitch serve scheduler: {err}", file=sys.stderr)
+        return 2
+    return run(serve(cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""worker_svc process: load the model, allocate the KV pool, register with the KV store, join
+the scheduler and execute its step plans until SIGTERM; then shut down in order."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import grpc
+import torch
+from prometheus_client import Counter, Gauge, Histogram
+
+from proto import kvstore_pb2 as kv
+from proto import kvstore_pb2_grpc as kv_grpc
+from proto import worker_pb2 as wk
+from proto import worker_pb2_grpc as wk_grpc
+from servekit import shm
+from servekit.config import add_common_flags, env_default
+from servekit.logs import setup_logging
+from servekit.service import GrpcService, run
+from worker_svc.engine import Engine
+from worker_svc.executor import StepExecutor
+from worker_svc.kv_pool import KVPool
+from worker_svc.link import LinkRejected, SchedulerLink
+from worker_svc.loader import load_model
+from worker_svc.servicer import WorkerServicer
+from worker_svc.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    listen: str
+    metrics_port: int
+    log_level: str
+    deployment_id: str
+    scheduler: str
+    kvstore: str
+    model: str
+    device: str
+    dtype: str
+    device_kv_blocks: int | None
+    device_kv_fraction: float
+    block_size: int
+    worker_id: str
+    advertise: str
+    threads: int
+
+    def __post_init__(self) -> None:
+        if not self.scheduler:
+            raise ValueError("--scheduler is required (the scheduler's address)")
+        if self.device_kv_blocks is not None and self.device_kv_blocks <= 0:
+            raise ValueError(f"--device-kv-blocks must be > 0, got {self.device_kv_blocks}")
+        if not 0 < self.device_kv_fraction <= 1:
+            raise ValueError(
+                f"--device-kv-fraction must be in (0, 1], got {self.device_kv_fraction}"
+            )
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"--block-size must be a power of two, got {self.block_size}")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(
+                f"--dtype must be auto or one of {sorted(_DTYPES)}, got {self.dtype!r}"
+            )
+        shm.check_name(f"{shm.PREFIX}{self.deployment_id}-pool-{self.worker_id}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastswitch serve worker",
+        description="One worker per accelerator: runs the model over its device KV pool.",
+    )
+    add_common_flags(p, listen="127.0.0.1:50071", metrics_port=9471)
+    p.add_argument("--scheduler", default=env_default("--scheduler", ""), help="scheduler address")
+    p.add_argument("--kvstore", default=env_default("--kvstore", ""), help="KV store address")
+    p.add_argument("--model", default=env_default("--model", "tiny"), help="tiny or a HF dir")
+    p.add_argument(
+        "--device", default=env_default("--device", "auto"), help="auto, cpu, cuda or cuda:N"
+    )
+    p.add_argument("--dtype", default=env_default("--dtype", "auto"))
+    p.add_argument(
+        "--device-kv-blocks",
+        type=int,
+        default=env_default("--device-kv-blocks", None),
+        help="KV pool size in blocks (default: CPU 1024; CUDA from --device-kv-fraction)",
+    )
+    p.add_argument(
+        "--device-kv-fraction",
+        type=float,
+        default=env_default("--device-kv-fraction", 0.8),
+        help="share of free GPU memory for the KV pool after the model is loaded",
+    )
+    p.add_argument("--block-size", type=int, default=env_default("--block-size", 16))
+    p.add_argument(
+        "--worker-id", default=env_default("--worker-id", f"{socket.gethostname()}-{os.getpid()}")
+    )
+    p.add_argument(
+        "--advertise",
+        default=env_default("--advertise", ""),
+        help="address others use to reach this worker (default: --listen)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=env_default("--threads", 0),
+        help="torch CPU threads (0: torch's default)",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    return WorkerConfig(
+        listen=args.listen,
+        metrics_port=args.metrics_port,
+        log_level=args.log_level,
+        deployment_id=args.deployment_id,
+        scheduler=args.scheduler,
+        kvstore=args.kvstore,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        device_kv_blocks=None if args.device_kv_blocks is None else int(args.device_kv_blocks),
+        device_kv_fraction=args.device_kv_fraction,
+        block_size=args.block_size,
+        worker_id=args.worker_id,
+        advertise=args.advertise or args.listen,
+        threads=args.threads,
+    )
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available")
+    return device
+
+
+class DevicePool:
+    """The device KV pool and how another process maps it.
+
+    CPU: a shared-memory file ``fastswitch-<deployment>-pool-<worker>`` (removed on close).
+    CUDA: device memory exported as a CUDA IPC handle (pickled rebuild arguments).
+    """
+
+    def __init__(self, cfg: WorkerConfig, spec, model) -> None:  # type: ignore[no-untyped-def]
+        device, dtype = model.device, model.dtype
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        block_bytes = spec.block_bytes(cfg.block_size, itemsize)
+        num_blocks = cfg.device_kv_blocks or self._default_blocks(cfg, device, block_bytes)
+        shape = (num_blocks, spec.num_layers, 2, cfg.block_size, spec.num_kv_heads, spec.head_dim)
+        self._buf: shm.SharedBuffer | None = None
+        if device.type == "cpu":
+            name = f"{shm.PREFIX}{cfg.deployment_id}-pool-{cfg.worker_id}"
+            if shm.remove_stale(name):
+                log.warning("removed a stale pool file", extra={"shm": name})
+            self._buf = shm.create(name, num_blocks * block_bytes, prefault=True)
+            tensor = self._buf.as_tensor(dtype, shape)
+            self.kind, self.handle = "shm", name.encode()
+        else:
+            tensor = torch.zeros(shape, dtype=dtype, device=device)
+            self.kind, self.handle = "cuda_ipc", _cuda_ipc_handle(tensor)
+        self.pool = KVPool(
+            num_blocks=num_blocks,
+            num_layers=spec.num_layers,
+            block_size=cfg.block_size,
+            num_kv_heads=spec.num_kv_heads,
+            head_dim=spec.head_dim,
+            dtype=dtype,
+            device=device,
+            tensor=tensor,
+        )
+
+    @staticmethod
+    def _default_blocks(cfg: WorkerConfig, device: torch.device, block_bytes: int) -> int:
+        if device.type == "cpu":
+            return 1024
+        free, _total = torch.cuda.mem_get_info(device)
+        return max(1, int(free * cfg.device_kv_fraction) // block_bytes)
+
+    def close(self) -> None:
+        """Removes the shared-memory file (CPU) first, so nothing outlives the process; the
+        mapping itself goes when the last tensor over it does (at the latest, at exit)."""
+        if self._buf is not None:
+            self._buf.unlink()
+            try:
+                self._buf.close()
+            except BufferError:
+                log.debug("pool tensors still alive; unmapped at exit")
+            self._buf = None
+
+
+def _cuda_ipc_handle(tensor: torch.Tensor) -> bytes:
+    import pickle
+
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    _rebuild, args = reduce_tensor(tensor)
+    return pickle.dumps(args)
+
+
+async def _register(cfg: WorkerConfig, spec, pool: DevicePool) -> None:  # type: ignore[no-untyped-def]
+    """Registers the worker and its pool with the node's KV store (swaps need the arena)."""
+    async with grpc.aio.insecure_channel(cfg.kvstore) as channel:
+        resp = await kv_grpc.KVStoreStub(channel).RegisterWorker(
+            kv.RegisterWorkerRequest(
+                worker_id=cfg.worker_id,
+                model_fingerprint=spec.fingerprint,
+                block_bytes=pool.pool.block_bytes,
+                device=str(pool.pool.device),
+                pool_kind=pool.kind,
+                pool_handle=pool.handle,
+                pool_blocks=pool.pool.num_blocks,
+            ),
+            timeout=30,
+        )
+    log.info(
+        "registered with the KV store",
+        extra={"arena": resp.arena_name, "host_blocks": resp.num_host_blocks},
+    )
+
+
+async def _unregister(cfg: WorkerConfig) -> None:
+    async with grpc.aio.insecure_channel(cfg.kvstore) as channel:
+        try:
+            await kv_grpc.KVStoreStub(channel).UnregisterWorker(
+                kv.UnregisterWorkerRequest(worker_id=cfg.worker_id), timeout=5
+            )
+        except grpc.aio.AioRpcError as err:
+            log.warning("could not unregister", extra={"why": err.code().name})
+
+
+async def serve(cfg: WorkerConfig) -> int:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg.device)
+    spec, model = load_model(cfg.model, device=device, dtype=_DTYPES.get(cfg.dtype))
+    pool = DevicePool(cfg, spec, model)
+    executor = StepExecutor(Engine(model, spec, pool.pool))
+    telemetry = Telemetry(str(device))
+    service = GrpcService("worker", listen=cfg.listen, metrics_port=cfg.metrics_port)
+    steps = Counter("fastswitch_worker_steps", "Steps executed", registry=service.registry)
+    step_s = Histogram("fastswitch_worker_step_seconds", "Step time", registry=service.registry)
+    live = Gauge("fastswitch_worker_live_seqs", "Sequences resident", registry=service.registry)
+
+    def on_step(result: wk.StepResult) -> None:
+        steps.inc()
+        step_s.observe(result.timing.step_s)
+        live.set(executor.engine.num_seqs)
+
+    def snapshot() -> wk.WorkerStatsResponse:
+        out = wk.WorkerStatsResponse(
+            worker_id=cfg.worker_id,
+            device=str(device),
+            num_blocks=pool.pool.num_blocks,
+            live_seqs=executor.engine.num_seqs,
+            steps=executor.steps,
+            gpu=telemetry.unavailable or "",
+        )
+        gpu = telemetry.read()
+        if gpu is not None:
+            out.gpu = gpu.name
+            out.gpu_util = gpu.utilization
+            out.gpu_mem_used = gpu.memory_used
+            out.gpu_mem_total = gpu.memory_total
+        return out
+
+    service.add(
+        wk_grpc.add_WorkerServicer_to_server,
+        WorkerServicer(snapshot),
+        "fastswitch.worker.v1.Worker",
+    )
+    hello = wk.WorkerHello(
+        worker_id=cfg.worker_id,
+        model_fingerprint=spec.fingerprint,
+        num_blocks=pool.pool.num_blocks,
+        block_size=cfg.block_size,
+        block_bytes=pool.pool.block_bytes,
+        max_model_len=spec.max_model_len,
+        device=str(device),
+        address=cfg.advertise,
+        vocab_size=spec.vocab_size,
+    )
+    stop = asyncio.Event()
+    link = SchedulerLink(
+        cfg.scheduler, hello, executor, on_state=service.set_serving, on_step=on_step
+    )
+    code = 0
+    async with AsyncExitStack() as cleanup:
+        cleanup.callback(pool.close)
+        cleanup.callback(telemetry.close)
+        await service.start()
+        cleanup.push_async_callback(service.stop, 2.0)
+        service.install_signal_handlers()
+        if cfg.kvstore:
+            await _register(cfg, spec, pool)
+            cleanup.push_async_callback(_unregister, cfg)
+        link_task = asyncio.create_task(link.run(stop), name="scheduler-link")
+        signal_task = asyncio.create_task(service.wait_for_signal(), name="signal")
+        await asyncio.wait({link_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
+        # Ordered shutdown: NOT_SERVING, leave the scheduler, stop serving, free the pool.
+        service.set_serving(False)
+        stop.set()
+        signal_task.cancel()
+        try:
+            await link_task
+        except LinkRejected as err:
+            log.error("the scheduler rejected this worker", extra={"why": str(err)})
+            code = 3
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("worker", args.log_level)
+    try:
+        cfg = config_from_args(args)
+        return run(serve(cfg))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"fastswitch serve worker: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
