@@ -1,0 +1,288 @@
+"""The scheduler's servicers against an in-process grpc.aio server on 127.0.0.1:0, with a fake
+worker speaking the real StepLink stream (no model, no processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from proto import scheduler_pb2 as api
+from proto import scheduler_pb2_grpc as api_grpc
+from proto import worker_pb2 as wk
+from proto import worker_pb2_grpc as wk_grpc
+from scheduler_svc.core import CoreConfig, SchedulerCore
+from scheduler_svc.frontend import Frontend
+from scheduler_svc.metrics import SchedulerMetrics
+from scheduler_svc.policy import make_policy
+from scheduler_svc.servicer import FastSwitchServicer, StepLinkServicer
+from servekit.service import GrpcService
+from servekit.tokenizer import load_tokenizer
+
+FINGERPRINT = "test-model"
+VOCAB = 262
+MAX_LEN = 256
+
+
+def next_token(fed: list[int]) -> int:
+    return (
+        int.from_bytes(hashlib.blake2b(str(fed).encode(), digest_size=4).digest(), "little") % 250
+    )
+
+
+class FakeWorker:
+    """Follows plans over the real stream; its "model" hashes every token it was fed."""
+
+    def __init__(self, target: str, worker_id: str = "w0", fingerprint: str = FINGERPRINT):
+        self.target = target
+        self.hello = wk.WorkerHello(
+            worker_id=worker_id,
+            model_fingerprint=fingerprint,
+            num_blocks=32,
+            block_size=4,
+            block_bytes=16,
+            max_model_len=MAX_LEN,
+            device="cpu",
+            vocab_size=VOCAB,
+        )
+        self.fed: dict[int, list[int]] = {}
+        self.last: dict[int, int | None] = {}
+        self.joined = asyncio.Event()
+        self.step_delay_s = 0.0
+
+    def step(self, plan: wk.StepPlan) -> wk.StepResult:
+        for seq in plan.drop:
+            self.fed.pop(seq)
+        for s in plan.start:
+            self.fed[s.seq] = []
+            self.last[s.seq] = s.last_token if s.HasField("last_token") else None
+        out = wk.StepResult(step_id=plan.step_id)
+        for c in plan.prefill:
+            self.fed[c.seq].extend(c.token_ids)
+            if c.sample:
+                tok = self.last[c.seq] = next_token(self.fed[c.seq])
+                out.seqs.append(c.seq)
+                out.tokens.append(tok)
+        for seq in plan.decode:
+            self.fed[seq].append(self.last[seq])
+            tok = self.last[seq] = next_token(self.fed[seq])
+            out.seqs.append(seq)
+            out.tokens.append(tok)
+        return out
+
+    async def run(self) -> None:
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            call = wk_grpc.StepLinkStub(channel).Connect()
+            await call.write(wk.WorkerMessage(hello=self.hello))
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF or msg.HasField("goodbye"):
+                    return
+                if msg.HasField("accepted"):
+                    self.joined.set()
+                    continue
+                await asyncio.sleep(self.step_delay_s)
+                await call.write(wk.WorkerMessage(result=self.step(msg.plan)))
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[str, Frontend]]:
+    core = SchedulerCore(CoreConfig(), make_policy("fcfs"), eos_token_ids=[257])
+    frontend = Frontend(
+        core,
+        load_tokenizer("tiny"),
+        vocab_size=VOCAB,
+        max_model_len=MAX_LEN,
+        max_tokens_limit=128,
+        tenants={"a": 1.0, "b": 1.0},
+    )
+    service = GrpcService("scheduler-test", listen="127.0.0.1:0", metrics_port=None)
+    metrics = SchedulerMetrics(service.registry)
+    service.add(
+        api_grpc.add_FastSwitchServicer_to_server,
+        FastSwitchServicer(frontend, metrics, policy="fcfs", mode="fastswitch"),
+        "fastswitch.v1.FastSwitch",
+    )
+    service.add(
+        wk_grpc.add_StepLinkServicer_to_server,
+        StepLinkServicer(frontend, model_fingerprint=FINGERPRINT),
+        "fastswitch.worker.v1.StepLink",
+    )
+    await service.start()
+    service.set_serving(True)
+    try:
+        yield f"127.0.0.1:{service.bound_port}", frontend
+    finally:
+        await frontend.shutdown()
+        await service.stop(0.5)
+
+
+@pytest.fixture
+async def worker(server) -> AsyncIterator[FakeWorker]:
+    target, _ = server
+    fake = FakeWorker(target)
+    task = asyncio.create_task(fake.run())
+    await asyncio.wait_for(fake.joined.wait(), 5)
+    yield fake
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def request(prompt_ids=(1, 2, 3), max_tokens=8, tenant="a", **kw) -> api.GenerateRequest:
+    return api.GenerateRequest(
+        token_ids=api.TokenIds(ids=list(prompt_ids)),
+        sampling=api.SamplingParams(max_tokens=max_tokens, **kw),
+        tenant=tenant,
+    )
+
+
+async def collect(stub, req) -> tuple[list[int], api.GenerateChunk]:
+    tokens: list[int] = []
+    last = None
+    async for chunk in stub.Generate(req, timeout=10):
+        tokens.extend(chunk.token_ids)
+        last = chunk
+    return tokens, last
+
+
+async def test_generate_streams_tokens_with_metrics(server, worker):
+    target, _ = server
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = api_grpc.FastSwitchStub(ch)
+        results = await asyncio.gather(*(collect(stub, request((i, 5, 9), 6)) for i in range(6)))
+    for i, (tokens, last) in enumerate(results):
+        fed = [i, 5, 9]
+        expected = []
+        for _ in range(6):
+            t = next_token(fed)
+            expected.append(t)
+            fed.append(t)
+        assert tokens == expected
+        assert last.finish_reason == api.FINISH_REASON_LENGTH
+        assert last.metrics.ttft_s > 0 and len(last.metrics.tbt_s) == 5
+        assert last.metrics.prompt_tokens == 3 and last.worker_id == "w0"
+
+
+async def test_text_prompts_are_tokenized_at_the_edge(server, worker):
+    target, _ = server
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = api_grpc.FastSwitchStub(ch)
+        by_text = await collect(
+            stub,
+            api.GenerateRequest(text="hi", sampling=api.SamplingParams(max_tokens=4), tenant="a"),
+        )
+        by_ids = await collect(stub, request(list(b"hi"), 4))
+    assert by_text[0] == by_ids[0]
+
+
+@pytest.mark.parametrize(
+    ("req", "code", "fragment"),
+    [
+        (request(prompt_ids=()), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+        (request(max_tokens=0), grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+        (request(max_tokens=500), grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+        (request(prompt_ids=[1] * 300), grpc.StatusCode.INVALID_ARGUMENT, "context"),
+        (request(prompt_ids=[1, 99999]), grpc.StatusCode.INVALID_ARGUMENT, "vocabulary"),
+        (request(tenant="mallory"), grpc.StatusCode.INVALID_ARGUMENT, "unknown tenant"),
+        (request(temperature=-1), grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+        (
+            request(prompt_ids=[1] * 100, max_tokens=100),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "capacity",
+        ),
+    ],
+)
+async def test_bad_input_gets_a_status_and_the_service_keeps_serving(
+    server, worker, req, code, fragment
+):
+    target, _ = server
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = api_grpc.FastSwitchStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await collect(stub, req)
+        assert err.value.code() == code
+        assert fragment in err.value.details()
+        tokens, last = await collect(stub, request())
+        assert len(tokens) == 8
+
+
+async def test_no_worker_is_unavailable(server):
+    target, _ = server
+    async with grpc.aio.insecure_channel(target) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await collect(api_grpc.FastSwitchStub(ch), request())
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_client_leaving_mid_stream_cancels_and_frees(server, worker):
+    target, frontend = server
+    worker.step_delay_s = 0.01
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = api_grpc.FastSwitchStub(ch)
+        call = stub.Generate(request(max_tokens=100), timeout=10)
+        async for _ in call:
+            break
+        call.cancel()
+        slot = frontend.core.workers["w0"]
+        for _ in range(200):
+            if slot.allocator.num_free == slot.info.num_blocks and not worker.fed:
+                break
+            await asyncio.sleep(0.01)
+        assert slot.allocator.num_free == slot.info.num_blocks
+        assert worker.fed == {}
+        stats = await stub.GetStats(api.StatsRequest(), timeout=5)
+        assert stats.cancelled == 1 and stats.running == 0
+
+
+async def test_cancel_rpc_ends_the_stream(server, worker):
+    target, _ = server
+    worker.step_delay_s = 0.01
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = api_grpc.FastSwitchStub(ch)
+        req = request(max_tokens=100)
+        req.request_id = "r-1"
+        call = stub.Generate(req, timeout=10)
+        finish = None
+        async for chunk in call:
+            if chunk.token_ids and finish is None:
+                assert (await stub.Cancel(api.CancelRequest(request_id="r-1"))).cancelled
+            if chunk.finish_reason:
+                finish = chunk.finish_reason
+        assert finish == api.FINISH_REASON_CANCELLED
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Cancel(api.CancelRequest(request_id="nope"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_workers_of_another_model_or_a_taken_id_are_refused(server, worker):
+    target, _ = server
+    for fake, code in (
+        (FakeWorker(target, "w1", fingerprint="other"), grpc.StatusCode.FAILED_PRECONDITION),
+        (FakeWorker(target, "w0"), grpc.StatusCode.ALREADY_EXISTS),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(fake.run(), 5)
+        assert err.value.code() == code
+
+
+async def test_a_worker_leaving_mid_request_loses_nothing(server, worker):
+    target, frontend = server
+    worker.step_delay_s = 0.005
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = api_grpc.FastSwitchStub(ch)
+        expected, _ = await collect(stub, request(max_tokens=30))
+        pending = asyncio.create_task(collect(stub, request(max_tokens=30)))
+        await asyncio.sleep(0.05)
+        # w0 dies; w1 joins and recomputes the request from its token ids.
+        replacement = FakeWorker(target, "w1")
+        for task in asyncio.all_tasks():
+            if task.get_coro().__qualname__.startswith("FakeWorker.run") and task is not pending:
+                task.cancel()
+        runner = asyncio.create_task(replacement.run())
+        tokens, last = await asyncio.wait_for(pending, 10)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    assert tokens == expected and last.metrics.recomputes >= 1
