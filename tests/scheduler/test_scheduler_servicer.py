@@ -205,7 +205,7 @@ async def test_bad_input_gets_a_status_and_the_service_keeps_serving(
             await collect(stub, req)
         assert err.value.code() == code
         assert fragment in err.value.details()
-        tokens, last = await collect(stub, request())
+        tokens, _last = await collect(stub, request())
         assert len(tokens) == 8
 
 
@@ -269,7 +269,7 @@ async def test_workers_of_another_model_or_a_taken_id_are_refused(server, worker
 
 
 async def test_a_worker_leaving_mid_request_loses_nothing(server, worker):
-    target, frontend = server
+    target, _frontend = server
     worker.step_delay_s = 0.005
     async with grpc.aio.insecure_channel(target) as ch:
         stub = api_grpc.FastSwitchStub(ch)
