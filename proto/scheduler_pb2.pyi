@@ -185,7 +185,7 @@ class TenantStats(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., virtual_counter: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., waiting: _Optional[int] = ..., running: _Optional[int] = ..., finished: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("worker_id", "device", "num_blocks", "free_blocks", "running", "steps", "mean_step_s", "swap_out_bytes", "swap_in_bytes", "largest_free_run")
+    __slots__ = ("worker_id", "device", "num_blocks", "free_blocks", "running", "steps", "mean_step_s", "swap_out_bytes", "swap_in_bytes", "largest_free_run", "step_s_total", "idle_s_total", "forward_s_total")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,9 @@ class WorkerStats(_message.Message):
     SWAP_OUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     SWAP_IN_BYTES_FIELD_NUMBER: _ClassVar[int]
     LARGEST_FREE_RUN_FIELD_NUMBER: _ClassVar[int]
+    STEP_S_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    IDLE_S_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_S_TOTAL_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     device: str
     num_blocks: int
@@ -206,7 +209,10 @@ class WorkerStats(_message.Message):
     swap_out_bytes: int
     swap_in_bytes: int
     largest_free_run: int
-    def __init__(self, worker_id: _Optional[str] = ..., device: _Optional[str] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., running: _Optional[int] = ..., steps: _Optional[int] = ..., mean_step_s: _Optional[float] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., largest_free_run: _Optional[int] = ...) -> None: ...
+    step_s_total: float
+    idle_s_total: float
+    forward_s_total: float
+    def __init__(self, worker_id: _Optional[str] = ..., device: _Optional[str] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., running: _Optional[int] = ..., steps: _Optional[int] = ..., mean_step_s: _Optional[float] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., largest_free_run: _Optional[int] = ..., step_s_total: _Optional[float] = ..., idle_s_total: _Optional[float] = ..., forward_s_total: _Optional[float] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("waiting", "running", "swapped", "finished", "preemptions", "swap_outs", "swap_ins", "recomputes", "swap_out_bytes", "swap_in_bytes", "reuse_hit_tokens", "swap_bytes_avoided", "tenants", "workers", "policy", "mode", "cancelled", "failed")

@@ -125,6 +125,7 @@ def output_from_proto(msg: wk.StepResult) -> StepOutput:
         errors={e.seq: e.message for e in msg.errors},
         forward_s=msg.timing.forward_s,
         step_s=msg.timing.step_s,
+        idle_s=msg.timing.idle_s,
         swap_out_bytes=msg.swap_out_bytes,
         swap_in_bytes=msg.swap_in_bytes,
     )

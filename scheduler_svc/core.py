@@ -348,6 +348,7 @@ class SchedulerCore:
         slot.steps += 1
         slot.step_s_total += output.step_s
         slot.forward_s_total += output.forward_s
+        slot.idle_s_total += output.idle_s
         events: list[TokenEvent] = []
         for seq, message in output.errors.items():
             req = self._by_seq.get(seq)

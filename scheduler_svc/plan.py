@@ -95,5 +95,6 @@ class StepOutput:
     errors: dict[int, str] = field(default_factory=dict)
     forward_s: float = 0.0
     step_s: float = 0.0
+    idle_s: float = 0.0
     swap_out_bytes: int = 0
     swap_in_bytes: int = 0

@@ -180,6 +180,9 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
                 swap_out_bytes=slot.swap_out_bytes,
                 swap_in_bytes=slot.swap_in_bytes,
                 largest_free_run=stats.largest_free_run,
+                step_s_total=slot.step_s_total,
+                idle_s_total=slot.idle_s_total,
+                forward_s_total=slot.forward_s_total,
             )
         return out
 

@@ -39,6 +39,7 @@ class WorkerSlot:
     steps: int = 0
     step_s_total: float = 0.0
     forward_s_total: float = 0.0
+    idle_s_total: float = 0.0
     swap_out_bytes: int = 0
     swap_in_bytes: int = 0
 
