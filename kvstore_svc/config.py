@@ -1,0 +1,108 @@
+"""The KV store's one frozen config, built from flags (with FASTSWITCH_<FLAG> fallbacks)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from kvstore_svc.arena import arena_bytes_for_gib, check_deployment_id
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})")
+
+
+@dataclass(frozen=True, slots=True)
+class KVStoreConfig:
+    listen: str = "127.0.0.1:50061"
+    metrics_port: int = 9461
+    deployment_id: str = "default"
+    host_kv_gib: float = 1.0
+    lease_s: float = 30.0
+    log_level: str = "info"
+    expire_interval_s: float = 0.5
+    shutdown_grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        check_listen(self.listen)
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"--metrics-port {self.metrics_port} not in [0, 65535]")
+        check_deployment_id(self.deployment_id)
+        if not (math.isfinite(self.host_kv_gib) and self.host_kv_gib > 0):
+            raise ValueError(f"--host-kv-gib must be > 0, got {self.host_kv_gib}")
+        if not (math.isfinite(self.lease_s) and self.lease_s > 0):
+            raise ValueError(f"--lease-s must be > 0, got {self.lease_s}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"--log-level {self.log_level!r} not one of {LOG_LEVELS}")
+        if not self.expire_interval_s > 0:
+            raise ValueError(f"expire interval must be > 0, got {self.expire_interval_s}")
+
+    @property
+    def arena_bytes(self) -> int:
+        return arena_bytes_for_gib(self.host_kv_gib)
+
+
+def check_listen(listen: str) -> None:
+    """``host:port`` (port 0 = any) or ``unix:///absolute/path.sock``; else ``ValueError``."""
+    if listen.startswith("unix:"):
+        path = listen.removeprefix("unix://") if listen.startswith("unix://") else ""
+        if not path.startswith("/"):
+            raise ValueError(f"--listen {listen!r}: use unix:///absolute/path.sock")
+        return
+    match = _HOST_PORT.fullmatch(listen)
+    if match is None or int(match["port"]) > 65535:
+        raise ValueError(f"--listen {listen!r} is not host:port or unix:///path.sock")
+
+
+def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """Flags; each default comes from ``FASTSWITCH_<FLAG>`` in ``env`` when set."""
+    d = KVStoreConfig()
+
+    def default(flag: str, fallback: object) -> object:
+        return env.get("FASTSWITCH_" + flag.upper().replace("-", "_"), fallback)
+
+    p = argparse.ArgumentParser(
+        prog="fastswitch serve kvstore",
+        description="FastSwitch KV store: owns the node's shared host arena (metadata over gRPC).",
+    )
+    p.add_argument("--listen", default=default("listen", d.listen), help="host:port or unix:///p")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=default("metrics-port", d.metrics_port),
+        help="Prometheus /metrics port (0 = any free port)",
+    )
+    p.add_argument("--deployment-id", default=default("deployment-id", d.deployment_id))
+    p.add_argument(
+        "--host-kv-gib",
+        type=float,
+        default=default("host-kv-gib", d.host_kv_gib),
+        help="host arena size in GiB",
+    )
+    p.add_argument(
+        "--lease-s",
+        type=float,
+        default=default("lease-s", d.lease_s),
+        help="default lease of reservations and pins, seconds",
+    )
+    p.add_argument("--log-level", default=default("log-level", d.log_level))
+    return p
+
+
+def from_args(argv: Sequence[str] | None, env: Mapping[str, str] | None = None) -> KVStoreConfig:
+    """Parses and validates once; ``ValueError`` names the offending value.
+
+    ``argparse`` exits (status 2) on a malformed flag value, as command lines do.
+    """
+    ns = parser(os.environ if env is None else env).parse_args(argv)
+    return KVStoreConfig(
+        listen=ns.listen,
+        metrics_port=int(ns.metrics_port),
+        deployment_id=ns.deployment_id,
+        host_kv_gib=float(ns.host_kv_gib),
+        lease_s=float(ns.lease_s),
+        log_level=str(ns.log_level).lower(),
+    )

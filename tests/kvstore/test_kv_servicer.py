@@ -1,0 +1,181 @@
+"""The gRPC adapter against an in-process server on 127.0.0.1:0: flows and status codes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kvstore_factories import BLOCK_BYTES, FINGERPRINT, FakeClock
+
+from kvstore_svc.metrics import StoreCollector
+from kvstore_svc.servicer import SERVICE_NAME, KVStoreServicer
+from kvstore_svc.store import Store
+from proto import kvstore_pb2 as pb
+from proto import kvstore_pb2_grpc as pb_grpc
+from servekit.service import GrpcService
+
+NUM_BLOCKS = 16
+
+
+@dataclass(slots=True)
+class Running:
+    stub: pb_grpc.KVStoreStub
+    channel: grpc.aio.Channel
+    service: GrpcService
+    store: Store
+    clock: FakeClock
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    clock = FakeClock()
+    store = Store("fastswitch-test-arena", NUM_BLOCKS * BLOCK_BYTES, clock=clock)
+    service = GrpcService("kvstore-test", listen="127.0.0.1:0", metrics_port=None)
+    service.registry.register(StoreCollector(store))
+    service.add(pb_grpc.add_KVStoreServicer_to_server, KVStoreServicer(store), SERVICE_NAME)
+    await service.start()
+    service.set_serving(True)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.bound_port}") as channel:
+            yield Running(pb_grpc.KVStoreStub(channel), channel, service, store, clock)
+    finally:
+        await service.stop(grace_s=0)
+        store.check_integrity()
+
+
+def register_request(
+    worker_id: str = "w0", block_bytes: int = BLOCK_BYTES
+) -> pb.RegisterWorkerRequest:
+    return pb.RegisterWorkerRequest(
+        worker_id=worker_id,
+        model_fingerprint=FINGERPRINT,
+        block_bytes=block_bytes,
+        device="cpu",
+        pool_kind="shm",
+        pool_handle=b"fastswitch-test-pool",
+        pool_blocks=32,
+    )
+
+
+async def expect_code(call: object, code: grpc.StatusCode) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() == code, info.value.details()
+    details = info.value.details()
+    assert details
+    return details
+
+
+async def test_register_reserve_commit_lookup_pin_release_free(running: Running) -> None:
+    stub = running.stub
+    reg = await stub.RegisterWorker(register_request(), timeout=5)
+    assert (reg.arena_name, reg.block_bytes, reg.num_host_blocks) == (
+        "fastswitch-test-arena",
+        BLOCK_BYTES,
+        NUM_BLOCKS,
+    )
+    assert reg.arena_bytes == NUM_BLOCKS * BLOCK_BYTES
+    res = await stub.Reserve(pb.ReserveRequest(num_blocks=3, owner="w0"), timeout=5)
+    assert [(e.start, e.count) for e in res.extents] == [(0, 3)]
+    assert res.expires_in_s == 30.0
+    hashes = [b"a", b"b", b"c"]
+    assert not (await stub.Lookup(pb.LookupRequest(block_hashes=hashes), timeout=5)).blocks
+    commit = await stub.Commit(
+        pb.CommitRequest(lease_id=res.lease_id, blocks=[0, 1, 2], block_hashes=hashes, tenant="t"),
+        timeout=5,
+    )
+    assert commit.committed == 3
+    found = await stub.Lookup(pb.LookupRequest(block_hashes=[*hashes, b"d"]), timeout=5)
+    assert list(found.blocks) == [0, 1, 2]
+    pin = await stub.Pin(pb.PinRequest(blocks=[0, 1], lease_s=2.5, owner="w1"), timeout=5)
+    assert pin.expires_in_s == 2.5
+    stats = await stub.GetStats(pb.StoreStatsRequest(), timeout=5)
+    assert (stats.committed_blocks, stats.pinned_blocks, stats.active_leases) == (3, 2, 1)
+    assert (stats.lookups, stats.lookup_hit_blocks, stats.workers) == (2, 3, 1)
+    assert stats.arena_name == "fastswitch-test-arena" and stats.block_bytes == BLOCK_BYTES
+    released = await stub.Release(pb.ReleaseRequest(lease_id=pin.lease_id), timeout=5)
+    assert released.released_blocks == 2
+    freed = await stub.Free(pb.FreeRequest(blocks=[0, 1, 2]), timeout=5)
+    assert freed.freed == 3
+    assert (await stub.GetStats(pb.StoreStatsRequest(), timeout=5)).free_blocks == NUM_BLOCKS
+    registry = running.service.registry
+    assert registry.get_sample_value("fastswitch_kvstore_lookups_total") == 2
+    assert registry.get_sample_value("fastswitch_kvstore_host_blocks", {"state": "free"}) == 16
+    await stub.UnregisterWorker(pb.UnregisterWorkerRequest(worker_id="w0"), timeout=5)
+
+
+async def test_error_codes_and_still_serving(running: Running) -> None:
+    stub = running.stub
+    detail = await expect_code(
+        stub.Reserve(pb.ReserveRequest(num_blocks=1), timeout=5),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert "no worker" in detail
+    await stub.RegisterWorker(register_request(), timeout=5)
+    await expect_code(
+        stub.RegisterWorker(register_request("w1", block_bytes=2 * BLOCK_BYTES), timeout=5),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    bad_kind = register_request("w2")
+    bad_kind.pool_kind = "nfs"
+    await expect_code(stub.RegisterWorker(bad_kind, timeout=5), grpc.StatusCode.INVALID_ARGUMENT)
+    for n in (0, -4):
+        await expect_code(
+            stub.Reserve(pb.ReserveRequest(num_blocks=n), timeout=5),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+    await expect_code(
+        stub.Reserve(pb.ReserveRequest(num_blocks=1, lease_s=-1), timeout=5),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await expect_code(
+        stub.Reserve(pb.ReserveRequest(num_blocks=NUM_BLOCKS + 1), timeout=5),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    await expect_code(
+        stub.Release(pb.ReleaseRequest(lease_id="r-nope"), timeout=5), grpc.StatusCode.NOT_FOUND
+    )
+    await expect_code(
+        stub.Commit(pb.CommitRequest(lease_id="r-nope", blocks=[0]), timeout=5),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    await expect_code(stub.Pin(pb.PinRequest(blocks=[3]), timeout=5), grpc.StatusCode.NOT_FOUND)
+    await expect_code(
+        stub.Pin(pb.PinRequest(blocks=[NUM_BLOCKS]), timeout=5), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    res = await stub.Reserve(pb.ReserveRequest(num_blocks=2), timeout=5)
+    await expect_code(
+        stub.Commit(pb.CommitRequest(lease_id=res.lease_id, blocks=[0, 1], block_hashes=[b"x"])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await expect_code(
+        stub.UnregisterWorker(pb.UnregisterWorkerRequest(worker_id="ghost"), timeout=5),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+    # Still serving, and nothing leaked from the refused calls.
+    health = health_pb2_grpc.HealthStub(running.channel)
+    check = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
+    stats = await stub.GetStats(pb.StoreStatsRequest(), timeout=5)
+    assert (stats.reserved_blocks, stats.active_leases) == (2, 1)
+    assert (
+        await stub.Release(pb.ReleaseRequest(lease_id=res.lease_id), timeout=5)
+    ).released_blocks == 2
+
+
+async def test_expired_lease_is_not_found(running: Running) -> None:
+    stub = running.stub
+    await stub.RegisterWorker(register_request(), timeout=5)
+    res = await stub.Reserve(pb.ReserveRequest(num_blocks=2, lease_s=1), timeout=5)
+    running.clock.advance(1.0)
+    detail = await expect_code(
+        stub.Commit(pb.CommitRequest(lease_id=res.lease_id, blocks=[0, 1]), timeout=5),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert "expired" in detail
+    stats = await stub.GetStats(pb.StoreStatsRequest(), timeout=5)
+    assert (stats.free_blocks, stats.expired_leases) == (NUM_BLOCKS, 1)
