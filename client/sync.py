@@ -1,0 +1,273 @@
+"""A small synchronous wrapper: the async client runs on a private event loop in a thread that
+the wrapper owns and joins on :meth:`Client.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
+
+from client.aio import AsyncChat, AsyncClient
+from client.results import GenerationChunk, GenerationResult, Stats
+from client.stream import GenerationStream
+
+T = TypeVar("T")
+
+
+class Client:
+    """Blocking client of a FastSwitch scheduler; same calls as :class:`~client.AsyncClient`.
+
+    Use it as ``with Client(addr) as c:`` (or call :meth:`close`, which joins the loop thread).
+    Safe to call from several threads.
+    """
+
+    def __init__(self, address: str, *, timeout_s: float = 60.0) -> None:
+        self._async = AsyncClient(address, timeout_s=timeout_s)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._run_loop, name="fastswitch-client", daemon=True
+        )
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return self._async.address
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel (cancelling calls in flight) and joins the loop thread. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._async.close(), self._loop).result()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        prompt_token_ids: Sequence[int] | None = None,
+        *,
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[int] | None = None,
+        tenant: str = "default",
+        priority: int = 0,
+        ignore_eos: bool = False,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> GenerationResult:
+        """See :meth:`AsyncClient.generate`."""
+        return self._run(
+            self._async.generate(
+                prompt,
+                prompt_token_ids,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                seed=seed,
+                stop=stop,
+                tenant=tenant,
+                priority=priority,
+                ignore_eos=ignore_eos,
+                request_id=request_id,
+                timeout_s=timeout_s,
+            )
+        )
+
+    def generate_stream(
+        self,
+        prompt: str | None = None,
+        prompt_token_ids: Sequence[int] | None = None,
+        *,
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[int] | None = None,
+        tenant: str = "default",
+        priority: int = 0,
+        ignore_eos: bool = False,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[GenerationChunk]:
+        """See :meth:`AsyncClient.generate_stream`; a plain iterator. Leaving it early (``break``,
+        ``close()``) cancels the request."""
+        stream = self._async.generate_stream(
+            prompt,
+            prompt_token_ids,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop,
+            tenant=tenant,
+            priority=priority,
+            ignore_eos=ignore_eos,
+            request_id=request_id,
+            timeout_s=timeout_s,
+        )
+        return self._iterate(stream)
+
+    def cancel(self, request_id: str, *, timeout_s: float | None = None) -> bool:
+        """See :meth:`AsyncClient.cancel`."""
+        return self._run(self._async.cancel(request_id, timeout_s=timeout_s))
+
+    def set_priority(
+        self, request_id: str, priority: int, *, timeout_s: float | None = None
+    ) -> None:
+        """See :meth:`AsyncClient.set_priority`."""
+        self._run(self._async.set_priority(request_id, priority, timeout_s=timeout_s))
+
+    def stats(self, *, timeout_s: float | None = None) -> Stats:
+        """See :meth:`AsyncClient.stats`."""
+        return self._run(self._async.stats(timeout_s=timeout_s))
+
+    def chat(
+        self, *, tenant: str = "default", system: str | None = None, ttl_s: float | None = None
+    ) -> Chat:
+        """A new conversation; see :meth:`AsyncClient.chat`."""
+        return Chat(self, self._async.chat(tenant=tenant, system=system, ttl_s=ttl_s))
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("the client is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt while waiting: the call goes too
+            raise
+
+    def _iterate(self, stream: GenerationStream) -> Iterator[GenerationChunk]:
+        try:
+            while (chunk := self._run(_next_chunk(stream))) is not None:
+                yield chunk
+        finally:
+            if not self._closed:
+                self._run(stream.aclose())
+
+
+class Chat:
+    """Blocking view of an :class:`~client.AsyncChat`; ``with c.chat() as chat:`` ends it."""
+
+    def __init__(self, client: Client, chat: AsyncChat) -> None:
+        self._client = client
+        self._chat = chat
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self._chat.conversation_id
+
+    def __enter__(self) -> Chat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end()
+
+    def send(
+        self,
+        message: str,
+        *,
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[int] | None = None,
+        priority: int = 0,
+        ignore_eos: bool = False,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> GenerationResult:
+        """See :meth:`AsyncChat.send`."""
+        return self._client._run(
+            self._chat.send(
+                message,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                seed=seed,
+                stop=stop,
+                priority=priority,
+                ignore_eos=ignore_eos,
+                request_id=request_id,
+                timeout_s=timeout_s,
+            )
+        )
+
+    def send_stream(
+        self,
+        message: str,
+        *,
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[int] | None = None,
+        priority: int = 0,
+        ignore_eos: bool = False,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[GenerationChunk]:
+        """See :meth:`AsyncChat.send_stream`; a plain iterator."""
+        stream = self._chat.send_stream(
+            message,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop,
+            priority=priority,
+            ignore_eos=ignore_eos,
+            request_id=request_id,
+            timeout_s=timeout_s,
+        )
+        return self._client._iterate(stream)
+
+    def end(self, *, timeout_s: float | None = None) -> int:
+        """See :meth:`AsyncChat.end`."""
+        return self._client._run(self._chat.end(timeout_s=timeout_s))
+
+
+async def _next_chunk(stream: GenerationStream) -> GenerationChunk | None:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None

@@ -1,0 +1,263 @@
+"""``fastswitch``: start a deployment (``up``), one service (``serve``), an offline run (``run``)
+or a short demo (``demo``).
+
+Services, the offline runner and the demo are imported only by the subcommand that needs them, so
+``fastswitch --help`` stays fast and works on a partial install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType, ModuleType
+
+from fastswitch.launcher import (
+    LOG_LEVELS,
+    MODES,
+    POLICIES,
+    SERVICES,
+    Deployment,
+    DeploymentError,
+)
+
+_SERVICE_MODULES = {s: f"{s}_svc.server" for s in SERVICES}
+
+
+class _Stop(KeyboardInterrupt):
+    """SIGINT/SIGTERM: stop the deployment in order. A KeyboardInterrupt, so that no event loop
+    callback mistakes it for an error to log and carry on."""
+
+
+class _StopSignals:
+    """While active, the first SIGINT or SIGTERM raises _Stop; once :meth:`hold` is called (or one
+    fired), later ones are ignored, so that an ordered stop() runs to its end."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._previous: dict[int, object] = {}
+
+    def hold(self) -> None:
+        self._held = True
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if not self._held:
+            self._held = True
+            raise _Stop(signal.Signals(signum).name)
+
+    def __enter__(self) -> _StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+
+
+def _deployment_args(
+    p: argparse.ArgumentParser, *, port: int, workers: int, kv_blocks: int | None = None
+) -> None:
+    p.add_argument(
+        "--model", default="tiny", help="'tiny' (embedded) or a Hugging Face model directory"
+    )
+    p.add_argument(
+        "--workers", type=int, default=workers, help="worker processes (default %(default)s)"
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=port,
+        help="scheduler's public port on 127.0.0.1; 0 picks a free one (default %(default)s)",
+    )
+    p.add_argument(
+        "--host-kv-gib", type=float, default=0.25, help="host KV arena size (default %(default)s)"
+    )
+    small = f"; {kv_blocks} here, small so that context switches happen" if kv_blocks else ""
+    p.add_argument(
+        "--device-kv-blocks",
+        type=int,
+        default=kv_blocks,
+        help=f"device KV blocks per worker (default: the worker's choice{small})",
+    )
+    p.add_argument("--policy", choices=POLICIES, default="vtc", help="scheduling policy")
+    p.add_argument("--mode", choices=MODES, default="fastswitch", help="context-switch mode")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    p.add_argument("--verbose", action="store_true", help="children log to this stderr")
+    p.add_argument(
+        "--start-timeout", type=float, default=120.0, help="seconds to wait for the start"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastswitch", description="Fairness-aware LLM serving with cheap context switches."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up",
+        help="start a KV store, N workers and the scheduler here; Ctrl-C stops them",
+        description="Start a KV store, N workers and the scheduler on this machine, print the "
+        "address and metrics ports, and run until Ctrl-C or SIGTERM.",
+    )
+    _deployment_args(up, port=50051, workers=1)
+    up.set_defaults(handler=_cmd_up)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run one service (flags go to the service: fastswitch serve SERVICE --help)",
+        description="Run one service in this process; every flag after SERVICE is the service's.",
+    )
+    serve.add_argument("service", choices=SERVICES)
+
+    sub.add_parser(
+        "run",
+        help="offline run over a dataset (see fastswitch run --help)",
+        add_help=False,
+    )
+
+    demo = sub.add_parser(
+        "demo",
+        help="start a deployment, run a short multi-tenant workload, print a report, stop",
+        description="Start a deployment, send a short concurrent workload from a few tenants "
+        "through the SDK, print latency percentiles and per-tenant service, then stop.",
+    )
+    _deployment_args(demo, port=0, workers=2, kv_blocks=48)
+    demo.add_argument("--tenants", type=int, default=3)
+    demo.add_argument("--requests", type=int, default=24)
+    demo.add_argument("--max-tokens", type=int, default=32)
+    demo.add_argument("--concurrency", type=int, default=8, help="requests in flight at most")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fastswitch`` command; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # `serve SERVICE` and `run` hand every later flag to code that parses its own.
+    if len(args_list) >= 2 and args_list[0] == "serve" and args_list[1] in SERVICES:
+        return _serve(args_list[1], args_list[2:])
+    if args_list and args_list[0] == "run":
+        return _run(args_list[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as done:  # --help, or a usage error already printed
+        return _exit_code(done)
+    return int(args.handler(args))
+
+
+def _deployment(args: argparse.Namespace) -> Deployment:
+    return Deployment(
+        model=args.model,
+        workers=args.workers,
+        port=args.port,
+        host_kv_gib=args.host_kv_gib,
+        device_kv_blocks=args.device_kv_blocks,
+        policy=args.policy,
+        mode=args.mode,
+        log_level=args.log_level,
+        verbose=args.verbose,
+        start_timeout_s=args.start_timeout,
+    )
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    try:
+        dep = _deployment(args)
+    except ValueError as err:
+        return _fail(str(err), code=2)
+    with _StopSignals() as signals:
+        try:
+            dep.start()
+            print(f"FastSwitch is up at {dep.address}  (policy {args.policy}, mode {args.mode})")
+            ports = ", ".join(f"{name} {port}" for name, port in dep.metrics_ports.items())
+            print(f"metrics (http://127.0.0.1:PORT/metrics): {ports}")
+            if not args.verbose:
+                print(f"logs: {dep.run_dir}")
+            print("Ctrl-C or SIGTERM stops it.", flush=True)
+            gone = dep.wait()
+            return _fail(f"{gone} exited unexpectedly; stopping the deployment")
+        except _Stop:
+            print("stopping...", file=sys.stderr, flush=True)
+            return 0
+        except DeploymentError as err:
+            return _fail(str(err))
+        finally:
+            signals.hold()
+            dep.stop()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from client import FastSwitchError
+    from fastswitch import demo
+
+    try:
+        cfg = demo.DemoConfig(
+            tenants=args.tenants,
+            requests=args.requests,
+            max_tokens=args.max_tokens,
+            concurrency=args.concurrency,
+        )
+        dep = _deployment(args)
+    except ValueError as err:
+        return _fail(str(err), code=2)
+    with _StopSignals() as signals:
+        try:
+            dep.start()
+            print(f"deployment up at {dep.address} with {args.workers} workers", flush=True)
+            report = asyncio.run(demo.run_workload(dep.address, cfg))
+            print(demo.format_report(report), flush=True)
+            return 1 if report.failures else 0
+        except _Stop:
+            return 130
+        except (DeploymentError, FastSwitchError) as err:
+            return _fail(str(err))
+        finally:
+            signals.hold()
+            dep.stop()
+
+
+def _serve(service: str, argv: list[str]) -> int:
+    module = _import_optional(_SERVICE_MODULES[service])
+    if module is None:
+        return _fail(f"service {service!r} is not available ({_SERVICE_MODULES[service]} missing)")
+    return int(module.main(argv))
+
+
+def _run(argv: list[str]) -> int:
+    offline = _import_optional("fastswitch.offline")
+    if offline is None:
+        return _fail("`fastswitch run` is not available (fastswitch.offline is missing)")
+    parser = argparse.ArgumentParser(
+        prog="fastswitch run", description="Offline run: serve a dataset in-process and report."
+    )
+    offline.add_run_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:
+        return _exit_code(done)
+    return int(offline.run_command(args))
+
+
+def _import_optional(name: str) -> ModuleType | None:
+    """The module, or None when it (not something it imports) does not exist."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name is not None and (name == err.name or name.startswith(err.name + ".")):
+            return None
+        raise
+
+
+def _fail(message: str, *, code: int = 1) -> int:
+    print(f"fastswitch: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _exit_code(done: SystemExit) -> int:
+    return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)

@@ -1,0 +1,300 @@
+"""The launcher without the real services: flag mapping, ports, and the start/stop life cycle of a
+Deployment whose children are small dummy gRPC servers (health, and GetStats on the scheduler)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from fastswitch.cli import main as cli_main
+from fastswitch.launcher import (
+    Deployment,
+    DeploymentConfig,
+    DeploymentError,
+    Layout,
+    child_specs,
+    free_port,
+    free_ports,
+    port_is_free,
+    serve_command,
+)
+
+DUMMY = textwrap.dedent(
+    """
+    import asyncio, signal, sys
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from proto import scheduler_pb2 as pb, scheduler_pb2_grpc as pb_grpc
+
+    service, behaviour, order_file, *flags = sys.argv[1:]
+    listen = flags[flags.index("--listen") + 1]
+    joined = int(flags[flags.index("--fake-workers") + 1]) if "--fake-workers" in flags else 0
+
+    class Stats(pb_grpc.FastSwitchServicer):
+        async def GetStats(self, request, context):
+            ws = [pb.WorkerStats(worker_id=f"worker-{i}") for i in range(joined)]
+            return pb.StatsResponse(workers=ws)
+
+    async def main():
+        if behaviour == "crash":
+            print(f"boom: {service} cannot start", file=sys.stderr, flush=True)
+            sys.exit(3)
+        server = grpc.aio.server()
+        hs = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+        if service == "scheduler":
+            pb_grpc.add_FastSwitchServicer_to_server(Stats(), server)
+        server.add_insecure_port(listen)
+        await server.start()
+        ok = behaviour != "unhealthy"
+        S = health_pb2.HealthCheckResponse
+        await hs.set("", S.SERVING if ok else S.NOT_SERVING)
+        stop = asyncio.Event()
+        def on_term():
+            with open(order_file, "a") as f:
+                f.write(service + "\\n")
+            if behaviour != "stubborn":
+                stop.set()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_term)
+        await stop.wait()
+        await server.stop(0)
+
+    asyncio.run(main())
+    """
+)
+
+
+def _dummies(tmp_path: Path, behaviour: dict[str, str]) -> tuple[Callable, list, Path]:
+    """A command builder launching the dummy; `behaviour` by child name (default "ok")."""
+    script = tmp_path / "dummy_service.py"
+    script.write_text(DUMMY)
+    order = tmp_path / "stop-order.txt"
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def build(service: str, flags: Sequence[str]) -> list[str]:
+        name = flags[flags.index("--worker-id") + 1] if service == "worker" else service
+        calls.append((service, tuple(flags)))
+        how = behaviour.get(name, "ok")
+        return [sys.executable, str(script), service, how, str(order), *flags]
+
+    return build, calls, order
+
+
+def _assert_clean(d: Deployment, run_dir: Path | None) -> None:
+    assert d.alive_pids() == []
+    assert all(c.proc.returncode is not None for c in d._children)
+    if run_dir is not None:
+        assert not run_dir.exists()
+
+
+# ---------------------------------------------------------------------- flags and ports
+
+
+def test_flag_mapping():
+    cfg = DeploymentConfig(
+        model="/models/x",
+        workers=2,
+        port=6000,
+        host_kv_gib=0.5,
+        device_kv_blocks=64,
+        policy="priority",
+        mode="vllm-baseline",
+        log_level="debug",
+        extra_scheduler_args=("--max-num-seqs", "4"),
+        extra_worker_args=("--threads", "1"),
+    )
+    ports = {"kvstore": 1, "scheduler": 2, "worker-0": 3, "worker-1": 4}
+    layout = Layout(Path("/tmp/fs-x"), "dep1", 6000, ports)
+    kv, sched, w0, w1 = child_specs(cfg, layout)
+    kv_addr = "unix:///tmp/fs-x/kvstore.sock"
+    common = ["--deployment-id", "dep1", "--log-level", "debug"]
+    assert (kv.name, kv.service, kv.health_target) == ("kvstore", "kvstore", kv_addr)
+    assert list(kv.flags) == [
+        *("--listen", kv_addr, "--metrics-port", "1", "--host-kv-gib", "0.5"),
+        *common,
+    ]
+    assert sched.health_target == "127.0.0.1:6000"
+    assert list(sched.flags) == [
+        *("--listen", "127.0.0.1:6000", "--metrics-port", "2", "--kvstore", kv_addr),
+        *("--model", "/models/x", "--policy", "priority", "--mode", "vllm-baseline"),
+        *common,
+        *("--max-num-seqs", "4"),
+    ]
+    assert (w1.name, w1.service, w1.health_target) == (
+        "worker-1",
+        "worker",
+        "unix:///tmp/fs-x/worker-1.sock",
+    )
+    assert list(w0.flags) == [
+        *("--listen", "unix:///tmp/fs-x/worker-0.sock", "--metrics-port", "3"),
+        *("--scheduler", "127.0.0.1:6000", "--kvstore", kv_addr, "--model", "/models/x"),
+        *("--worker-id", "worker-0", "--device-kv-blocks", "64"),
+        *common,
+        *("--threads", "1"),
+    ]
+    no_blocks = child_specs(DeploymentConfig(), Layout(Path("/r"), "d", 1, {**ports}))
+    assert "--device-kv-blocks" not in no_blocks[2].flags
+
+
+def test_serve_command():
+    assert serve_command("worker", ["--a", "b"]) == [
+        sys.executable,
+        *("-m", "fastswitch", "serve", "worker", "--a", "b"),
+    ]
+
+
+def test_free_ports_are_distinct_and_bindable():
+    ports = free_ports(5)
+    assert len(set(ports)) == 5
+    for port in [*ports, free_port()]:
+        assert port_is_free(port)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"workers": 0},
+        {"port": 70000},
+        {"host_kv_gib": 0},
+        {"device_kv_blocks": 0},
+        {"policy": "lottery"},
+        {"mode": "turbo"},
+        {"log_level": "loud"},
+        {"start_timeout_s": 0},
+    ],
+)
+def test_config_validation(kwargs):
+    with pytest.raises(ValueError):
+        Deployment(**kwargs)
+
+
+def test_unstarted_deployment():
+    d = Deployment()
+    with pytest.raises(RuntimeError, match="not been started"):
+        _ = d.address
+    d.stop()
+    d.stop()
+    assert d.alive_pids() == []
+
+
+# ---------------------------------------------------------------------- life cycle with dummies
+
+
+def test_start_wait_and_ordered_stop(tmp_path):
+    build, calls, order = _dummies(tmp_path, {"worker-1": "stubborn"})
+    d = Deployment(
+        workers=2,
+        port=0,
+        extra_scheduler_args=("--fake-workers", "2"),
+        start_timeout_s=60,
+        stop_timeout_s=0.5,
+        command=build,
+    )
+    with d:
+        run_dir = d.run_dir
+        assert run_dir.name.startswith("fastswitch-")
+        assert d.address.startswith("127.0.0.1:") and d.port > 0
+        assert set(d.metrics_ports) == {"kvstore", "scheduler", "worker-0", "worker-1"}
+        assert len(set(d.metrics_ports.values())) == 4
+        assert [c[0] for c in calls] == ["kvstore", "scheduler", "worker", "worker"]
+        for _, flags in calls:
+            assert flags[flags.index("--deployment-id") + 1] == d.deployment_id
+        assert len(d.alive_pids()) == 4
+        assert {p.name for p in run_dir.iterdir()} >= {"kvstore.log", "worker-1.log"}
+        assert d.wait(timeout_s=0.2) is None
+        worker0 = next(c for c in d._children if c.spec.name == "worker-0")
+        os.kill(worker0.proc.pid, signal.SIGKILL)
+        assert d.wait(timeout_s=10) == "worker-0"
+    _assert_clean(d, run_dir)
+    # scheduler first, then the workers (worker-1 ignored SIGTERM and was killed), then the store
+    assert order.read_text().split() == ["scheduler", "worker", "kvstore"]
+    d.stop()  # idempotent
+    with pytest.raises(RuntimeError, match="starts once"):
+        d.start()
+
+
+def test_child_crash_fails_start_with_log_tail(tmp_path):
+    build, _, _ = _dummies(tmp_path, {"worker-0": "crash"})
+    d = Deployment(port=0, extra_scheduler_args=("--fake-workers", "1"), command=build)
+    with pytest.raises(DeploymentError) as info:
+        d.start()
+    message = str(info.value)
+    assert "worker-0 exited with code 3" in message
+    assert "boom: worker cannot start" in message
+    _assert_clean(d, d.run_dir)
+
+
+@pytest.mark.slow
+def test_unhealthy_child_times_out(tmp_path):
+    build, _, _ = _dummies(tmp_path, {"scheduler": "unhealthy"})
+    d = Deployment(
+        port=0, extra_scheduler_args=("--fake-workers", "1"), start_timeout_s=6, command=build
+    )
+    with pytest.raises(DeploymentError, match=r"scheduler: .* not healthy"):
+        d.start()
+    _assert_clean(d, d.run_dir)
+
+
+@pytest.mark.slow
+def test_workers_that_never_join_time_out(tmp_path):
+    build, _, _ = _dummies(tmp_path, {})
+    d = Deployment(
+        workers=2,
+        port=0,
+        extra_scheduler_args=("--fake-workers", "1"),
+        start_timeout_s=6,
+        command=build,
+    )
+    with pytest.raises(DeploymentError, match="only 1 of 2 workers joined"):
+        d.start()
+    _assert_clean(d, d.run_dir)
+
+
+async def test_start_inside_a_running_event_loop(tmp_path):
+    build, _, _ = _dummies(tmp_path, {"kvstore": "crash"})
+    d = Deployment(port=0, command=build)
+    with pytest.raises(DeploymentError, match="kvstore exited with code 3"):
+        d.start()
+    _assert_clean(d, d.run_dir)
+
+
+def test_port_in_use_is_a_deployment_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        d = Deployment(port=busy.getsockname()[1], command=lambda service, flags: ["true"])
+        with pytest.raises(DeploymentError, match="in use"):
+            d.start()
+    assert d.alive_pids() == []
+
+
+def test_missing_executable_is_a_deployment_error():
+    d = Deployment(port=0, command=lambda service, flags: ["/nonexistent/fastswitch-x"])
+    with pytest.raises(DeploymentError, match="cannot start kvstore"):
+        d.start()
+    _assert_clean(d, d.run_dir)
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def test_cli_errors_are_messages_not_tracebacks(capsys):
+    assert cli_main(["up", "--workers", "0"]) == 2
+    assert "workers must be >= 1" in capsys.readouterr().err
+    assert cli_main(["up", "--policy", "lottery"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert cli_main(["serve", "nope"]) == 2
+    assert cli_main([]) == 2
+    assert cli_main(["--help"]) == 0
+    assert "demo" in capsys.readouterr().out
+    assert cli_main(["demo", "--help"]) == 0
+    assert "--tenants" in capsys.readouterr().out
