@@ -2,16 +2,25 @@
 
 One iteration for one worker (``schedule``) reads as::
 
-    plan   = drops owed to the worker
+    plan   = what the worker is owed (drops, swap orders whose host side is ready)
+           + preemption by rank (every priority_update_interval iterations)
            + running requests, best-ranked first (decode, or the next prefill chunk)
-           + waiting requests admitted while the step's token budget, batch slots and blocks last
+           + waiting and swapped requests admitted while budget, batch slots and blocks last
     output = the worker runs the plan                       (outside the core)
-    events = update_from_output(worker, output)             (tokens, finishes, errors)
+    events = update_from_output(worker, output)             (tokens, swap completions, errors)
 
 The core owns every worker's block-group allocator: a worker never decides what it allocates.
-Capacity is asked before it is taken; when a running request needs a block and none is free, the
-lowest-ranked running request of that worker is preempted (recompute: its KV is dropped and its
-token ids are prefilled again later; KV is a cache, never the only copy).
+Capacity is asked before it is taken. Preemption is by swap (the KV goes to the host arena and
+comes back later, possibly on another worker) or by recompute (the KV is dropped and the token ids
+prefilled again). Context-switch rules (DESIGN.md):
+
+1. a swapping-out request's device blocks are freed only once the worker reports the copy done;
+2. a swapping-in request is in no forward until its swap-in is reported done;
+3. a request chosen to run while still swapping out cancels the swap-out and keeps its blocks;
+5. after a swap-in the host copy stays valid: the next swap-out copies only the blocks the host
+   lacks (``kv_reuse``).
+
+Host-memory work (reserve, pin, free) is queued as HostOps for the frontend to run (host_ops.py).
 """
 
 from __future__ import annotations
@@ -24,7 +33,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from scheduler_svc.block_groups import BlockGroupAllocator
-from scheduler_svc.plan import BlockAppend, PrefillChunk, SeqStart, StepOutput, StepPlan
+from scheduler_svc.host_ops import HostOp, HostOpKind, pair_runs
+from scheduler_svc.plan import (
+    BlockAppend,
+    PrefillChunk,
+    SeqStart,
+    StepOutput,
+    StepPlan,
+    SwapOrder,
+)
 from scheduler_svc.policy import Policy
 from scheduler_svc.request import (
     FinishReason,
@@ -54,13 +71,27 @@ class CoreConfig:
     max_prefill_chunk: int = 512
     growth_allowance: int = 4
     max_waiting: int = 10_000
+    # Context switching.
+    preemption: str = "recompute"  # "swap" needs a KV store
+    kv_reuse: bool = True
+    min_swap_tokens: int = 32
+    priority_update_interval: int = 4
+    preempt_margin: float = 128.0
 
     def __post_init__(self) -> None:
-        for name in ("max_batched_tokens", "max_num_seqs", "max_prefill_chunk", "max_waiting"):
+        for name in (
+            "max_batched_tokens",
+            "max_num_seqs",
+            "max_prefill_chunk",
+            "max_waiting",
+            "priority_update_interval",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.growth_allowance < 0:
-            raise ValueError(f"growth_allowance must be >= 0, got {self.growth_allowance}")
+        if self.growth_allowance < 0 or self.min_swap_tokens < 0 or self.preempt_margin < 0:
+            raise ValueError("growth_allowance, min_swap_tokens and preempt_margin must be >= 0")
+        if self.preemption not in ("swap", "recompute"):
+            raise ValueError(f"preemption must be swap or recompute, got {self.preemption!r}")
 
 
 @dataclass(slots=True)
@@ -95,9 +126,11 @@ class SchedulerCore:
         self._seqs = itertools.count(1)
         self._requests: dict[str, Request] = {}
         self._by_seq: dict[int, Request] = {}
+        # WAITING (never run, or recomputing) and SWAPPED requests, ranked at each admission.
         self._waiting: list[Request] = []
         self._workers: dict[str, WorkerSlot] = {}
         self._live_per_tenant: dict[str, int] = {}
+        self._host_ops: list[HostOp] = []
 
     # ------------------------------------------------------------------ workers
 
@@ -118,6 +151,10 @@ class SchedulerCore:
         if slot is None:
             return 0
         for req in list(slot.running.values()):
+            if req.is_finished:
+                self._release_host_copy(req)
+                continue
+            self._discard_swap(req)
             self._reset_for_recompute(req)
             self._waiting.append(req)
         log.info("worker left", extra={"worker": worker_id, "requeued": len(slot.running)})
@@ -176,7 +213,7 @@ class SchedulerCore:
         return self._requests.get(request_id)
 
     def cancel(self, request_id: str) -> TokenEvent | None:
-        """Cancels a live request: its blocks are freed now and the worker told to forget it."""
+        """Cancels a live request: its blocks are freed (after any copy in flight)."""
         req = self._requests.get(request_id)
         if req is None or req.is_finished:
             return None
@@ -195,22 +232,95 @@ class SchedulerCore:
         req = self._requests.get(request_id)
         if req is not None and req.is_finished:
             del self._requests[request_id]
-            self._by_seq.pop(req.seq, None)
+            if not req.swap_sent:
+                self._by_seq.pop(req.seq, None)
+
+    # ------------------------------------------------------------- host agent
+
+    @property
+    def has_host_ops(self) -> bool:
+        return bool(self._host_ops)
+
+    def take_host_ops(self) -> list[HostOp]:
+        ops, self._host_ops = self._host_ops, []
+        return ops
+
+    def on_reserved(self, seq: int, lease_id: str, host_blocks: list[int]) -> None:
+        """The store reserved host blocks for a swap-out: the order goes in the next plan."""
+        req = self._by_seq.get(seq)
+        slot = self._slot_of(req)
+        if req is None or slot is None or req.status != Status.SWAPPING_OUT or req.swap_lease:
+            self._host_ops.append(HostOp(HostOpKind.RELEASE, seq, lease_id=lease_id))
+            return
+        keep = len(req.host_blocks)
+        device = slot.allocator.block_ids(seq)[keep : keep + len(host_blocks)]
+        req.swap_lease = lease_id
+        req.swap_host_blocks = list(host_blocks)
+        req.swap_sent = True
+        slot.swap_out_orders.append(SwapOrder(seq, tuple(pair_runs(device, host_blocks)), lease_id))
+
+    def on_pinned(self, seq: int, lease_id: str) -> None:
+        """The host copy is pinned: SeqStart + SwapIn go in the next plan."""
+        req = self._by_seq.get(seq)
+        slot = self._slot_of(req)
+        if req is None or slot is None or req.status != Status.SWAPPING_IN or req.swap_sent:
+            self._host_ops.append(HostOp(HostOpKind.RELEASE, seq, lease_id=lease_id))
+            return
+        n = len(req.host_blocks)
+        device = slot.allocator.block_ids(seq)
+        req.swap_lease = lease_id
+        req.swap_sent = True
+        start = SeqStart(
+            seq=seq,
+            sampling=req.sampling,
+            position=req.num_computed,
+            last_token=req.output_ids[-1] if req.decode_ready else None,
+            num_generated=len(req.output_ids),
+            blocks=slot.allocator.groups(seq),
+        )
+        order = SwapOrder(seq, tuple(pair_runs(device[:n], req.host_blocks)), lease_id)
+        slot.swap_in_orders.append((start, order))
+
+    def on_host_failed(self, seq: int, kind: HostOpKind, message: str) -> None:
+        """A reserve or pin failed (host memory short, lease lost): fall back to recompute."""
+        req = self._by_seq.get(seq)
+        if req is None or req.is_finished:
+            return
+        log.warning(
+            "host op failed; recomputing", extra={"seq": seq, "op": kind.value, "why": message}
+        )
+        slot = self._slot_of(req)
+        if slot is not None and req.status in (Status.SWAPPING_OUT, Status.SWAPPING_IN):
+            slot.allocator.free(seq)
+            del slot.running[seq]
+            if req.resident:
+                slot.pending_drop.append(seq)
+        elif req.status == Status.SWAPPED:
+            self._waiting = [r for r in self._waiting if r.seq != seq]
+        self._release_host_copy(req)
+        self._reset_for_recompute(req)
+        self._waiting.append(req)
 
     # ---------------------------------------------------------------- planning
 
     def has_work(self, worker_id: str) -> bool:
         slot = self._workers.get(worker_id)
-        return slot is not None and bool(slot.running or slot.pending_drop or self._waiting)
+        return slot is not None and bool(
+            slot.running or slot.pending_drop or self._waiting or slot.swaps_in_flight
+        )
 
     def schedule(self, worker_id: str) -> StepPlan | None:
         """The next plan for `worker_id`, or None when it has nothing to do."""
         slot = self._workers[worker_id]
         plan = StepPlan(step_id=slot.next_step_id, drop=slot.take_drops())
+        self._add_swap_orders(slot, plan)
         budget = _Budget(self.config.max_batched_tokens, self.config.max_num_seqs)
+        if slot.iterations % self.config.priority_update_interval == 0:
+            self._preempt_for_rank(slot, plan)
+        slot.iterations += 1
         self._schedule_running(slot, plan, budget)
         self._admit_waiting(slot, plan, budget)
-        if plan.is_empty:
+        if plan.is_empty and not slot.swaps_in_flight:
             return None
         slot.next_step_id += 1
         now = self._clock()
@@ -220,66 +330,179 @@ class SchedulerCore:
                 req.first_scheduled_s = now
         return plan
 
+    def _add_swap_orders(self, slot: WorkerSlot, plan: StepPlan) -> None:
+        plan.swap_out, slot.swap_out_orders = slot.swap_out_orders, []
+        for start, order in slot.swap_in_orders:
+            plan.start.append(start)
+            plan.swap_in.append(order)
+        slot.swap_in_orders = []
+        plan.cancel_swap_out, slot.cancel_swap_out = slot.cancel_swap_out, []
+        slot.swaps_in_flight.update(o.seq for o in plan.swap_out)
+        slot.swaps_in_flight.update(o.seq for o in plan.swap_in)
+
+    def _preempt_for_rank(self, slot: WorkerSlot, plan: StepPlan) -> None:
+        """Preempts the lowest-ranked running requests while the best-ranked waiting one
+        outranks them by more than the margin and lacks slots or blocks (issue: preemptive VTC)."""
+        head = self._best_waiting(slot)
+        self._maybe_cancel_swap_outs(slot, head)
+        if head is None:
+            return
+        running = sorted(
+            (r for r in slot.running.values() if self._preemptible(slot, r)),
+            key=self.policy.sort_key,
+        )
+        need = self._admission_blocks(slot, head)
+        leaving = self._blocks_leaving(slot)
+        margin = self.config.preempt_margin
+        while running:
+            victim = running[-1]
+            slots_short = len(slot.running) >= self.config.max_num_seqs
+            blocks_short = slot.allocator.num_free + leaving < need
+            if not (slots_short or blocks_short) or not self.policy.outranks(head, victim, margin):
+                return
+            running.pop()
+            leaving += slot.allocator.num_blocks_of(victim.seq)
+            self._preempt(slot, victim, plan)
+
+    def _maybe_cancel_swap_outs(self, slot: WorkerSlot, head: Request | None) -> None:
+        """Rule 3: a request still swapping out that would now run keeps its blocks."""
+        margin = self.config.preempt_margin
+        for req in list(slot.running.values()):
+            if req.status != Status.SWAPPING_OUT:
+                continue
+            if head is not None and self.policy.outranks(head, req, margin):
+                continue
+            if slot.allocator.num_free < len(slot.running):
+                continue  # memory is still short: let it go
+            req.status = Status.RUNNING
+            if req.swap_sent:
+                slot.cancel_swap_out.append(req.seq)
+            log.debug("swap-out cancelled", extra={"seq": req.seq})
+
+    def _best_waiting(self, slot: WorkerSlot) -> Request | None:
+        best = None
+        for req in self._waiting:
+            if req.num_tokens + 1 > slot.info.capacity_tokens:
+                continue
+            if best is None or self.policy.sort_key(req) < self.policy.sort_key(best):
+                best = req
+        return best
+
     def _schedule_running(self, slot: WorkerSlot, plan: StepPlan, budget: _Budget) -> None:
         ranked = sorted(slot.running.values(), key=self.policy.sort_key)
         for i, req in enumerate(ranked):
-            if req.seq not in slot.running:
-                continue  # preempted earlier in this loop
+            if req.seq not in slot.running or req.status != Status.RUNNING:
+                continue  # preempted earlier in this loop, or swapping
             if not budget.has_room():
                 break
             n = 1 if req.decode_ready else min(self._remaining(req), budget.tokens)
             while not self._grow(slot, req, req.num_computed + n, plan):
-                victim = next((v for v in reversed(ranked[i + 1 :]) if v.seq in slot.running), None)
-                self._preempt(slot, victim or req, plan)
-                if victim is None:
+                if self._blocks_leaving(slot):
+                    break  # blocks are on their way back from a swap-out (rule 1): wait
+                victim = next(
+                    (v for v in reversed(ranked[i + 1 :]) if self._preemptible(slot, v)), req
+                )
+                if not self._preemptible(slot, victim):
                     break
-            if req.seq not in slot.running:
+                self._preempt(slot, victim, plan)
+                if victim is req:
+                    break
+            if req.seq not in slot.running or req.status != Status.RUNNING:
                 continue
+            if slot.allocator.num_blocks_of(req.seq) < slot.info.blocks_for(req.num_computed + n):
+                continue  # waits for blocks being swapped out
             self._add_compute(req, n, plan)
             budget.take(n)
+
+    def _preemptible(self, slot: WorkerSlot, req: Request) -> bool:
+        """Running here, computing, and no copy in flight on its blocks."""
+        return req.seq in slot.running and req.status == Status.RUNNING and not req.swap_sent
+
+    def _blocks_leaving(self, slot: WorkerSlot) -> int:
+        return sum(
+            slot.allocator.num_blocks_of(r.seq)
+            for r in slot.running.values()
+            if r.status == Status.SWAPPING_OUT
+        )
+
+    def _admission_blocks(self, slot: WorkerSlot, req: Request) -> int:
+        if req.status == Status.SWAPPED:
+            return slot.info.blocks_for(req.num_computed)
+        first = min(req.num_tokens, self.config.max_prefill_chunk, self.config.max_batched_tokens)
+        return slot.info.blocks_for(first)
 
     def _admit_waiting(self, slot: WorkerSlot, plan: StepPlan, budget: _Budget) -> None:
         if not self._waiting:
             return
         self._waiting.sort(key=self.policy.sort_key)
-        admitted: list[Request] = []
-        preempted = set(plan.drop)
+        admitted: set[int] = set()
+        just_dropped = set(plan.drop)
         for req in self._waiting:
-            if not budget.has_room():
+            if not budget.has_room() or len(slot.running) >= self.config.max_num_seqs:
                 break
-            if req.seq in preempted:
+            if req.seq in just_dropped:
                 continue
             if req.num_tokens + 1 > slot.info.capacity_tokens:
                 continue  # fits another worker only
-            n = min(self._remaining(req), budget.tokens, self.config.max_prefill_chunk)
-            expected = min(len(req.prompt_ids) + req.limits.max_tokens, slot.info.max_model_len)
-            runs = slot.allocator.allocate(
-                req.seq,
-                slot.info.blocks_for(req.num_computed + n),
-                expected_total=slot.info.blocks_for(expected),
+            ok = (
+                self._resume(slot, req)
+                if req.status == Status.SWAPPED
+                else (self._start(slot, req, plan, budget))
             )
-            if runs is None:
+            if not ok:
                 break  # the best-ranked waiting request does not fit: stop, keep the order
-            req.status = Status.RUNNING
-            req.worker_id = slot.worker_id
-            req.resident = True
-            slot.running[req.seq] = req
-            plan.start.append(
-                SeqStart(
-                    seq=req.seq,
-                    sampling=req.sampling,
-                    position=0,
-                    last_token=None,
-                    num_generated=len(req.output_ids),
-                    blocks=tuple(runs),
-                )
-            )
-            self._add_compute(req, n, plan)
-            budget.take(n)
-            admitted.append(req)
+            admitted.add(req.seq)
         if admitted:
-            taken = {r.seq for r in admitted}
-            self._waiting = [r for r in self._waiting if r.seq not in taken]
+            self._waiting = [r for r in self._waiting if r.seq not in admitted]
+
+    def _expected_blocks(self, slot: WorkerSlot, req: Request) -> int:
+        total = min(len(req.prompt_ids) + req.limits.max_tokens, slot.info.max_model_len)
+        return slot.info.blocks_for(total)
+
+    def _start(self, slot: WorkerSlot, req: Request, plan: StepPlan, budget: _Budget) -> bool:
+        n = min(self._remaining(req), budget.tokens, self.config.max_prefill_chunk)
+        runs = slot.allocator.allocate(
+            req.seq,
+            slot.info.blocks_for(req.num_computed + n),
+            expected_total=self._expected_blocks(slot, req),
+        )
+        if runs is None:
+            return False
+        self._place(slot, req, Status.RUNNING)
+        plan.start.append(
+            SeqStart(
+                seq=req.seq,
+                sampling=req.sampling,
+                position=0,
+                last_token=None,
+                num_generated=len(req.output_ids),
+                blocks=tuple(runs),
+            )
+        )
+        self._add_compute(req, n, plan)
+        budget.take(n)
+        return True
+
+    def _resume(self, slot: WorkerSlot, req: Request) -> bool:
+        """Swap-in: device blocks now, the SeqStart + SwapIn once the host copy is pinned."""
+        runs = slot.allocator.allocate(
+            req.seq,
+            slot.info.blocks_for(req.num_computed),
+            expected_total=self._expected_blocks(slot, req),
+        )
+        if runs is None:
+            return False
+        self._place(slot, req, Status.SWAPPING_IN)
+        self._host_ops.append(HostOp(HostOpKind.PIN, req.seq, blocks=tuple(req.host_blocks)))
+        self.counters.swap_ins += 1
+        req.swap_ins += 1
+        return True
+
+    def _place(self, slot: WorkerSlot, req: Request, status: Status) -> None:
+        req.status = status
+        req.worker_id = slot.worker_id
+        req.resident = True
+        slot.running[req.seq] = req
 
     def _remaining(self, req: Request) -> int:
         return req.num_tokens - req.num_computed
@@ -312,16 +535,60 @@ class SchedulerCore:
             self.policy.on_served(req.tenant, upto - req.prompt_charged, 0)
             req.prompt_charged = upto
 
+    # -------------------------------------------------------------- preemption
+
     def _preempt(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:
+        req.preemptions += 1
+        self.counters.preemptions += 1
+        if self.config.preemption == "swap" and req.num_computed >= max(
+            1, self.config.min_swap_tokens
+        ):
+            self._begin_swap_out(slot, req, plan)
+        else:
+            self._preempt_recompute(slot, req, plan)
+
+    def _begin_swap_out(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:
+        """Swap-out: host blocks are reserved for what the host lacks; blocks stay until done."""
+        bs = slot.info.block_size
+        keep = req.host_tokens // bs if self.config.kv_reuse else 0
+        if len(req.host_blocks) > keep:
+            stale = tuple(req.host_blocks[keep:])
+            self._host_ops.append(HostOp(HostOpKind.FREE, req.seq, blocks=stale))
+            del req.host_blocks[keep:]
+        req.host_tokens = keep * bs
+        need = slot.info.blocks_for(req.num_computed) - keep
+        req.status = Status.SWAPPING_OUT
+        req.swap_tokens = req.num_computed
+        self.counters.swap_bytes_avoided += keep * slot.info.block_bytes
+        if need == 0:  # the host holds it all already: nothing to copy
+            self._swapped_out(slot, req, plan.drop)
+            return
+        self._host_ops.append(HostOp(HostOpKind.RESERVE, req.seq, num_blocks=need))
+
+    def _preempt_recompute(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:
         """Preempts by recompute: drop the worker's state and KV, requeue the token ids."""
         slot.allocator.free(req.seq)
         del slot.running[req.seq]
         plan.drop.append(req.seq)
         self._remove_from_plan(req.seq, plan)
+        self._release_host_copy(req)
         self._reset_for_recompute(req)
-        req.preemptions += 1
-        self.counters.preemptions += 1
-        self.counters.recomputes += 1
+        self._waiting.append(req)
+
+    def _swapped_out(self, slot: WorkerSlot, req: Request, drops: list[int]) -> None:
+        """Rule 1: the copy is done, so the device blocks go back and the worker forgets it
+        (`drops`: the plan that must carry the drop before the blocks are given again)."""
+        req.host_blocks.extend(req.swap_host_blocks)
+        req.host_tokens = req.swap_tokens
+        req.swap_outs += 1
+        self.counters.swap_outs += 1
+        self._clear_swap(req)
+        slot.allocator.free(req.seq)
+        del slot.running[req.seq]
+        drops.append(req.seq)
+        req.resident = False
+        req.worker_id = None
+        req.status = Status.SWAPPED
         self._waiting.append(req)
 
     @staticmethod
@@ -330,17 +597,36 @@ class SchedulerCore:
         plan.append = [a for a in plan.append if a.seq != seq]
 
     def _reset_for_recompute(self, req: Request) -> None:
+        self._release_host_copy(req)
         req.status = Status.WAITING
         req.worker_id = None
         req.resident = False
         req.decode_ready = False
         req.num_computed = 0
         req.recomputes += 1
+        self.counters.recomputes += 1
+
+    def _discard_swap(self, req: Request) -> None:
+        """Forgets an in-flight swap whose worker is gone; its lease expires in the store."""
+        req.swap_host_blocks = []
+        req.swap_lease = ""
+        req.swap_sent = False
+
+    def _release_host_copy(self, req: Request) -> None:
+        if req.host_blocks:
+            self._host_ops.append(HostOp(HostOpKind.FREE, req.seq, blocks=tuple(req.host_blocks)))
+        req.host_blocks = []
+        req.host_tokens = 0
+
+    def _slot_of(self, req: Request | None) -> WorkerSlot | None:
+        if req is None or req.worker_id is None:
+            return None
+        return self._workers.get(req.worker_id)
 
     # ------------------------------------------------------------------ results
 
     def update_from_output(self, worker_id: str, output: StepOutput) -> list[TokenEvent]:
-        """Applies a worker's step result: new tokens, finishes, per-sequence errors."""
+        """Applies a worker's step result: swap completions, new tokens, per-sequence errors."""
         slot = self._workers.get(worker_id)
         if slot is None:
             return []
@@ -349,6 +635,11 @@ class SchedulerCore:
         slot.step_s_total += output.step_s
         slot.forward_s_total += output.forward_s
         slot.idle_s_total += output.idle_s
+        slot.swap_out_bytes += output.swap_out_bytes
+        slot.swap_in_bytes += output.swap_in_bytes
+        self.counters.swap_out_bytes += output.swap_out_bytes
+        self.counters.swap_in_bytes += output.swap_in_bytes
+        self._apply_swap_results(slot, output)
         events: list[TokenEvent] = []
         for seq, message in output.errors.items():
             req = self._by_seq.get(seq)
@@ -370,6 +661,59 @@ class SchedulerCore:
             events.append(TokenEvent(req, (token,), reason is not None))
         return events
 
+    def _apply_swap_results(self, slot: WorkerSlot, output: StepOutput) -> None:
+        for seq in output.swap_out_done:
+            slot.swaps_in_flight.discard(seq)
+            req = self._by_seq.get(seq)
+            if req is None:
+                continue
+            if req.status == Status.SWAPPING_OUT:
+                self._swapped_out(slot, req, slot.pending_drop)
+            elif req.status == Status.RUNNING:
+                # Cancelled too late: the copy finished anyway, and the host copy is valid.
+                req.host_blocks.extend(req.swap_host_blocks)
+                req.host_tokens = req.swap_tokens
+                self._clear_swap(req)
+            else:  # finished while copying: now the blocks may go
+                self._release_after_swap(slot, req, req.swap_host_blocks)
+        for seq in output.swap_out_cancelled:
+            slot.swaps_in_flight.discard(seq)
+            req = self._by_seq.get(seq)
+            if req is None:
+                continue
+            if req.is_finished:
+                self._release_after_swap(slot, req, [])
+            else:
+                self._clear_swap(req)
+        for seq in output.swap_in_done:
+            slot.swaps_in_flight.discard(seq)
+            req = self._by_seq.get(seq)
+            if req is None:
+                continue
+            self._clear_swap(req)
+            if req.is_finished:
+                self._release_after_swap(slot, req, [])
+                continue
+            req.status = Status.RUNNING
+            if not self.config.kv_reuse:
+                self._release_host_copy(req)
+
+    def _clear_swap(self, req: Request) -> None:
+        req.swap_host_blocks = []
+        req.swap_lease = ""
+        req.swap_sent = False
+
+    def _release_after_swap(self, slot: WorkerSlot, req: Request, host_blocks: list[int]) -> None:
+        """A request that finished while a copy touched its blocks: free them now (rule 1)."""
+        slot.allocator.free(req.seq)
+        slot.running.pop(req.seq, None)
+        slot.pending_drop.append(req.seq)
+        if host_blocks:
+            self._host_ops.append(HostOp(HostOpKind.FREE, req.seq, blocks=tuple(host_blocks)))
+        self._clear_swap(req)
+        if req.request_id not in self._requests:
+            self._by_seq.pop(req.seq, None)
+
     def _finish_reason(self, req: Request, token: int, max_model_len: int) -> FinishReason | None:
         if token in req.limits.stop_token_ids or (token in self._eos and not req.limits.ignore_eos):
             return FinishReason.STOP
@@ -378,37 +722,59 @@ class SchedulerCore:
         return None
 
     def _finish(self, req: Request, reason: FinishReason) -> None:
-        if req.worker_id is not None:
-            slot = self._workers.get(req.worker_id)
-            if slot is not None and slot.running.pop(req.seq, None) is not None:
+        slot = self._slot_of(req)
+        if slot is not None and req.seq in slot.running:
+            if req.swap_sent:
+                # A copy is reading or writing its device blocks: they go when it is done.
+                if req.status == Status.SWAPPING_OUT:
+                    slot.cancel_swap_out.append(req.seq)
+            else:
+                slot.running.pop(req.seq)
                 slot.allocator.free(req.seq)
                 if req.resident:
                     slot.pending_drop.append(req.seq)
-        if req.status == Status.WAITING:
+                if req.swap_lease:
+                    self._host_ops.append(
+                        HostOp(HostOpKind.RELEASE, req.seq, lease_id=req.swap_lease)
+                    )
+        if req.status in (Status.WAITING, Status.SWAPPED):
             self._waiting = [r for r in self._waiting if r.seq != req.seq]
+        self._release_host_copy(req)
         req.status = Status.FINISHED
         req.finish_reason = reason
         req.finished_s = self._clock()
-        req.resident = False
+        req.resident = req.resident and req.swap_sent
         if reason is FinishReason.CANCELLED:
             self.counters.cancelled += 1
         elif reason is FinishReason.ABORTED:
             self.counters.failed += 1
         else:
             self.counters.finished += 1
-        left = self._live_per_tenant.get(req.tenant, 1) - 1
-        self._live_per_tenant[req.tenant] = left
+        self._live_per_tenant[req.tenant] = self._live_per_tenant.get(req.tenant, 1) - 1
 
     # -------------------------------------------------------------------- stats
 
     def num_waiting(self) -> int:
-        return len(self._waiting)
+        return sum(1 for r in self._waiting if r.status == Status.WAITING)
+
+    def num_swapped(self) -> int:
+        return sum(1 for r in self._waiting if r.status == Status.SWAPPED) + sum(
+            1
+            for w in self._workers.values()
+            for r in w.running.values()
+            if r.status in (Status.SWAPPING_OUT, Status.SWAPPING_IN)
+        )
 
     def num_running(self) -> int:
-        return sum(len(w.running) for w in self._workers.values())
+        return sum(
+            1
+            for w in self._workers.values()
+            for r in w.running.values()
+            if r.status == Status.RUNNING
+        )
 
     def tenants(self) -> dict[str, tuple[int, int]]:
-        """tenant -> (waiting, running)."""
+        """tenant -> (waiting or swapped, running)."""
         out: dict[str, tuple[int, int]] = {}
         for req in self._waiting:
             w, r = out.get(req.tenant, (0, 0))
@@ -426,7 +792,7 @@ class SchedulerCore:
             slot.allocator.check_integrity()
             for seq, req in slot.running.items():
                 assert req.seq == seq and req.worker_id == slot.worker_id, f"bad residency {seq}"
-                assert not req.is_finished, f"finished request {seq} still running"
+                assert not req.is_finished or req.swap_sent, f"finished {seq} still running"
                 assert seq not in seen, f"request {seq} on two workers"
                 seen.add(seq)
                 need = slot.info.blocks_for(req.num_computed)
@@ -434,7 +800,10 @@ class SchedulerCore:
             for owner in slot.allocator.owners():
                 assert owner in slot.running, f"blocks owned by non-running {owner}"
         for req in self._waiting:
-            assert req.status == Status.WAITING and req.seq not in seen, f"bad waiting {req.seq}"
+            assert req.status in (Status.WAITING, Status.SWAPPED), f"bad queued {req.seq}"
+            assert req.seq not in seen, f"request {req.seq} both queued and placed"
+            if req.status == Status.SWAPPED:
+                assert req.host_blocks and req.host_tokens == req.num_computed, f"{req.seq}"
 
 
 class _Budget:

@@ -90,6 +90,8 @@ class Frontend:
         self._version = 0
         self._closing = False
         self.on_step: Callable[[str, StepPlan, StepOutput], None] | None = None
+        # Called when the core queued host-memory work (reserve, pin, free) for the host agent.
+        self.on_host_ops: Callable[[], None] | None = None
 
     # ---------------------------------------------------------------- requests
 
@@ -150,7 +152,7 @@ class Frontend:
         )
         stream = RequestStream(req)
         self._streams[req.request_id] = stream
-        await self._notify()
+        await self.notify()
         return stream
 
     async def close(self, stream: RequestStream) -> None:
@@ -159,7 +161,7 @@ class Frontend:
         if not req.is_finished:
             self.core.cancel(req.request_id)
             log.info("client left; request cancelled", extra={"request": req.request_id})
-            await self._notify()
+            await self.notify()
         self._streams.pop(req.request_id, None)
         self.core.forget(req.request_id)
 
@@ -170,13 +172,17 @@ class Frontend:
                 raise KeyError(request_id)
             return False
         self._dispatch([event])
-        await self._notify()
+        await self.notify()
         return True
 
     async def set_priority(self, request_id: str, priority: int) -> None:
         if not self.core.set_priority(request_id, priority):
             raise KeyError(request_id)
-        await self._notify()
+        await self.notify()
+
+    def _poke_host_agent(self) -> None:
+        if self.on_host_ops is not None and self.core.has_host_ops:
+            self.on_host_ops()
 
     def _dispatch(self, events: list[TokenEvent]) -> None:
         for event in events:
@@ -184,7 +190,9 @@ class Frontend:
             if stream is not None:
                 stream.put(event)
 
-    async def _notify(self) -> None:
+    async def notify(self) -> None:
+        """Something changed (a request, a worker, a host answer): idle sessions plan again."""
+        self._poke_host_agent()
         async with self._changed:
             self._version += 1
             self._changed.notify_all()
@@ -200,24 +208,26 @@ class Frontend:
         """
         self.core.add_worker(info)
         await joined()
-        await self._notify()
+        await self.notify()
         wid = info.worker_id
         try:
             while not self._closing:
                 seen = self._version
                 plan = self.core.schedule(wid)
+                self._poke_host_agent()
                 if plan is None:
                     await self._wait_for_change(seen)
                     continue
                 output = await exchange(plan)
                 self._dispatch(self.core.update_from_output(wid, output))
+                self._poke_host_agent()
                 if self.on_step is not None:
                     self.on_step(wid, plan, output)
         finally:
             requeued = self.core.remove_worker(wid)
             if requeued:
                 log.warning("worker left with requests", extra={"worker": wid, "n": requeued})
-            await self._notify()
+            await self.notify()
 
     async def _wait_for_change(self, seen: int) -> None:
         async with self._changed:
@@ -233,4 +243,4 @@ class Frontend:
                 event = self.core.cancel(req.request_id)
                 if event is not None:
                     stream.put(event)
-        await self._notify()
+        await self.notify()

@@ -60,6 +60,7 @@ class SchedulerMetrics:
             self.blocks_free.labels(worker_id).set(slot.allocator.num_free)
         self.waiting.set(core.num_waiting())
         self.running.set(core.num_running())
+        self.swapped.set(core.num_swapped())
         self.preemptions.set(core.counters.preemptions)
 
     def on_finish(self, req: Request) -> None:

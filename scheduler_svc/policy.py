@@ -29,6 +29,9 @@ class Policy(Protocol):
 
     def counter(self, tenant: str) -> float: ...
 
+    def outranks(self, a: Request, b: Request, margin: float) -> bool:
+        """Whether `a` should preempt `b` (by more than `margin` where that means anything)."""
+
 
 class FcfsPolicy:
     name = "fcfs"
@@ -45,12 +48,18 @@ class FcfsPolicy:
     def counter(self, tenant: str) -> float:
         return 0.0
 
+    def outranks(self, a: Request, b: Request, margin: float) -> bool:
+        return False  # arrival order never preempts; only memory pressure does
+
 
 class PriorityPolicy(FcfsPolicy):
     name = "priority"
 
     def sort_key(self, req: Request) -> tuple[float, ...]:
         return (-req.priority, req.arrival_s, req.seq)
+
+    def outranks(self, a: Request, b: Request, margin: float) -> bool:
+        return a.priority > b.priority
 
 
 class VtcPolicy:
@@ -82,6 +91,9 @@ class VtcPolicy:
 
     def sort_key(self, req: Request) -> tuple[float, ...]:
         return (self.counter(req.tenant), req.arrival_s, req.seq)
+
+    def outranks(self, a: Request, b: Request, margin: float) -> bool:
+        return self.counter(a.tenant) + margin < self.counter(b.tenant)
 
     def on_activate(self, tenant: str, active: Mapping[str, int]) -> None:
         others = [self.counter(t) for t, n in active.items() if n > 0 and t != tenant]

@@ -75,6 +75,16 @@ class Request:
     decode_ready: bool = False
     # Prompt tokens already charged to the tenant by the fairness policy.
     prompt_charged: int = 0
+    # Host copy of the KV (rule 5: stays valid after a swap-in): host block ids in block-table
+    # order, and how many leading tokens they hold. Only whole blocks are reused later.
+    host_blocks: list[int] = field(default_factory=list)
+    host_tokens: int = 0
+    # An in-flight swap: its store lease, the host blocks it writes, tokens it covers, and
+    # whether its order went to the worker (then device blocks stay until it is reported done).
+    swap_lease: str = ""
+    swap_host_blocks: list[int] = field(default_factory=list)
+    swap_tokens: int = 0
+    swap_sent: bool = False
     finish_reason: FinishReason | None = None
     finish_message: str = ""
     # Timing and counters, reported in RequestMetrics.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from proto import scheduler_pb2_grpc as api_grpc
 from proto import worker_pb2_grpc as wk_grpc
 from scheduler_svc.core import CoreConfig, SchedulerCore
 from scheduler_svc.frontend import Frontend
+from scheduler_svc.host_agent import HostAgent
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.policy import make_policy
 from scheduler_svc.servicer import FastSwitchServicer, StepLinkServicer
@@ -40,6 +42,7 @@ class SchedulerConfig:
     core: CoreConfig
     max_tokens_limit: int
     tenants: tuple[tuple[str, float], ...]
+    host_lease_s: float
     strict_tenants: bool
     w_prompt: float
     w_output: float
@@ -61,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_flags(p, listen="127.0.0.1:50051", metrics_port=9451)
     p.add_argument("--kvstore", default=env_default("--kvstore", ""), help="KV store address")
     p.add_argument("--model", default=env_default("--model", "tiny"), help="tiny or a HF dir")
-    p.add_argument("--policy", default=env_default("--policy", "fcfs"), choices=POLICIES)
+    p.add_argument("--policy", default=env_default("--policy", "vtc"), choices=POLICIES)
     p.add_argument("--mode", default=env_default("--mode", "fastswitch"), choices=MODES)
     p.add_argument(
         "--max-batched-tokens",
@@ -91,6 +94,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vtc-prompt-weight", type=float, default=1.0)
     p.add_argument("--vtc-output-weight", type=float, default=2.0)
+    g = p.add_argument_group("context switching")
+    g.add_argument(
+        "--preemption",
+        default=env_default("--preemption", "swap"),
+        choices=("swap", "recompute"),
+        help="how a preempted request leaves the device (swap needs --kvstore; default swap)",
+    )
+    g.add_argument(
+        "--no-kv-reuse",
+        action="store_true",
+        help="swap the whole context every time (no host copy kept after a swap-in)",
+    )
+    g.add_argument(
+        "--min-swap-tokens",
+        type=int,
+        default=env_default("--min-swap-tokens", 32),
+        help="contexts shorter than this are recomputed instead of swapped",
+    )
+    g.add_argument(
+        "--priority-update-interval",
+        type=int,
+        default=env_default("--priority-update-interval", 4),
+        help="re-rank and preempt every N iterations of a worker",
+    )
+    g.add_argument(
+        "--preempt-margin",
+        type=float,
+        default=env_default("--preempt-margin", 128.0),
+        help="VTC: a waiting tenant preempts when its counter is lower by more than this",
+    )
+    g.add_argument(
+        "--host-lease-s", type=float, default=60.0, help="lease of host reservations and pins"
+    )
     return p
 
 
@@ -110,7 +146,13 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             max_prefill_chunk=args.max_prefill_chunk,
             growth_allowance=args.growth_allowance,
             max_waiting=args.max_waiting,
+            preemption=args.preemption if args.kvstore else "recompute",
+            kv_reuse=not args.no_kv_reuse and args.mode != "vllm-baseline",
+            min_swap_tokens=args.min_swap_tokens,
+            priority_update_interval=args.priority_update_interval,
+            preempt_margin=args.preempt_margin,
         ),
+        host_lease_s=args.host_lease_s,
         max_tokens_limit=args.max_tokens_limit,
         tenants=tuple(parse_weights(args.tenants).items()),
         strict_tenants=args.strict_tenants,
@@ -148,14 +190,32 @@ async def serve(cfg: SchedulerConfig) -> int:
         StepLinkServicer(frontend, model_fingerprint=spec.fingerprint),
         "fastswitch.worker.v1.StepLink",
     )
+    agent_task: asyncio.Task[None] | None = None
+    if cfg.kvstore:
+        agent = HostAgent(core, cfg.kvstore, changed=frontend.notify, lease_s=cfg.host_lease_s)
+        frontend.on_host_ops = agent.wake
+        agent_task = asyncio.create_task(agent.run(), name="host-agent")
+    else:
+        log.warning("no --kvstore: preemption recomputes (no swaps)")
     await service.start()
     service.install_signal_handlers()
     service.set_serving(True)
-    log.info("scheduler ready", extra={"model": spec.name, "policy": cfg.policy, "mode": cfg.mode})
+    log.info(
+        "scheduler ready",
+        extra={
+            "model": spec.name,
+            "policy": cfg.policy,
+            "mode": cfg.mode,
+            "preemption": cfg.core.preemption,
+        },
+    )
     await service.wait_for_signal()
-    # Ordered shutdown: NOT_SERVING, end open streams, stop accepting, drain.
+    # Ordered shutdown: NOT_SERVING, end open streams, stop accepting, drain, close channels.
     await frontend.shutdown()
     await service.stop(grace_s=3.0)
+    if agent_task is not None:
+        agent_task.cancel()
+        await asyncio.gather(agent_task, return_exceptions=True)
     return 0
 
 

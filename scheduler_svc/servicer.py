@@ -146,6 +146,7 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         out = api.StatsResponse(
             waiting=core.num_waiting(),
             running=core.num_running(),
+            swapped=core.num_swapped(),
             finished=c.finished,
             cancelled=c.cancelled,
             failed=c.failed,
@@ -222,9 +223,7 @@ class StepLinkServicer(wk_grpc.StepLinkServicer):
             return out
 
         async def joined() -> None:
-            await context.write(
-                wk.SchedulerMessage(accepted=wk.Accepted(worker_id=info.worker_id))
-            )
+            await context.write(wk.SchedulerMessage(accepted=wk.Accepted(worker_id=info.worker_id)))
 
         try:
             await self._frontend.worker_session(info, exchange, joined)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from scheduler_svc.block_groups import BlockGroupAllocator
+from scheduler_svc.plan import SeqStart, SwapOrder
 from scheduler_svc.request import Request
 
 
@@ -35,6 +36,13 @@ class WorkerSlot:
     running: dict[int, Request] = field(default_factory=dict)
     # Sequences the worker must forget in its next plan (finished, cancelled, preempted).
     pending_drop: list[int] = field(default_factory=list)
+    # Swap orders ready for the next plan (their host side is reserved or pinned).
+    swap_out_orders: list[SwapOrder] = field(default_factory=list)
+    swap_in_orders: list[tuple[SeqStart, SwapOrder]] = field(default_factory=list)
+    cancel_swap_out: list[int] = field(default_factory=list)
+    # Sequences whose swap order was sent and not yet reported done.
+    swaps_in_flight: set[int] = field(default_factory=set)
+    iterations: int = 0
     next_step_id: int = 0
     steps: int = 0
     step_s_total: float = 0.0

@@ -174,7 +174,7 @@ async def test_text_prompts_are_tokenized_at_the_edge(server, worker):
             stub,
             api.GenerateRequest(text="hi", sampling=api.SamplingParams(max_tokens=4), tenant="a"),
         )
-        by_ids = await collect(stub, request(list(b"hi"), 4))
+        by_ids = await collect(stub, request([256, *b"hi"], 4))  # <bos> first
     assert by_text[0] == by_ids[0]
 
 

@@ -1,0 +1,98 @@
+"""Runs the core's HostOps against the KV store (gRPC) and hands the answers back to the core.
+
+The core never waits on the network; this task does, off the step loop. Fan-out is bounded.
+After every answer the frontend is poked so that sessions waiting for work plan again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from proto import kvstore_pb2 as kv
+from proto import kvstore_pb2_grpc as kv_grpc
+from scheduler_svc.core import SchedulerCore
+from scheduler_svc.host_ops import HostOp, HostOpKind
+
+log = logging.getLogger(__name__)
+
+
+class HostAgent:
+    def __init__(
+        self,
+        core: SchedulerCore,
+        target: str,
+        *,
+        changed: Callable[[], Awaitable[None]],
+        lease_s: float = 60.0,
+        max_in_flight: int = 32,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._core = core
+        self._target = target
+        self._changed = changed
+        self._lease_s = lease_s
+        self._timeout_s = timeout_s
+        self._limit = asyncio.Semaphore(max_in_flight)
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Until cancelled: take the core's ops and run each, bounded."""
+        async with grpc.aio.insecure_channel(self._target) as channel:
+            stub = kv_grpc.KVStoreStub(channel)
+            try:
+                while True:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    for op in self._core.take_host_ops():
+                        await self._limit.acquire()
+                        task = asyncio.create_task(self._run_one(stub, op))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._done)
+            finally:
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._limit.release()
+
+    async def _run_one(self, stub: kv_grpc.KVStoreStub, op: HostOp) -> None:
+        t = self._timeout_s
+        try:
+            if op.kind is HostOpKind.RESERVE:
+                resp = await stub.Reserve(
+                    kv.ReserveRequest(
+                        num_blocks=op.num_blocks, lease_s=self._lease_s, owner=f"seq-{op.seq}"
+                    ),
+                    timeout=t,
+                )
+                blocks = [b for e in resp.extents for b in range(e.start, e.start + e.count)]
+                self._core.on_reserved(op.seq, resp.lease_id, blocks)
+            elif op.kind is HostOpKind.PIN:
+                pin = await stub.Pin(
+                    kv.PinRequest(blocks=op.blocks, lease_s=self._lease_s, owner=f"seq-{op.seq}"),
+                    timeout=t,
+                )
+                self._core.on_pinned(op.seq, pin.lease_id)
+            elif op.kind is HostOpKind.FREE:
+                await stub.Free(kv.FreeRequest(blocks=op.blocks), timeout=t)
+            else:
+                await stub.Release(kv.ReleaseRequest(lease_id=op.lease_id), timeout=t)
+        except grpc.aio.AioRpcError as err:
+            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN):
+                self._core.on_host_failed(op.seq, op.kind, f"{err.code().name}: {err.details()}")
+            elif err.code() != grpc.StatusCode.NOT_FOUND:  # already gone is fine
+                log.warning(
+                    "host op failed",
+                    extra={"op": op.kind.value, "seq": op.seq, "why": err.code().name},
+                )
+        await self._changed()

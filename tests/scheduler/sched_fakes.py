@@ -1,0 +1,258 @@
+"""A fake worker and a fake KV store that follow the scheduler core's plans exactly.
+
+The fake worker keeps KV only in its device blocks (one token id per slot) and rebuilds a
+sequence's history from its block table, so a plan that maps the wrong blocks, copies the wrong
+runs, frees blocks under a copy, or resumes from the wrong position changes the output.
+Its "model" hashes the whole history it reads back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+
+from scheduler_svc.core import SchedulerCore
+from scheduler_svc.host_ops import HostOpKind
+from scheduler_svc.plan import StepOutput, StepPlan, SwapOrder
+from scheduler_svc.workers import WorkerInfo
+
+
+def next_token(history: list[int]) -> int:
+    digest = hashlib.blake2b(str(history).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") % 250  # never the test EOS (255)
+
+
+@dataclass
+class _Seq:
+    table: list[int]
+    position: int
+    last: int | None
+
+
+@dataclass
+class FakeHost:
+    """Host arena + store: reserve/pin/free/release as the core asks (all answered at once)."""
+
+    capacity: int = 10_000
+    blocks: dict[int, list[int | None]] = field(default_factory=dict)
+    free_ids: list[int] = field(default_factory=list)
+    next_id: int = 0
+    leases: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+    committed: set[int] = field(default_factory=set)
+    reserved: set[int] = field(default_factory=set)
+    fail_reserve: bool = False
+    lease_ids: itertools.count = field(default_factory=itertools.count)
+
+    def serve(self, core: SchedulerCore) -> int:
+        """Answers every queued host op at once; returns how many there were."""
+        ops = core.take_host_ops()
+        for op in ops:
+            if op.kind is HostOpKind.RESERVE:
+                if self.fail_reserve or len(self.reserved) + len(self.committed) + op.num_blocks > (
+                    self.capacity
+                ):
+                    core.on_host_failed(op.seq, op.kind, "host memory short")
+                    continue
+                ids = [self._new_id() for _ in range(op.num_blocks)]
+                self.reserved.update(ids)
+                lease = f"r{next(self.lease_ids)}"
+                self.leases[lease] = ("reserve", tuple(ids))
+                core.on_reserved(op.seq, lease, ids)
+            elif op.kind is HostOpKind.PIN:
+                assert set(op.blocks) <= self.committed, "pin of uncommitted host blocks"
+                lease = f"p{next(self.lease_ids)}"
+                self.leases[lease] = ("pin", op.blocks)
+                core.on_pinned(op.seq, lease)
+            elif op.kind is HostOpKind.FREE:
+                for b in op.blocks:
+                    assert b in self.committed, f"free of host block {b} not committed"
+                    self.committed.discard(b)
+                    self.blocks.pop(b, None)
+                    self.free_ids.append(b)
+            else:
+                self.release(op.lease_id)
+        return len(ops)
+
+    def _new_id(self) -> int:
+        if self.free_ids:
+            return self.free_ids.pop()
+        self.next_id += 1
+        return self.next_id - 1
+
+    def commit(self, lease: str) -> None:
+        kind, ids = self.leases.pop(lease)
+        assert kind == "reserve"
+        self.reserved -= set(ids)
+        self.committed |= set(ids)
+
+    def release(self, lease: str) -> None:
+        entry = self.leases.pop(lease, None)
+        if entry is not None and entry[0] == "reserve":
+            self.reserved -= set(entry[1])
+            self.free_ids.extend(entry[1])
+
+
+class FakeWorker:
+    """Executes plans like worker_svc; swaps finish `swap_delay` steps after they were issued."""
+
+    def __init__(self, info: WorkerInfo, host: FakeHost | None = None, swap_delay: int = 1):
+        self.info = info
+        self.host = host or FakeHost()
+        self.swap_delay = swap_delay
+        self.device: dict[int, list[int | None]] = {}
+        self.seqs: dict[int, _Seq] = {}
+        self.owner_of_block: dict[int, int] = {}
+        self.in_flight: list[tuple[int, str, SwapOrder]] = []  # (due step, kind, order)
+        self.busy_blocks: set[int] = set()  # device blocks under a copy
+        self.steps = 0
+        self.copies = 0
+        self.blocks_copied_out = 0
+
+    # --- plan execution (the order executor.py uses) ---
+    def run(self, plan: StepPlan) -> StepOutput:
+        self.steps += 1
+        for seq in plan.drop:
+            s = self.seqs.pop(seq, None)
+            for b in s.table if s else []:
+                assert b not in self.busy_blocks, f"block {b} dropped under a copy"
+                self.owner_of_block.pop(b, None)
+        for start in plan.start:
+            assert start.seq not in self.seqs, f"seq {start.seq} started twice"
+            self.seqs[start.seq] = _Seq([], start.position, start.last_token)
+            self._append(start.seq, [b for r in start.blocks for b in r.blocks()])
+        for a in plan.append:
+            self._append(a.seq, [b for r in a.blocks for b in r.blocks()])
+        for order in plan.swap_in:
+            self._issue("in", order)
+        for order in plan.swap_out:
+            self._issue("out", order)
+        cancelled = []
+        for seq in plan.cancel_swap_out:
+            for item in list(self.in_flight):
+                if item[1] == "out" and item[2].seq == seq:
+                    self.in_flight.remove(item)
+                    self._unbusy(item[2])
+                    self.host.release(item[2].lease_id)
+                    cancelled.append(seq)
+        sampled: dict[int, int] = {}
+        for chunk in plan.prefill:
+            assert chunk.seq not in self._swapping(), "compute on a sequence under swap-in"
+            s = self.seqs[chunk.seq]
+            for t in chunk.token_ids:
+                self._write(s, t)
+            if chunk.sample:
+                sampled[chunk.seq] = s.last = next_token(self._read(s))
+        for seq in plan.decode:
+            assert seq not in self._swapping(), "compute on a sequence under swap-in"
+            s = self.seqs[seq]
+            assert s.last is not None
+            self._write(s, s.last)
+            sampled[seq] = s.last = next_token(self._read(s))
+        out_done, in_done = self._complete()
+        return StepOutput(
+            step_id=plan.step_id,
+            sampled=sampled,
+            swap_out_done=tuple(out_done),
+            swap_in_done=tuple(in_done),
+            swap_out_cancelled=tuple(cancelled),
+        )
+
+    def _swapping(self) -> set[int]:
+        return {o.seq for _, kind, o in self.in_flight if kind == "in"}
+
+    def _issue(self, kind: str, order: SwapOrder) -> None:
+        for c in order.copies:
+            for d in range(c.device_start, c.device_start + c.count):
+                assert d not in self.busy_blocks, f"two copies on device block {d}"
+                self.busy_blocks.add(d)
+        self.in_flight.append((self.steps + self.swap_delay - 1, kind, order))
+
+    def _unbusy(self, order: SwapOrder) -> None:
+        for c in order.copies:
+            for d in range(c.device_start, c.device_start + c.count):
+                self.busy_blocks.discard(d)
+
+    def _complete(self) -> tuple[list[int], list[int]]:
+        out_done, in_done = [], []
+        for item in list(self.in_flight):
+            due, kind, order = item
+            if due > self.steps:
+                continue
+            self.in_flight.remove(item)
+            self._unbusy(order)
+            for c in order.copies:
+                self.copies += 1
+                for i in range(c.count):
+                    d, h = c.device_start + i, c.host_start + i
+                    if kind == "out":
+                        self.host.blocks[h] = list(
+                            self.device.get(d, [None] * self.info.block_size)
+                        )
+                        self.blocks_copied_out += 1
+                    else:
+                        self.device[d] = list(self.host.blocks[h])
+            if kind == "out":
+                self.host.commit(order.lease_id)
+                out_done.append(order.seq)
+            else:
+                self.host.release(order.lease_id)
+                in_done.append(order.seq)
+        return out_done, in_done
+
+    def _append(self, seq: int, blocks: list[int]) -> None:
+        for b in blocks:
+            assert b not in self.owner_of_block, f"block {b} given to two sequences"
+            assert b not in self.busy_blocks, f"block {b} reallocated under a copy (rule 1)"
+            self.owner_of_block[b] = seq
+            self.seqs[seq].table.append(b)
+
+    def _write(self, s: _Seq, token: int) -> None:
+        bs = self.info.block_size
+        assert s.position < len(s.table) * bs, "write past the block table"
+        block = s.table[s.position // bs]
+        self.device.setdefault(block, [None] * bs)[s.position % bs] = token
+        s.position += 1
+
+    def _read(self, s: _Seq) -> list[int]:
+        bs = self.info.block_size
+        out = []
+        for pos in range(s.position):
+            tok = self.device.get(s.table[pos // bs], [None] * bs)[pos % bs]
+            assert tok is not None, f"KV of position {pos} missing"
+            out.append(tok)
+        return out
+
+
+def step(core: SchedulerCore, wid: str, worker: FakeWorker) -> StepPlan | None:
+    """One iteration of one worker, host answers included; None if it had nothing to do."""
+    worker.host.serve(core)
+    plan = core.schedule(wid)
+    worker.host.serve(core)
+    if plan is not None:
+        core.update_from_output(wid, worker.run(plan))
+        worker.host.serve(core)
+        core.check_integrity()
+    return plan
+
+
+def drive(core: SchedulerCore, workers: dict[str, FakeWorker], max_steps: int = 20_000):
+    """Runs every worker (and its host store) until no work is left; returns the plans seen."""
+    plans: list[StepPlan] = []
+    for _ in range(max_steps):
+        progressed = False
+        for wid, worker in workers.items():
+            served = worker.host.serve(core)
+            plan = core.schedule(wid)
+            served += worker.host.serve(core)
+            if plan is None:
+                progressed = progressed or served > 0
+                continue
+            progressed = True
+            plans.append(plan)
+            core.update_from_output(wid, worker.run(plan))
+            worker.host.serve(core)
+            core.check_integrity()
+        if not progressed:
+            return plans
+    raise AssertionError("did not drain")
