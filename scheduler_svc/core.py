@@ -95,6 +95,15 @@ class CoreConfig:
 
 
 @dataclass(slots=True)
+class TenantTally:
+    """Service a tenant has received since the scheduler started."""
+
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    finished: int = 0
+
+
+@dataclass(slots=True)
 class Counters:
     finished: int = 0
     cancelled: int = 0
@@ -131,6 +140,7 @@ class SchedulerCore:
         self._workers: dict[str, WorkerSlot] = {}
         self._live_per_tenant: dict[str, int] = {}
         self._host_ops: list[HostOp] = []
+        self.tallies: dict[str, TenantTally] = {}
 
     # ------------------------------------------------------------------ workers
 
@@ -206,6 +216,7 @@ class SchedulerCore:
         if self._live_per_tenant.get(tenant, 0) == 0:
             self.policy.on_activate(tenant, self._live_per_tenant)
         self._live_per_tenant[tenant] = self._live_per_tenant.get(tenant, 0) + 1
+        self.tallies.setdefault(tenant, TenantTally())
         self._waiting.append(req)
         return req
 
@@ -533,6 +544,7 @@ class SchedulerCore:
         upto = min(stop, len(req.prompt_ids))
         if upto > req.prompt_charged:
             self.policy.on_served(req.tenant, upto - req.prompt_charged, 0)
+            self.tallies[req.tenant].prompt_tokens += upto - req.prompt_charged
             req.prompt_charged = upto
 
     # -------------------------------------------------------------- preemption
@@ -655,6 +667,7 @@ class SchedulerCore:
             req.decode_ready = True
             req.token_times.append(now)
             self.policy.on_served(req.tenant, 0, 1)
+            self.tallies[req.tenant].output_tokens += 1
             reason = self._finish_reason(req, token, slot.info.max_model_len)
             if reason is not None:
                 self._finish(req, reason)
@@ -750,6 +763,7 @@ class SchedulerCore:
             self.counters.failed += 1
         else:
             self.counters.finished += 1
+        self.tallies[req.tenant].finished += 1
         self._live_per_tenant[req.tenant] = self._live_per_tenant.get(req.tenant, 1) - 1
 
     # -------------------------------------------------------------------- stats

@@ -161,12 +161,19 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
             policy=self._policy,
             mode=self._mode,
         )
-        for tenant, (waiting, running) in sorted(core.tenants().items()):
+        queued = core.tenants()
+        weight = getattr(core.policy, "weight", lambda _t: 1.0)
+        for tenant, tally in sorted(core.tallies.items()):
+            waiting, running = queued.get(tenant, (0, 0))
             out.tenants.add(
                 tenant=tenant,
                 virtual_counter=core.policy.counter(tenant),
+                prompt_tokens=tally.prompt_tokens,
+                output_tokens=tally.output_tokens,
                 waiting=waiting,
                 running=running,
+                finished=tally.finished,
+                weight=weight(tenant),
             )
         for wid, slot in sorted(core.workers.items()):
             stats = slot.allocator.stats()
