@@ -262,11 +262,8 @@ def run_command(args: argparse.Namespace) -> int:
             prompt = _parse_ids(args.prompt_token_ids)
         elif args.chat:
             prompt = tokenizer.apply_chat_template([("user", args.prompt)])
-        elif not args.prompt:
-            raise ValueError("prompt is empty: at least one token is needed")
         else:
-            bos = tokenizer.bos_token_id
-            prompt = ([] if bos is None else [bos]) + tokenizer.encode(args.prompt)
+            prompt = tokenizer.encode_prompt(args.prompt)
         loaded = load_model(args.model, device=args.device)
         (result,) = generate_offline(
             loaded,

@@ -108,11 +108,8 @@ class Frontend:
             raise ValueError(
                 f"max_tokens must be <= {self._max_tokens_limit}, got {new.max_tokens}"
             )
-        if new.prompt_text == "":
-            raise ValueError("prompt is empty: at least one token is needed")
         if new.prompt_text is not None:
-            bos = self.tokenizer.bos_token_id
-            prompt_ids = ([] if bos is None else [bos]) + self.tokenizer.encode(new.prompt_text)
+            prompt_ids = self.tokenizer.encode_prompt(new.prompt_text)
         else:
             prompt_ids = list(new.prompt_ids or [])
         validate_generation(

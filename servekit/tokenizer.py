@@ -57,6 +57,17 @@ class Tokenizer(ABC):
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` (special tokens rendered as their names)."""
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a plain-text prompt: ``<bos>`` (when the model has one), then ``text``.
+
+        The one rule every entry point (the API, ``fastswitch run``) uses for text prompts.
+        Empty text is a ValueError: a prompt needs at least one token of its own.
+        """
+        if not text:
+            raise ValueError("prompt is empty: at least one token is needed")
+        bos = self.bos_token_id
+        return ([] if bos is None else [bos]) + self.encode(text)
+
     @abstractmethod
     def apply_chat_template(
         self, messages: Sequence[Message], add_generation_prompt: bool = True
