@@ -6,7 +6,7 @@ import itertools
 
 from proto import scheduler_pb2 as api
 from proto import worker_pb2 as wk
-from scheduler_svc.frontend import NewRequest
+from scheduler_svc.frontend import NewRequest, NewTurn
 from scheduler_svc.plan import StepOutput, StepPlan, SwapOrder
 from scheduler_svc.request import FinishReason, Request, Sampling
 from scheduler_svc.workers import WorkerInfo
@@ -36,6 +36,32 @@ def new_request(msg: api.GenerateRequest) -> NewRequest:
         tenant=msg.tenant or "default",
         priority=msg.priority,
         request_id=msg.request_id or None,
+    )
+
+
+def new_turn(msg: api.ChatRequest) -> NewTurn:
+    s = msg.sampling
+    request = NewRequest(
+        prompt_text=None,
+        prompt_ids=None,
+        max_tokens=s.max_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p or 1.0,
+        top_k=s.top_k,
+        seed=s.seed if s.HasField("seed") else None,
+        stop_token_ids=tuple(s.stop_token_ids),
+        ignore_eos=s.ignore_eos,
+        tenant=msg.tenant or "default",
+        priority=msg.priority,
+        request_id=msg.request_id or None,
+    )
+    return NewTurn(
+        conversation_id=msg.conversation_id,
+        tenant=msg.tenant or "default",
+        system=msg.system or None,
+        message=msg.message,
+        ttl_s=msg.ttl_s,
+        request=request,
     )
 
 

@@ -14,8 +14,9 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from scheduler_svc.conversations import Conversation, Conversations
 from scheduler_svc.core import SchedulerCore
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.request import GenerationLimits, Request, Sampling, TokenEvent
@@ -46,6 +47,18 @@ class NewRequest:
     tenant: str = "default"
     priority: int = 0
     request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewTurn:
+    """One chat turn as the public API received it."""
+
+    conversation_id: str
+    tenant: str
+    system: str | None
+    message: str
+    ttl_s: float
+    request: NewRequest  # sampling, priority, request id; no prompt
 
 
 class RequestStream:
@@ -85,6 +98,7 @@ class Frontend:
         self._max_model_len = max_model_len
         self._max_tokens_limit = max_tokens_limit
         self._tenants = dict(tenants) if tenants else None
+        self.conversations = Conversations(tokenizer)
         self._streams: dict[str, RequestStream] = {}
         self._changed = asyncio.Condition()
         self._version = 0
@@ -95,13 +109,18 @@ class Frontend:
 
     # ---------------------------------------------------------------- requests
 
-    def prepare(self, new: NewRequest) -> tuple[list[int], Sampling, GenerationLimits, str]:
-        """Validates and tokenizes; ValueError with the offending value otherwise."""
-        tenant = new.tenant or "default"
+    def prepare_tenant(self, tenant: str) -> str:
+        """The tenant's name ("" is "default"); ValueError if malformed or not configured."""
+        tenant = tenant or "default"
         if not _TENANT.match(tenant):
             raise ValueError(f"tenant must be 1-64 characters of [A-Za-z0-9_.:@-], got {tenant!r}")
         if self._tenants is not None and tenant not in self._tenants:
             raise ValueError(f"unknown tenant {tenant!r} (configured: {sorted(self._tenants)})")
+        return tenant
+
+    def prepare(self, new: NewRequest) -> tuple[list[int], Sampling, GenerationLimits, str]:
+        """Validates and tokenizes; ValueError with the offending value otherwise."""
+        tenant = self.prepare_tenant(new.tenant)
         if (new.prompt_text is None) == (new.prompt_ids is None):
             raise ValueError("give exactly one of prompt text or prompt token ids")
         if new.max_tokens > self._max_tokens_limit:
@@ -152,6 +171,30 @@ class Frontend:
         await self.notify()
         return stream
 
+    async def open_turn(self, turn: NewTurn) -> tuple[Conversation, list[int], RequestStream]:
+        """Starts a chat turn: the conversation's exact history ids + the new message."""
+        self.prepare_tenant(turn.tenant)
+        conv = self.conversations.open(
+            turn.conversation_id, turn.tenant or "default", system=turn.system, ttl_s=turn.ttl_s
+        )
+        prompt = self.conversations.begin_turn(conv, turn.message)
+        try:
+            new = replace(turn.request, prompt_ids=prompt, prompt_text=None, tenant=conv.tenant)
+            stream = await self.open(new)
+        except BaseException:
+            self.conversations.end_turn(conv, prompt, [], ok=False)
+            raise
+        return conv, prompt, stream
+
+    def end_turn(self, conv: Conversation, prompt: list[int], req: Request) -> None:
+        ok = req.finish_reason is not None and req.finish_reason.value in ("stop", "length")
+        self.conversations.end_turn(conv, prompt, list(req.output_ids), ok)
+
+    def end_conversation(self, conversation_id: str, tenant: str) -> int:
+        """Deletes a conversation; returns the retained blocks freed (none are kept yet)."""
+        self.conversations.end(conversation_id, tenant or "default")
+        return 0
+
     async def close(self, stream: RequestStream) -> None:
         """Ends a stream; a request still live (the client left) is cancelled and freed."""
         req = stream.request
@@ -166,7 +209,7 @@ class Frontend:
         event = self.core.cancel(request_id)
         if event is None:
             if self.core.get(request_id) is None:
-                raise KeyError(request_id)
+                raise KeyError(f"request {request_id!r}")
             return False
         self._dispatch([event])
         await self.notify()
@@ -174,7 +217,7 @@ class Frontend:
 
     async def set_priority(self, request_id: str, priority: int) -> None:
         if not self.core.set_priority(request_id, priority):
-            raise KeyError(request_id)
+            raise KeyError(f"request {request_id!r}")
         await self.notify()
 
     def _poke_host_agent(self) -> None:

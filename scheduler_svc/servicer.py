@@ -16,6 +16,7 @@ from proto import scheduler_pb2_grpc as api_grpc
 from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
 from scheduler_svc import convert
+from scheduler_svc.conversations import ConversationBusy
 from scheduler_svc.core import CapacityError, SchedulingError
 from scheduler_svc.frontend import Frontend, RequestStream
 from scheduler_svc.metrics import SchedulerMetrics
@@ -25,8 +26,10 @@ log = logging.getLogger(__name__)
 
 
 def _status_for(err: Exception) -> grpc.StatusCode:
-    if isinstance(err, CapacityError):
+    if isinstance(err, CapacityError | OverflowError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(err, ConversationBusy):
+        return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(err, ValueError | SchedulingError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(err, KeyError):
@@ -36,12 +39,12 @@ def _status_for(err: Exception) -> grpc.StatusCode:
     raise err
 
 
-_ERRORS = (ValueError, SchedulingError, KeyError, ConnectionError)
+_ERRORS = (ValueError, SchedulingError, KeyError, ConnectionError, OverflowError, ConversationBusy)
 
 
 def _message(err: Exception) -> str:
     if isinstance(err, KeyError):
-        return f"unknown request id {err.args[0]!r}"
+        return f"not found: {err.args[0]}"
     return str(err)
 
 
@@ -108,17 +111,25 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
     async def Chat(
         self, request: api.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api.GenerateChunk]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "conversations (Chat) are not served yet; use Generate with the whole history",
-        )
-        yield api.GenerateChunk()  # pragma: no cover - abort raises
+        try:
+            conv, prompt, stream = await self._frontend.open_turn(convert.new_turn(request))
+        except _ERRORS as err:
+            await context.abort(_status_for(err), _message(err))
+        try:
+            async for chunk in self._stream(stream):
+                chunk.conversation_id = conv.conversation_id
+                yield chunk
+        finally:
+            self._frontend.end_turn(conv, prompt, stream.request)
 
     async def EndConversation(
         self, request: api.EndConversationRequest, context: grpc.aio.ServicerContext
     ) -> api.EndConversationResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "conversations are not served yet")
-        return api.EndConversationResponse()  # pragma: no cover
+        try:
+            freed = self._frontend.end_conversation(request.conversation_id, request.tenant)
+        except _ERRORS as err:
+            await context.abort(_status_for(err), _message(err))
+        return api.EndConversationResponse(freed_blocks=freed)
 
     async def Cancel(
         self, request: api.CancelRequest, context: grpc.aio.ServicerContext

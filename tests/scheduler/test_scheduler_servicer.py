@@ -286,3 +286,66 @@ async def test_a_worker_leaving_mid_request_loses_nothing(server, worker):
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
     assert tokens == expected and last.metrics.recomputes >= 1
+
+
+async def chat_turn(stub, message, conversation_id="", tenant="a", system=""):
+    req = api.ChatRequest(
+        conversation_id=conversation_id,
+        tenant=tenant,
+        system=system,
+        message=message,
+        sampling=api.SamplingParams(max_tokens=5),
+    )
+    tokens, last = [], None
+    async for chunk in stub.Chat(req, timeout=10):
+        tokens.extend(chunk.token_ids)
+        last = chunk
+    return tokens, last
+
+
+async def test_chat_keeps_the_exact_history_ids(server, worker):
+    target, frontend = server
+    tok = frontend.tokenizer
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = api_grpc.FastSwitchStub(ch)
+        reply1, last1 = await chat_turn(stub, "hello", system="be brief")
+        conv_id = last1.conversation_id
+        assert conv_id.startswith("conv-")
+        reply2, last2 = await chat_turn(stub, "again", conv_id)
+        assert last2.conversation_id == conv_id
+    first = tok.apply_chat_template([("system", "be brief"), ("user", "hello")])
+    second = [*first, *reply1, 261, *tok.apply_chat_template([("user", "again")])[1:]]
+    assert last1.metrics.prompt_tokens == len(first)
+    assert last2.metrics.prompt_tokens == len(second)
+    # The fake worker was fed exactly that history (its output depends on every id).
+    fed = list(second)
+    expected = []
+    for _ in range(5):
+        t = next_token(fed)
+        expected.append(t)
+        fed.append(t)
+    assert reply2 == expected
+
+
+async def test_conversations_are_private_and_can_be_ended(server, worker):
+    target, _ = server
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = api_grpc.FastSwitchStub(ch)
+        _, last = await chat_turn(stub, "mine", tenant="a")
+        conv_id = last.conversation_id
+        for kwargs in (
+            {"conversation_id": conv_id, "tenant": "b"},
+            {"conversation_id": "conv-nope", "tenant": "a"},
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await chat_turn(stub, "hi", **kwargs)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.EndConversation(
+                api.EndConversationRequest(conversation_id=conv_id, tenant="b")
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        await stub.EndConversation(api.EndConversationRequest(conversation_id=conv_id, tenant="a"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await chat_turn(stub, "hi", conv_id, tenant="a")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,134 @@
+"""Conversations: the exact token ids of each conversation's history, kept by the scheduler.
+
+A turn's prompt is the history's ids followed by the new message rendered through the model's chat
+template — never a re-tokenisation of the whole text, so the ids (and the KV they index) of earlier
+turns are reused exactly. Plain code, no gRPC; a conversation belongs to one tenant, and another
+tenant's id is simply unknown (KeyError → NOT_FOUND), so ids leak nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from servekit.tokenizer import Tokenizer
+
+
+@dataclass(slots=True)
+class Conversation:
+    conversation_id: str
+    tenant: str
+    ttl_s: float
+    last_used_s: float
+    history: list[int] = field(default_factory=list)
+    system: str | None = None
+    turns: int = 0
+    busy: bool = False
+
+
+class ConversationBusy(RuntimeError):
+    """A turn of this conversation is still being generated."""
+
+
+class Conversations:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        default_ttl_s: float = 600.0,
+        max_conversations: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._default_ttl_s = default_ttl_s
+        self._max = max_conversations
+        self._clock = clock
+        self._by_id: dict[str, Conversation] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def open(
+        self, conversation_id: str, tenant: str, *, system: str | None, ttl_s: float
+    ) -> Conversation:
+        """The conversation to continue, or a new one when `conversation_id` is empty.
+
+        KeyError for an unknown, expired or other tenant's id; ValueError for a bad ttl.
+        """
+        now = self._clock()
+        if ttl_s < 0:
+            raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
+        if conversation_id:
+            conv = self._by_id.get(conversation_id)
+            if conv is None or conv.tenant != tenant or self._expired(conv, now):
+                raise KeyError(f"conversation {conversation_id!r} (unknown, expired or not yours)")
+            if conv.busy:
+                raise ConversationBusy(f"conversation {conversation_id} has a turn in progress")
+            if system:
+                raise ValueError("system is only accepted on a conversation's first turn")
+            if ttl_s:
+                conv.ttl_s = ttl_s
+            return conv
+        self.expire()
+        if len(self._by_id) >= self._max:
+            raise OverflowError(f"too many open conversations ({self._max})")
+        conv = Conversation(
+            conversation_id="conv-" + secrets.token_hex(12),
+            tenant=tenant,
+            ttl_s=ttl_s or self._default_ttl_s,
+            last_used_s=now,
+            system=system or None,
+        )
+        self._by_id[conv.conversation_id] = conv
+        return conv
+
+    def begin_turn(self, conv: Conversation, message: str) -> list[int]:
+        """Prompt ids of the next turn: history + the message, ready for the model's reply."""
+        if not message:
+            raise ValueError("message is empty")
+        if conv.turns == 0:
+            messages = [("system", conv.system)] if conv.system else []
+            prompt = self._tokenizer.apply_chat_template([*messages, ("user", message)])
+        else:
+            rendered = self._tokenizer.apply_chat_template([("user", message)])
+            bos = self._tokenizer.bos_token_id
+            if bos is not None and rendered[:1] == [bos]:
+                rendered = rendered[1:]  # the history already starts with it
+            prompt = conv.history + rendered
+        conv.busy = True
+        conv.last_used_s = self._clock()
+        return prompt
+
+    def end_turn(self, conv: Conversation, prompt: list[int], reply: list[int], ok: bool) -> None:
+        """Appends a finished turn (its exact ids) to the history; a failed turn leaves none."""
+        conv.busy = False
+        conv.last_used_s = self._clock()
+        if not ok:
+            return
+        eos = self._tokenizer.eos_token_ids
+        conv.history = prompt + reply
+        if eos and (not reply or reply[-1] not in eos):
+            conv.history.append(eos[-1])  # close the assistant's message as the template does
+        conv.turns += 1
+
+    def end(self, conversation_id: str, tenant: str) -> Conversation:
+        """Deletes a conversation (KeyError if unknown or another tenant's)."""
+        conv = self._by_id.get(conversation_id)
+        if conv is None or conv.tenant != tenant:
+            raise KeyError(f"conversation {conversation_id!r} (unknown, expired or not yours)")
+        del self._by_id[conversation_id]
+        return conv
+
+    def expire(self) -> list[Conversation]:
+        """Drops conversations idle for longer than their ttl; returns them."""
+        now = self._clock()
+        gone = [c for c in self._by_id.values() if self._expired(c, now)]
+        for conv in gone:
+            del self._by_id[conv.conversation_id]
+        return gone
+
+    @staticmethod
+    def _expired(conv: Conversation, now: float) -> bool:
+        return not conv.busy and now - conv.last_used_s > conv.ttl_s
