@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/kvstore.proto\x12\x15\x66\x61stswitch.kvstore.v1\"&\n\x06\x45xtent\x12\r\n\x05start\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\xa7\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x13\n\x0b\x62lock_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x11\n\tpool_kind\x18\x05 \x01(\t\x12\x13\n\x0bpool_handle\x18\x06 \x01(\x0c\x12\x13\n\x0bpool_blocks\x18\x07 \x01(\x05\"o\n\x16RegisterWorkerResponse\x12\x12\n\narena_name\x18\x01 \x01(\t\x12\x13\n\x0b\x61rena_bytes\x18\x02 \x01(\x03\x12\x13\n\x0b\x62lock_bytes\x18\x03 \x01(\x03\x12\x17\n\x0fnum_host_blocks\x18\x04 \x01(\x05\",\n\x17UnregisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\x1a\n\x18UnregisterWorkerResponse\"D\n\x0eReserveRequest\x12\x12\n\nnum_blocks\x18\x01 \x01(\x05\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\x12\r\n\x05owner\x18\x03 \x01(\t\"i\n\x0fReserveResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12.\n\x07\x65xtents\x18\x02 \x03(\x0b\x32\x1d.fastswitch.kvstore.v1.Extent\x12\x14\n\x0c\x65xpires_in_s\x18\x03 \x01(\x01\"W\n\rCommitRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62locks\x18\x02 \x03(\x05\x12\x14\n\x0c\x62lock_hashes\x18\x03 \x03(\x0c\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"#\n\x0e\x43ommitResponse\x12\x11\n\tcommitted\x18\x01 \x01(\x05\"%\n\rLookupRequest\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\" \n\x0eLookupResponse\x12\x0e\n\x06\x62locks\x18\x01 \x03(\x05\"<\n\nPinRequest\x12\x0e\n\x06\x62locks\x18\x01 \x03(\x05\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\x12\r\n\x05owner\x18\x03 \x01(\t\"5\n\x0bPinResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x02 \x01(\x01\"\"\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"*\n\x0fReleaseResponse\x12\x17\n\x0freleased_blocks\x18\x01 \x01(\x05\"\x1d\n\x0b\x46reeRequest\x12\x0e\n\x06\x62locks\x18\x01 \x03(\x05\"\x1d\n\x0c\x46reeResponse\x12\r\n\x05\x66reed\x18\x01 \x01(\x05\"\x13\n\x11StoreStatsRequest\"\xac\x02\n\nStoreStats\x12\x17\n\x0fnum_host_blocks\x18\x01 \x01(\x05\x12\x13\n\x0b\x66ree_blocks\x18\x02 \x01(\x05\x12\x17\n\x0freserved_blocks\x18\x03 \x01(\x05\x12\x18\n\x10\x63ommitted_blocks\x18\x04 \x01(\x05\x12\x15\n\rpinned_blocks\x18\x05 \x01(\x05\x12\x15\n\ractive_leases\x18\x06 \x01(\x05\x12\x16\n\x0e\x65xpired_leases\x18\x07 \x01(\x03\x12\x0f\n\x07workers\x18\x08 \x01(\x05\x12\x0f\n\x07lookups\x18\t \x01(\x03\x12\x19\n\x11lookup_hit_blocks\x18\n \x01(\x03\x12\x11\n\tevictions\x18\x0b \x01(\x03\x12\x13\n\x0b\x62lock_bytes\x18\x0c \x01(\x03\x12\x12\n\narena_name\x18\r \x01(\t2\xc7\x06\n\x07KVStore\x12m\n\x0eRegisterWorker\x12,.fastswitch.kvstore.v1.RegisterWorkerRequest\x1a-.fastswitch.kvstore.v1.RegisterWorkerResponse\x12s\n\x10UnregisterWorker\x12..fastswitch.kvstore.v1.UnregisterWorkerRequest\x1a/.fastswitch.kvstore.v1.UnregisterWorkerResponse\x12X\n\x07Reserve\x12%.fastswitch.kvstore.v1.ReserveRequest\x1a&.fastswitch.kvstore.v1.ReserveResponse\x12U\n\x06\x43ommit\x12$.fastswitch.kvstore.v1.CommitRequest\x1a%.fastswitch.kvstore.v1.CommitResponse\x12U\n\x06Lookup\x12$.fastswitch.kvstore.v1.LookupRequest\x1a%.fastswitch.kvstore.v1.LookupResponse\x12L\n\x03Pin\x12!.fastswitch.kvstore.v1.PinRequest\x1a\".fastswitch.kvstore.v1.PinResponse\x12X\n\x07Release\x12%.fastswitch.kvstore.v1.ReleaseRequest\x1a&.fastswitch.kvstore.v1.ReleaseResponse\x12O\n\x04\x46ree\x12\".fastswitch.kvstore.v1.FreeRequest\x1a#.fastswitch.kvstore.v1.FreeResponse\x12W\n\x08GetStats\x12(.fastswitch.kvstore.v1.StoreStatsRequest\x1a!.fastswitch.kvstore.v1.StoreStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/kvstore.proto\x12\x15\x66\x61stswitch.kvstore.v1\"&\n\x06\x45xtent\x12\r\n\x05start\x18\x01 \x01(\x05\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\xa7\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\x12\x13\n\x0b\x62lock_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x11\n\tpool_kind\x18\x05 \x01(\t\x12\x13\n\x0bpool_handle\x18\x06 \x01(\x0c\x12\x13\n\x0bpool_blocks\x18\x07 \x01(\x05\"o\n\x16RegisterWorkerResponse\x12\x12\n\narena_name\x18\x01 \x01(\t\x12\x13\n\x0b\x61rena_bytes\x18\x02 \x01(\x03\x12\x13\n\x0b\x62lock_bytes\x18\x03 \x01(\x03\x12\x17\n\x0fnum_host_blocks\x18\x04 \x01(\x05\",\n\x17UnregisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\x1a\n\x18UnregisterWorkerResponse\"D\n\x0eReserveRequest\x12\x12\n\nnum_blocks\x18\x01 \x01(\x05\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\x12\r\n\x05owner\x18\x03 \x01(\t\"i\n\x0fReserveResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12.\n\x07\x65xtents\x18\x02 \x03(\x0b\x32\x1d.fastswitch.kvstore.v1.Extent\x12\x14\n\x0c\x65xpires_in_s\x18\x03 \x01(\x01\"f\n\rCommitRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62locks\x18\x02 \x03(\x05\x12\x14\n\x0c\x62lock_hashes\x18\x03 \x03(\x0c\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\r\n\x05ttl_s\x18\x05 \x01(\x01\"3\n\x0e\x43ommitResponse\x12\x11\n\tcommitted\x18\x01 \x01(\x05\x12\x0e\n\x06\x62locks\x18\x02 \x03(\x05\"R\n\rLookupRequest\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\x12\x0b\n\x03pin\x18\x02 \x01(\x08\x12\x0f\n\x07lease_s\x18\x03 \x01(\x01\x12\r\n\x05owner\x18\x04 \x01(\t\"H\n\x0eLookupResponse\x12\x0e\n\x06\x62locks\x18\x01 \x03(\x05\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x03 \x01(\x01\"R\n\nPinRequest\x12\x0e\n\x06\x62locks\x18\x01 \x03(\x05\x12\x0f\n\x07lease_s\x18\x02 \x01(\x01\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x14\n\x0c\x62lock_hashes\x18\x04 \x03(\x0c\"5\n\x0bPinResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x02 \x01(\x01\"\"\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"*\n\x0fReleaseResponse\x12\x17\n\x0freleased_blocks\x18\x01 \x01(\x05\"3\n\x0b\x46reeRequest\x12\x0e\n\x06\x62locks\x18\x01 \x03(\x05\x12\x14\n\x0c\x62lock_hashes\x18\x02 \x03(\x0c\"\x1d\n\x0c\x46reeResponse\x12\r\n\x05\x66reed\x18\x01 \x01(\x05\"\x13\n\x11StoreStatsRequest\"\x93\x03\n\nStoreStats\x12\x17\n\x0fnum_host_blocks\x18\x01 \x01(\x05\x12\x13\n\x0b\x66ree_blocks\x18\x02 \x01(\x05\x12\x17\n\x0freserved_blocks\x18\x03 \x01(\x05\x12\x18\n\x10\x63ommitted_blocks\x18\x04 \x01(\x05\x12\x15\n\rpinned_blocks\x18\x05 \x01(\x05\x12\x15\n\ractive_leases\x18\x06 \x01(\x05\x12\x16\n\x0e\x65xpired_leases\x18\x07 \x01(\x03\x12\x0f\n\x07workers\x18\x08 \x01(\x05\x12\x0f\n\x07lookups\x18\t \x01(\x03\x12\x19\n\x11lookup_hit_blocks\x18\n \x01(\x03\x12\x11\n\tevictions\x18\x0b \x01(\x03\x12\x13\n\x0b\x62lock_bytes\x18\x0c \x01(\x03\x12\x12\n\narena_name\x18\r \x01(\t\x12\x18\n\x10\x65victable_blocks\x18\x0e \x01(\x05\x12\x16\n\x0e\x65xpired_blocks\x18\x0f \x01(\x03\x12\x33\n\x07tenants\x18\x10 \x03(\x0b\x32\".fastswitch.kvstore.v1.TenantUsage\"L\n\x0bTenantUsage\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0fretained_blocks\x18\x02 \x01(\x05\x12\x14\n\x0cquota_blocks\x18\x03 \x01(\x05\x32\xc7\x06\n\x07KVStore\x12m\n\x0eRegisterWorker\x12,.fastswitch.kvstore.v1.RegisterWorkerRequest\x1a-.fastswitch.kvstore.v1.RegisterWorkerResponse\x12s\n\x10UnregisterWorker\x12..fastswitch.kvstore.v1.UnregisterWorkerRequest\x1a/.fastswitch.kvstore.v1.UnregisterWorkerResponse\x12X\n\x07Reserve\x12%.fastswitch.kvstore.v1.ReserveRequest\x1a&.fastswitch.kvstore.v1.ReserveResponse\x12U\n\x06\x43ommit\x12$.fastswitch.kvstore.v1.CommitRequest\x1a%.fastswitch.kvstore.v1.CommitResponse\x12U\n\x06Lookup\x12$.fastswitch.kvstore.v1.LookupRequest\x1a%.fastswitch.kvstore.v1.LookupResponse\x12L\n\x03Pin\x12!.fastswitch.kvstore.v1.PinRequest\x1a\".fastswitch.kvstore.v1.PinResponse\x12X\n\x07Release\x12%.fastswitch.kvstore.v1.ReleaseRequest\x1a&.fastswitch.kvstore.v1.ReleaseResponse\x12O\n\x04\x46ree\x12\".fastswitch.kvstore.v1.FreeRequest\x1a#.fastswitch.kvstore.v1.FreeResponse\x12W\n\x08GetStats\x12(.fastswitch.kvstore.v1.StoreStatsRequest\x1a!.fastswitch.kvstore.v1.StoreStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,29 +46,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVERESPONSE']._serialized_start=513
   _globals['_RESERVERESPONSE']._serialized_end=618
   _globals['_COMMITREQUEST']._serialized_start=620
-  _globals['_COMMITREQUEST']._serialized_end=707
-  _globals['_COMMITRESPONSE']._serialized_start=709
-  _globals['_COMMITRESPONSE']._serialized_end=744
-  _globals['_LOOKUPREQUEST']._serialized_start=746
-  _globals['_LOOKUPREQUEST']._serialized_end=783
-  _globals['_LOOKUPRESPONSE']._serialized_start=785
-  _globals['_LOOKUPRESPONSE']._serialized_end=817
-  _globals['_PINREQUEST']._serialized_start=819
-  _globals['_PINREQUEST']._serialized_end=879
-  _globals['_PINRESPONSE']._serialized_start=881
-  _globals['_PINRESPONSE']._serialized_end=934
-  _globals['_RELEASEREQUEST']._serialized_start=936
-  _globals['_RELEASEREQUEST']._serialized_end=970
-  _globals['_RELEASERESPONSE']._serialized_start=972
-  _globals['_RELEASERESPONSE']._serialized_end=1014
-  _globals['_FREEREQUEST']._serialized_start=1016
-  _globals['_FREEREQUEST']._serialized_end=1045
-  _globals['_FREERESPONSE']._serialized_start=1047
-  _globals['_FREERESPONSE']._serialized_end=1076
-  _globals['_STORESTATSREQUEST']._serialized_start=1078
-  _globals['_STORESTATSREQUEST']._serialized_end=1097
-  _globals['_STORESTATS']._serialized_start=1100
-  _globals['_STORESTATS']._serialized_end=1400
-  _globals['_KVSTORE']._serialized_start=1403
-  _globals['_KVSTORE']._serialized_end=2242
+  _globals['_COMMITREQUEST']._serialized_end=722
+  _globals['_COMMITRESPONSE']._serialized_start=724
+  _globals['_COMMITRESPONSE']._serialized_end=775
+  _globals['_LOOKUPREQUEST']._serialized_start=777
+  _globals['_LOOKUPREQUEST']._serialized_end=859
+  _globals['_LOOKUPRESPONSE']._serialized_start=861
+  _globals['_LOOKUPRESPONSE']._serialized_end=933
+  _globals['_PINREQUEST']._serialized_start=935
+  _globals['_PINREQUEST']._serialized_end=1017
+  _globals['_PINRESPONSE']._serialized_start=1019
+  _globals['_PINRESPONSE']._serialized_end=1072
+  _globals['_RELEASEREQUEST']._serialized_start=1074
+  _globals['_RELEASEREQUEST']._serialized_end=1108
+  _globals['_RELEASERESPONSE']._serialized_start=1110
+  _globals['_RELEASERESPONSE']._serialized_end=1152
+  _globals['_FREEREQUEST']._serialized_start=1154
+  _globals['_FREEREQUEST']._serialized_end=1205
+  _globals['_FREERESPONSE']._serialized_start=1207
+  _globals['_FREERESPONSE']._serialized_end=1236
+  _globals['_STORESTATSREQUEST']._serialized_start=1238
+  _globals['_STORESTATSREQUEST']._serialized_end=1257
+  _globals['_STORESTATS']._serialized_start=1260
+  _globals['_STORESTATS']._serialized_end=1663
+  _globals['_TENANTUSAGE']._serialized_start=1665
+  _globals['_TENANTUSAGE']._serialized_end=1741
+  _globals['_KVSTORE']._serialized_start=1744
+  _globals['_KVSTORE']._serialized_end=2583
 # @@protoc_insertion_point(module_scope)

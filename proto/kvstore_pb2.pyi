@@ -75,44 +75,60 @@ class ReserveResponse(_message.Message):
     def __init__(self, lease_id: _Optional[str] = ..., extents: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("lease_id", "blocks", "block_hashes", "tenant")
+    __slots__ = ("lease_id", "blocks", "block_hashes", "tenant", "ttl_s")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     blocks: _containers.RepeatedScalarFieldContainer[int]
     block_hashes: _containers.RepeatedScalarFieldContainer[bytes]
     tenant: str
-    def __init__(self, lease_id: _Optional[str] = ..., blocks: _Optional[_Iterable[int]] = ..., block_hashes: _Optional[_Iterable[bytes]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    ttl_s: float
+    def __init__(self, lease_id: _Optional[str] = ..., blocks: _Optional[_Iterable[int]] = ..., block_hashes: _Optional[_Iterable[bytes]] = ..., tenant: _Optional[str] = ..., ttl_s: _Optional[float] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
-    __slots__ = ("committed",)
+    __slots__ = ("committed", "blocks")
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     committed: int
-    def __init__(self, committed: _Optional[int] = ...) -> None: ...
+    blocks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, committed: _Optional[int] = ..., blocks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("block_hashes",)
+    __slots__ = ("block_hashes", "pin", "lease_s", "owner")
     BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     block_hashes: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, block_hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    pin: bool
+    lease_s: float
+    owner: str
+    def __init__(self, block_hashes: _Optional[_Iterable[bytes]] = ..., pin: _Optional[bool] = ..., lease_s: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
-    __slots__ = ("blocks",)
+    __slots__ = ("blocks", "lease_id", "expires_in_s")
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
     blocks: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, blocks: _Optional[_Iterable[int]] = ...) -> None: ...
+    lease_id: str
+    expires_in_s: float
+    def __init__(self, blocks: _Optional[_Iterable[int]] = ..., lease_id: _Optional[str] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
 
 class PinRequest(_message.Message):
-    __slots__ = ("blocks", "lease_s", "owner")
+    __slots__ = ("blocks", "lease_s", "owner", "block_hashes")
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     blocks: _containers.RepeatedScalarFieldContainer[int]
     lease_s: float
     owner: str
-    def __init__(self, blocks: _Optional[_Iterable[int]] = ..., lease_s: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
+    block_hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, blocks: _Optional[_Iterable[int]] = ..., lease_s: _Optional[float] = ..., owner: _Optional[str] = ..., block_hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class PinResponse(_message.Message):
     __slots__ = ("lease_id", "expires_in_s")
@@ -135,10 +151,12 @@ class ReleaseResponse(_message.Message):
     def __init__(self, released_blocks: _Optional[int] = ...) -> None: ...
 
 class FreeRequest(_message.Message):
-    __slots__ = ("blocks",)
+    __slots__ = ("blocks", "block_hashes")
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     blocks: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, blocks: _Optional[_Iterable[int]] = ...) -> None: ...
+    block_hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, blocks: _Optional[_Iterable[int]] = ..., block_hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class FreeResponse(_message.Message):
     __slots__ = ("freed",)
@@ -151,7 +169,7 @@ class StoreStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StoreStats(_message.Message):
-    __slots__ = ("num_host_blocks", "free_blocks", "reserved_blocks", "committed_blocks", "pinned_blocks", "active_leases", "expired_leases", "workers", "lookups", "lookup_hit_blocks", "evictions", "block_bytes", "arena_name")
+    __slots__ = ("num_host_blocks", "free_blocks", "reserved_blocks", "committed_blocks", "pinned_blocks", "active_leases", "expired_leases", "workers", "lookups", "lookup_hit_blocks", "evictions", "block_bytes", "arena_name", "evictable_blocks", "expired_blocks", "tenants")
     NUM_HOST_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     RESERVED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +183,9 @@ class StoreStats(_message.Message):
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_BYTES_FIELD_NUMBER: _ClassVar[int]
     ARENA_NAME_FIELD_NUMBER: _ClassVar[int]
+    EVICTABLE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     num_host_blocks: int
     free_blocks: int
     reserved_blocks: int
@@ -178,4 +199,17 @@ class StoreStats(_message.Message):
     evictions: int
     block_bytes: int
     arena_name: str
-    def __init__(self, num_host_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., reserved_blocks: _Optional[int] = ..., committed_blocks: _Optional[int] = ..., pinned_blocks: _Optional[int] = ..., active_leases: _Optional[int] = ..., expired_leases: _Optional[int] = ..., workers: _Optional[int] = ..., lookups: _Optional[int] = ..., lookup_hit_blocks: _Optional[int] = ..., evictions: _Optional[int] = ..., block_bytes: _Optional[int] = ..., arena_name: _Optional[str] = ...) -> None: ...
+    evictable_blocks: int
+    expired_blocks: int
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantUsage]
+    def __init__(self, num_host_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., reserved_blocks: _Optional[int] = ..., committed_blocks: _Optional[int] = ..., pinned_blocks: _Optional[int] = ..., active_leases: _Optional[int] = ..., expired_leases: _Optional[int] = ..., workers: _Optional[int] = ..., lookups: _Optional[int] = ..., lookup_hit_blocks: _Optional[int] = ..., evictions: _Optional[int] = ..., block_bytes: _Optional[int] = ..., arena_name: _Optional[str] = ..., evictable_blocks: _Optional[int] = ..., expired_blocks: _Optional[int] = ..., tenants: _Optional[_Iterable[_Union[TenantUsage, _Mapping]]] = ...) -> None: ...
+
+class TenantUsage(_message.Message):
+    __slots__ = ("tenant", "retained_blocks", "quota_blocks")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    RETAINED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    retained_blocks: int
+    quota_blocks: int
+    def __init__(self, tenant: _Optional[str] = ..., retained_blocks: _Optional[int] = ..., quota_blocks: _Optional[int] = ...) -> None: ...

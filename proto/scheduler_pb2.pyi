@@ -215,7 +215,7 @@ class WorkerStats(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., device: _Optional[str] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., running: _Optional[int] = ..., steps: _Optional[int] = ..., mean_step_s: _Optional[float] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., largest_free_run: _Optional[int] = ..., step_s_total: _Optional[float] = ..., idle_s_total: _Optional[float] = ..., forward_s_total: _Optional[float] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("waiting", "running", "swapped", "finished", "preemptions", "swap_outs", "swap_ins", "recomputes", "swap_out_bytes", "swap_in_bytes", "reuse_hit_tokens", "swap_bytes_avoided", "tenants", "workers", "policy", "mode", "cancelled", "failed")
+    __slots__ = ("waiting", "running", "swapped", "finished", "preemptions", "swap_outs", "swap_ins", "recomputes", "swap_out_bytes", "swap_in_bytes", "reuse_hit_tokens", "swap_bytes_avoided", "tenants", "workers", "policy", "mode", "cancelled", "failed", "retained_lookups", "retained_hit_blocks", "offloaded_blocks")
     WAITING_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     SWAPPED_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +234,9 @@ class StatsResponse(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    RETAINED_LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    RETAINED_HIT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    OFFLOADED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     waiting: int
     running: int
     swapped: int
@@ -252,4 +255,7 @@ class StatsResponse(_message.Message):
     mode: str
     cancelled: int
     failed: int
-    def __init__(self, waiting: _Optional[int] = ..., running: _Optional[int] = ..., swapped: _Optional[int] = ..., finished: _Optional[int] = ..., preemptions: _Optional[int] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., recomputes: _Optional[int] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., reuse_hit_tokens: _Optional[int] = ..., swap_bytes_avoided: _Optional[int] = ..., tenants: _Optional[_Iterable[_Union[TenantStats, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., policy: _Optional[str] = ..., mode: _Optional[str] = ..., cancelled: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+    retained_lookups: int
+    retained_hit_blocks: int
+    offloaded_blocks: int
+    def __init__(self, waiting: _Optional[int] = ..., running: _Optional[int] = ..., swapped: _Optional[int] = ..., finished: _Optional[int] = ..., preemptions: _Optional[int] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., recomputes: _Optional[int] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., reuse_hit_tokens: _Optional[int] = ..., swap_bytes_avoided: _Optional[int] = ..., tenants: _Optional[_Iterable[_Union[TenantStats, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., policy: _Optional[str] = ..., mode: _Optional[str] = ..., cancelled: _Optional[int] = ..., failed: _Optional[int] = ..., retained_lookups: _Optional[int] = ..., retained_hit_blocks: _Optional[int] = ..., offloaded_blocks: _Optional[int] = ...) -> None: ...

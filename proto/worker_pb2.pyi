@@ -187,7 +187,7 @@ class SeqError(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("step_id", "seqs", "tokens", "swap_out_done", "swap_in_done", "swap_out_cancelled", "timing", "errors", "swap_out_bytes", "swap_in_bytes", "swap_copies")
+    __slots__ = ("step_id", "seqs", "tokens", "swap_out_done", "swap_in_done", "swap_out_cancelled", "timing", "errors", "swap_out_bytes", "swap_in_bytes", "swap_copies", "committed")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     SEQS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +199,7 @@ class StepResult(_message.Message):
     SWAP_OUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     SWAP_IN_BYTES_FIELD_NUMBER: _ClassVar[int]
     SWAP_COPIES_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     seqs: _containers.RepeatedScalarFieldContainer[int]
     tokens: _containers.RepeatedScalarFieldContainer[int]
@@ -210,7 +211,16 @@ class StepResult(_message.Message):
     swap_out_bytes: int
     swap_in_bytes: int
     swap_copies: int
-    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[int]] = ..., swap_out_done: _Optional[_Iterable[int]] = ..., swap_in_done: _Optional[_Iterable[int]] = ..., swap_out_cancelled: _Optional[_Iterable[int]] = ..., timing: _Optional[_Union[StepTiming, _Mapping]] = ..., errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., swap_copies: _Optional[int] = ...) -> None: ...
+    committed: _containers.RepeatedCompositeFieldContainer[CommittedBlocks]
+    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[int]] = ..., swap_out_done: _Optional[_Iterable[int]] = ..., swap_in_done: _Optional[_Iterable[int]] = ..., swap_out_cancelled: _Optional[_Iterable[int]] = ..., timing: _Optional[_Union[StepTiming, _Mapping]] = ..., errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., swap_copies: _Optional[int] = ..., committed: _Optional[_Iterable[_Union[CommittedBlocks, _Mapping]]] = ...) -> None: ...
+
+class CommittedBlocks(_message.Message):
+    __slots__ = ("seq", "blocks")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    blocks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seq: _Optional[int] = ..., blocks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class WorkerStatsRequest(_message.Message):
     __slots__ = ()
