@@ -123,16 +123,20 @@ class RunCopy(_message.Message):
     def __init__(self, device_start: _Optional[int] = ..., host_start: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class SwapOut(_message.Message):
-    __slots__ = ("seq", "copies", "lease_id", "block_hashes")
+    __slots__ = ("seq", "copies", "lease_id", "block_hashes", "tenant", "ttl_s")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     COPIES_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
     seq: int
     copies: _containers.RepeatedCompositeFieldContainer[RunCopy]
     lease_id: str
     block_hashes: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, seq: _Optional[int] = ..., copies: _Optional[_Iterable[_Union[RunCopy, _Mapping]]] = ..., lease_id: _Optional[str] = ..., block_hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    tenant: str
+    ttl_s: float
+    def __init__(self, seq: _Optional[int] = ..., copies: _Optional[_Iterable[_Union[RunCopy, _Mapping]]] = ..., lease_id: _Optional[str] = ..., block_hashes: _Optional[_Iterable[bytes]] = ..., tenant: _Optional[str] = ..., ttl_s: _Optional[float] = ...) -> None: ...
 
 class SwapIn(_message.Message):
     __slots__ = ("seq", "copies", "lease_id")
