@@ -135,7 +135,12 @@ def plan_to_proto(plan: StepPlan) -> wk.StepPlan:
         msg.swap_in.add(seq=o.seq, copies=_copies(o), lease_id=o.lease_id)
     for o in plan.swap_out:
         msg.swap_out.add(
-            seq=o.seq, copies=_copies(o), lease_id=o.lease_id, block_hashes=o.block_hashes
+            seq=o.seq,
+            copies=_copies(o),
+            lease_id=o.lease_id,
+            block_hashes=o.block_hashes,
+            tenant=o.tenant,
+            ttl_s=o.ttl_s,
         )
     msg.cancel_swap_out.extend(plan.cancel_swap_out)
     return msg
@@ -154,4 +159,5 @@ def output_from_proto(msg: wk.StepResult) -> StepOutput:
         idle_s=msg.timing.idle_s,
         swap_out_bytes=msg.swap_out_bytes,
         swap_in_bytes=msg.swap_in_bytes,
+        committed={c.seq: tuple(c.blocks) for c in msg.committed},
     )

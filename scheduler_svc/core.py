@@ -27,30 +27,27 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from scheduler_svc.block_groups import BlockGroupAllocator
-from scheduler_svc.host_ops import HostOp, HostOpKind, pair_runs
-from scheduler_svc.plan import (
-    BlockAppend,
-    PrefillChunk,
-    SeqStart,
-    StepOutput,
-    StepPlan,
-    SwapOrder,
-)
+from scheduler_svc.host_ops import HostOp, HostOpKind
+from scheduler_svc.plan import BlockAppend, PrefillChunk, SeqStart, StepOutput, StepPlan
 from scheduler_svc.policy import Policy
+from scheduler_svc.prefix_hash import chain_hashes, tenant_salt
 from scheduler_svc.request import (
     FinishReason,
     GenerationLimits,
+    LookupState,
     Request,
     Sampling,
     Status,
     TokenEvent,
 )
+from scheduler_svc.switching import ContextSwitching
 from scheduler_svc.workers import WorkerInfo, WorkerSlot
 
 log = logging.getLogger(__name__)
@@ -77,6 +74,9 @@ class CoreConfig:
     min_swap_tokens: int = 32
     priority_update_interval: int = 4
     preempt_margin: float = 128.0
+    # Retained KV: finished requests' blocks are offloaded and content-addressed, and new prompts
+    # look up their longest retained prefix (needs swap preemption and kv_reuse).
+    retain: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -92,6 +92,8 @@ class CoreConfig:
             raise ValueError("growth_allowance, min_swap_tokens and preempt_margin must be >= 0")
         if self.preemption not in ("swap", "recompute"):
             raise ValueError(f"preemption must be swap or recompute, got {self.preemption!r}")
+        if self.retain and (self.preemption != "swap" or not self.kv_reuse):
+            raise ValueError("retain needs preemption='swap' and kv_reuse")
 
 
 @dataclass(slots=True)
@@ -116,9 +118,12 @@ class Counters:
     swap_in_bytes: int = 0
     reuse_hit_tokens: int = 0
     swap_bytes_avoided: int = 0
+    retained_lookups: int = 0
+    retained_hit_blocks: int = 0
+    offloaded_blocks: int = 0
 
 
-class SchedulerCore:
+class SchedulerCore(ContextSwitching):
     def __init__(
         self,
         config: CoreConfig,
@@ -126,8 +131,16 @@ class SchedulerCore:
         *,
         eos_token_ids: Iterable[int],
         clock: Callable[[], float] = time.monotonic,
+        model_fingerprint: str = "",
+        secret: bytes | None = None,
     ) -> None:
         self.config = config
+        self.block_size: int | None = None
+        secret = secret if secret is not None else secrets.token_bytes(16)
+        self._salts: dict[str, bytes] = {}
+        self._salt_for = lambda tenant: self._salts.setdefault(
+            tenant, tenant_salt(secret, tenant, model_fingerprint)
+        )
         self.policy = policy
         self.counters = Counters()
         self._eos = frozenset(eos_token_ids)
@@ -147,6 +160,12 @@ class SchedulerCore:
     def add_worker(self, info: WorkerInfo) -> WorkerSlot:
         if info.worker_id in self._workers:
             raise SchedulingError(f"worker {info.worker_id!r} has already joined")
+        if self.block_size is not None and info.block_size != self.block_size:
+            raise SchedulingError(
+                f"worker {info.worker_id!r} uses {info.block_size}-token blocks; the others "
+                f"use {self.block_size} (content addresses depend on it)"
+            )
+        self.block_size = info.block_size
         allocator = BlockGroupAllocator(
             info.num_blocks, growth_allowance=self.config.growth_allowance
         )
@@ -164,7 +183,7 @@ class SchedulerCore:
             if req.is_finished:
                 self._release_host_copy(req)
                 continue
-            self._discard_swap(req)
+            self._clear_swap(req)  # its lease expires in the store
             self._reset_for_recompute(req)
             self._waiting.append(req)
         log.info("worker left", extra={"worker": worker_id, "requeued": len(slot.running)})
@@ -185,6 +204,7 @@ class SchedulerCore:
         tenant: str = "default",
         priority: int = 0,
         request_id: str | None = None,
+        retain_ttl_s: float = 0.0,
     ) -> Request:
         """Queues a validated request. Raises SchedulingError if it can never be served here."""
         if request_id is None or not request_id:
@@ -210,6 +230,7 @@ class SchedulerCore:
             limits=limits,
             arrival_s=self._clock(),
             priority=priority,
+            retain_ttl_s=retain_ttl_s,
         )
         self._requests[request_id] = req
         self._by_seq[req.seq] = req
@@ -218,7 +239,24 @@ class SchedulerCore:
         self._live_per_tenant[tenant] = self._live_per_tenant.get(tenant, 0) + 1
         self.tallies.setdefault(tenant, TenantTally())
         self._waiting.append(req)
+        if self.block_size is not None:
+            self._begin_lookup(req)
+        else:
+            req.lookup = LookupState.DONE
         return req
+
+    def retained_hashes(self, tenant: str, token_ids: list[int]) -> list[bytes]:
+        """Content addresses of `token_ids`' full blocks for `tenant` (a conversation's KV)."""
+        if self.block_size is None:
+            return []
+        return chain_hashes(token_ids, self.block_size, self._salt_for(tenant))
+
+    def free_retained(self, tenant: str, token_ids: list[int]) -> int:
+        """Drops the retained blocks of `token_ids` (a deleted conversation); how many asked."""
+        hashes = tuple(self.retained_hashes(tenant, token_ids))
+        if hashes and self.config.retain:
+            self._host_ops.append(HostOp(HostOpKind.FREE, 0, hashes=hashes))
+        return len(hashes) if self.config.retain else 0
 
     def get(self, request_id: str) -> Request | None:
         return self._requests.get(request_id)
@@ -243,7 +281,7 @@ class SchedulerCore:
         req = self._requests.get(request_id)
         if req is not None and req.is_finished:
             del self._requests[request_id]
-            if not req.swap_sent:
+            if not (req.swap_sent or req.offloading):
                 self._by_seq.pop(req.seq, None)
 
     # ------------------------------------------------------------- host agent
@@ -255,62 +293,6 @@ class SchedulerCore:
     def take_host_ops(self) -> list[HostOp]:
         ops, self._host_ops = self._host_ops, []
         return ops
-
-    def on_reserved(self, seq: int, lease_id: str, host_blocks: list[int]) -> None:
-        """The store reserved host blocks for a swap-out: the order goes in the next plan."""
-        req = self._by_seq.get(seq)
-        slot = self._slot_of(req)
-        if req is None or slot is None or req.status != Status.SWAPPING_OUT or req.swap_lease:
-            self._host_ops.append(HostOp(HostOpKind.RELEASE, seq, lease_id=lease_id))
-            return
-        keep = len(req.host_blocks)
-        device = slot.allocator.block_ids(seq)[keep : keep + len(host_blocks)]
-        req.swap_lease = lease_id
-        req.swap_host_blocks = list(host_blocks)
-        req.swap_sent = True
-        slot.swap_out_orders.append(SwapOrder(seq, tuple(pair_runs(device, host_blocks)), lease_id))
-
-    def on_pinned(self, seq: int, lease_id: str) -> None:
-        """The host copy is pinned: SeqStart + SwapIn go in the next plan."""
-        req = self._by_seq.get(seq)
-        slot = self._slot_of(req)
-        if req is None or slot is None or req.status != Status.SWAPPING_IN or req.swap_sent:
-            self._host_ops.append(HostOp(HostOpKind.RELEASE, seq, lease_id=lease_id))
-            return
-        n = len(req.host_blocks)
-        device = slot.allocator.block_ids(seq)
-        req.swap_lease = lease_id
-        req.swap_sent = True
-        start = SeqStart(
-            seq=seq,
-            sampling=req.sampling,
-            position=req.num_computed,
-            last_token=req.output_ids[-1] if req.decode_ready else None,
-            num_generated=len(req.output_ids),
-            blocks=slot.allocator.groups(seq),
-        )
-        order = SwapOrder(seq, tuple(pair_runs(device[:n], req.host_blocks)), lease_id)
-        slot.swap_in_orders.append((start, order))
-
-    def on_host_failed(self, seq: int, kind: HostOpKind, message: str) -> None:
-        """A reserve or pin failed (host memory short, lease lost): fall back to recompute."""
-        req = self._by_seq.get(seq)
-        if req is None or req.is_finished:
-            return
-        log.warning(
-            "host op failed; recomputing", extra={"seq": seq, "op": kind.value, "why": message}
-        )
-        slot = self._slot_of(req)
-        if slot is not None and req.status in (Status.SWAPPING_OUT, Status.SWAPPING_IN):
-            slot.allocator.free(seq)
-            del slot.running[seq]
-            if req.resident:
-                slot.pending_drop.append(seq)
-        elif req.status == Status.SWAPPED:
-            self._waiting = [r for r in self._waiting if r.seq != seq]
-        self._release_host_copy(req)
-        self._reset_for_recompute(req)
-        self._waiting.append(req)
 
     # ---------------------------------------------------------------- planning
 
@@ -451,7 +433,7 @@ class SchedulerCore:
         for req in self._waiting:
             if not budget.has_room() or len(slot.running) >= self.config.max_num_seqs:
                 break
-            if req.seq in just_dropped:
+            if req.seq in just_dropped or req.lookup == LookupState.PENDING:
                 continue
             if req.num_tokens + 1 > slot.info.capacity_tokens:
                 continue  # fits another worker only
@@ -504,7 +486,14 @@ class SchedulerCore:
         if runs is None:
             return False
         self._place(slot, req, Status.SWAPPING_IN)
-        self._host_ops.append(HostOp(HostOpKind.PIN, req.seq, blocks=tuple(req.host_blocks)))
+        self._host_ops.append(
+            HostOp(
+                HostOpKind.PIN,
+                req.seq,
+                blocks=tuple(req.host_blocks),
+                hashes=tuple(req.host_hashes),
+            )
+        )
         self.counters.swap_ins += 1
         req.swap_ins += 1
         return True
@@ -559,24 +548,6 @@ class SchedulerCore:
         else:
             self._preempt_recompute(slot, req, plan)
 
-    def _begin_swap_out(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:
-        """Swap-out: host blocks are reserved for what the host lacks; blocks stay until done."""
-        bs = slot.info.block_size
-        keep = req.host_tokens // bs if self.config.kv_reuse else 0
-        if len(req.host_blocks) > keep:
-            stale = tuple(req.host_blocks[keep:])
-            self._host_ops.append(HostOp(HostOpKind.FREE, req.seq, blocks=stale))
-            del req.host_blocks[keep:]
-        req.host_tokens = keep * bs
-        need = slot.info.blocks_for(req.num_computed) - keep
-        req.status = Status.SWAPPING_OUT
-        req.swap_tokens = req.num_computed
-        self.counters.swap_bytes_avoided += keep * slot.info.block_bytes
-        if need == 0:  # the host holds it all already: nothing to copy
-            self._swapped_out(slot, req, plan.drop)
-            return
-        self._host_ops.append(HostOp(HostOpKind.RESERVE, req.seq, num_blocks=need))
-
     def _preempt_recompute(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:
         """Preempts by recompute: drop the worker's state and KV, requeue the token ids."""
         slot.allocator.free(req.seq)
@@ -585,22 +556,6 @@ class SchedulerCore:
         self._remove_from_plan(req.seq, plan)
         self._release_host_copy(req)
         self._reset_for_recompute(req)
-        self._waiting.append(req)
-
-    def _swapped_out(self, slot: WorkerSlot, req: Request, drops: list[int]) -> None:
-        """Rule 1: the copy is done, so the device blocks go back and the worker forgets it
-        (`drops`: the plan that must carry the drop before the blocks are given again)."""
-        req.host_blocks.extend(req.swap_host_blocks)
-        req.host_tokens = req.swap_tokens
-        req.swap_outs += 1
-        self.counters.swap_outs += 1
-        self._clear_swap(req)
-        slot.allocator.free(req.seq)
-        del slot.running[req.seq]
-        drops.append(req.seq)
-        req.resident = False
-        req.worker_id = None
-        req.status = Status.SWAPPED
         self._waiting.append(req)
 
     @staticmethod
@@ -617,18 +572,6 @@ class SchedulerCore:
         req.num_computed = 0
         req.recomputes += 1
         self.counters.recomputes += 1
-
-    def _discard_swap(self, req: Request) -> None:
-        """Forgets an in-flight swap whose worker is gone; its lease expires in the store."""
-        req.swap_host_blocks = []
-        req.swap_lease = ""
-        req.swap_sent = False
-
-    def _release_host_copy(self, req: Request) -> None:
-        if req.host_blocks:
-            self._host_ops.append(HostOp(HostOpKind.FREE, req.seq, blocks=tuple(req.host_blocks)))
-        req.host_blocks = []
-        req.host_tokens = 0
 
     def _slot_of(self, req: Request | None) -> WorkerSlot | None:
         if req is None or req.worker_id is None:
@@ -674,59 +617,6 @@ class SchedulerCore:
             events.append(TokenEvent(req, (token,), reason is not None))
         return events
 
-    def _apply_swap_results(self, slot: WorkerSlot, output: StepOutput) -> None:
-        for seq in output.swap_out_done:
-            slot.swaps_in_flight.discard(seq)
-            req = self._by_seq.get(seq)
-            if req is None:
-                continue
-            if req.status == Status.SWAPPING_OUT:
-                self._swapped_out(slot, req, slot.pending_drop)
-            elif req.status == Status.RUNNING:
-                # Cancelled too late: the copy finished anyway, and the host copy is valid.
-                req.host_blocks.extend(req.swap_host_blocks)
-                req.host_tokens = req.swap_tokens
-                self._clear_swap(req)
-            else:  # finished while copying: now the blocks may go
-                self._release_after_swap(slot, req, req.swap_host_blocks)
-        for seq in output.swap_out_cancelled:
-            slot.swaps_in_flight.discard(seq)
-            req = self._by_seq.get(seq)
-            if req is None:
-                continue
-            if req.is_finished:
-                self._release_after_swap(slot, req, [])
-            else:
-                self._clear_swap(req)
-        for seq in output.swap_in_done:
-            slot.swaps_in_flight.discard(seq)
-            req = self._by_seq.get(seq)
-            if req is None:
-                continue
-            self._clear_swap(req)
-            if req.is_finished:
-                self._release_after_swap(slot, req, [])
-                continue
-            req.status = Status.RUNNING
-            if not self.config.kv_reuse:
-                self._release_host_copy(req)
-
-    def _clear_swap(self, req: Request) -> None:
-        req.swap_host_blocks = []
-        req.swap_lease = ""
-        req.swap_sent = False
-
-    def _release_after_swap(self, slot: WorkerSlot, req: Request, host_blocks: list[int]) -> None:
-        """A request that finished while a copy touched its blocks: free them now (rule 1)."""
-        slot.allocator.free(req.seq)
-        slot.running.pop(req.seq, None)
-        slot.pending_drop.append(req.seq)
-        if host_blocks:
-            self._host_ops.append(HostOp(HostOpKind.FREE, req.seq, blocks=tuple(host_blocks)))
-        self._clear_swap(req)
-        if req.request_id not in self._requests:
-            self._by_seq.pop(req.seq, None)
-
     def _finish_reason(self, req: Request, token: int, max_model_len: int) -> FinishReason | None:
         if token in req.limits.stop_token_ids or (token in self._eos and not req.limits.ignore_eos):
             return FinishReason.STOP
@@ -741,6 +631,12 @@ class SchedulerCore:
                 # A copy is reading or writing its device blocks: they go when it is done.
                 if req.status == Status.SWAPPING_OUT:
                     slot.cancel_swap_out.append(req.seq)
+            elif (
+                reason in (FinishReason.STOP, FinishReason.LENGTH)
+                and req.status == Status.RUNNING
+                and self._begin_offload(slot, req)
+            ):
+                pass  # its blocks go once the offload is copied (rule 1), then are retained
             else:
                 slot.running.pop(req.seq)
                 slot.allocator.free(req.seq)
@@ -752,11 +648,12 @@ class SchedulerCore:
                     )
         if req.status in (Status.WAITING, Status.SWAPPED):
             self._waiting = [r for r in self._waiting if r.seq != req.seq]
-        self._release_host_copy(req)
+        if not (req.swap_sent or req.offloading):
+            self._release_host_copy(req)  # else once the copy is over
         req.status = Status.FINISHED
         req.finish_reason = reason
         req.finished_s = self._clock()
-        req.resident = req.resident and req.swap_sent
+        req.resident = req.resident and (req.swap_sent or req.offloading)
         if reason is FinishReason.CANCELLED:
             self.counters.cancelled += 1
         elif reason is FinishReason.ABORTED:
@@ -806,7 +703,7 @@ class SchedulerCore:
             slot.allocator.check_integrity()
             for seq, req in slot.running.items():
                 assert req.seq == seq and req.worker_id == slot.worker_id, f"bad residency {seq}"
-                assert not req.is_finished or req.swap_sent, f"finished {seq} still running"
+                assert not req.is_finished or req.swap_sent or req.offloading, f"{seq} finished"
                 assert seq not in seen, f"request {seq} on two workers"
                 seen.add(seq)
                 need = slot.info.blocks_for(req.num_computed)

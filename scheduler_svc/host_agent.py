@@ -79,16 +79,24 @@ class HostAgent:
                 self._core.on_reserved(op.seq, resp.lease_id, blocks)
             elif op.kind is HostOpKind.PIN:
                 pin = await stub.Pin(
-                    kv.PinRequest(blocks=op.blocks, lease_s=self._lease_s, owner=f"seq-{op.seq}"),
+                    kv.PinRequest(
+                        blocks=op.blocks,
+                        block_hashes=op.hashes,
+                        lease_s=self._lease_s,
+                        owner=f"seq-{op.seq}",
+                    ),
                     timeout=t,
                 )
                 self._core.on_pinned(op.seq, pin.lease_id)
+            elif op.kind is HostOpKind.LOOKUP:
+                found = await stub.Lookup(kv.LookupRequest(block_hashes=op.hashes), timeout=t)
+                self._core.on_looked_up(op.seq, list(found.blocks))
             elif op.kind is HostOpKind.FREE:
-                await stub.Free(kv.FreeRequest(blocks=op.blocks), timeout=t)
+                await stub.Free(kv.FreeRequest(blocks=op.blocks, block_hashes=op.hashes), timeout=t)
             else:
                 await stub.Release(kv.ReleaseRequest(lease_id=op.lease_id), timeout=t)
         except grpc.aio.AioRpcError as err:
-            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN):
+            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
                 self._core.on_host_failed(op.seq, op.kind, f"{err.code().name}: {err.details()}")
             elif err.code() != grpc.StatusCode.NOT_FOUND:  # already gone is fine
                 log.warning(

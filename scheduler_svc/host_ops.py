@@ -5,8 +5,9 @@ swapped request, it queues a HostOp; the frontend's host agent runs it against t
 hands the answer back (``on_reserved``, ``on_pinned``, ``on_host_failed``). Until then the request
 simply waits in its transitional state.
 
-    preempt (swap)   RESERVE n host blocks ──▶ on_reserved ──▶ SwapOut in the next plan
-    resume           PIN the host copy      ──▶ on_pinned   ──▶ SeqStart + SwapIn in the next plan
+    preempt (swap)   RESERVE n host blocks ──▶ on_reserved  ──▶ SwapOut in the next plan
+    resume           PIN the host copy      ──▶ on_pinned    ──▶ SeqStart + SwapIn in the next plan
+    new prompt       LOOKUP its block hashes ─▶ on_looked_up ──▶ resumed at the cached length
     finish / stale   FREE host blocks, RELEASE leases (no answer needed)
 """
 
@@ -22,6 +23,7 @@ from scheduler_svc.plan import RunCopy
 class HostOpKind(enum.Enum):
     RESERVE = "reserve"
     PIN = "pin"
+    LOOKUP = "lookup"
     FREE = "free"
     RELEASE = "release"
 
@@ -32,6 +34,7 @@ class HostOp(NamedTuple):
     num_blocks: int = 0
     blocks: tuple[int, ...] = ()
     lease_id: str = ""
+    hashes: tuple[bytes, ...] = ()  # PIN: expected content (parallel to blocks); LOOKUP, FREE
 
 
 def pair_runs(device_ids: Sequence[int], host_ids: Sequence[int]) -> list[RunCopy]:

@@ -47,6 +47,8 @@ class SwapOrder(NamedTuple):
     copies: tuple[RunCopy, ...]
     lease_id: str
     block_hashes: tuple[bytes, ...] = ()
+    tenant: str = ""
+    ttl_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -93,6 +95,8 @@ class StepOutput:
     swap_in_done: tuple[int, ...] = ()
     swap_out_cancelled: tuple[int, ...] = ()
     errors: dict[int, str] = field(default_factory=dict)
+    # seq -> the host blocks holding a finished swap-out after the store's commit
+    committed: dict[int, tuple[int, ...]] = field(default_factory=dict)
     forward_s: float = 0.0
     step_s: float = 0.0
     idle_s: float = 0.0

@@ -28,6 +28,14 @@ class Status(enum.IntEnum):
     FINISHED = 5
 
 
+class LookupState(enum.IntEnum):
+    """Whether a new prompt's retained prefix has been looked up in the KV store."""
+
+    NONE = 0
+    PENDING = 1
+    DONE = 2
+
+
 class FinishReason(enum.Enum):
     STOP = "stop"
     LENGTH = "length"
@@ -85,6 +93,13 @@ class Request:
     swap_host_blocks: list[int] = field(default_factory=list)
     swap_tokens: int = 0
     swap_sent: bool = False
+    # Content addresses of the full blocks of prompt + output (a prefix of them, cached), the
+    # hash of each host block (b"" = private), and retention of a finished request's KV.
+    hashes: list[bytes] = field(default_factory=list)
+    host_hashes: list[bytes] = field(default_factory=list)
+    lookup: LookupState = LookupState.NONE
+    offloading: bool = False
+    retain_ttl_s: float = 0.0
     finish_reason: FinishReason | None = None
     finish_message: str = ""
     # Timing and counters, reported in RequestMetrics.

@@ -42,6 +42,9 @@ class FakeHost:
     committed: set[int] = field(default_factory=set)
     reserved: set[int] = field(default_factory=set)
     fail_reserve: bool = False
+    index: dict[bytes, int] = field(default_factory=dict)  # content hash -> block
+    hash_of: dict[int, bytes] = field(default_factory=dict)
+    pinned: dict[int, int] = field(default_factory=dict)
     lease_ids: itertools.count = field(default_factory=itertools.count)
 
     def serve(self, core: SchedulerCore) -> int:
@@ -60,19 +63,52 @@ class FakeHost:
                 self.leases[lease] = ("reserve", tuple(ids))
                 core.on_reserved(op.seq, lease, ids)
             elif op.kind is HostOpKind.PIN:
+                expected = op.hashes or (b"",) * len(op.blocks)
+                if any(h and self.hash_of.get(b) != h for b, h in zip(op.blocks, expected)):
+                    core.on_host_failed(op.seq, op.kind, "evicted")
+                    continue
                 assert set(op.blocks) <= self.committed, "pin of uncommitted host blocks"
                 lease = f"p{next(self.lease_ids)}"
                 self.leases[lease] = ("pin", op.blocks)
+                for b in op.blocks:
+                    self.pinned[b] = self.pinned.get(b, 0) + 1
                 core.on_pinned(op.seq, lease)
+            elif op.kind is HostOpKind.LOOKUP:
+                found = []
+                for h in op.hashes:
+                    if h not in self.index:
+                        break
+                    found.append(self.index[h])
+                core.on_looked_up(op.seq, found)
             elif op.kind is HostOpKind.FREE:
+                for h in op.hashes:
+                    if h in self.index and not self.pinned.get(self.index[h]):
+                        self._drop(self.index[h])
                 for b in op.blocks:
                     assert b in self.committed, f"free of host block {b} not committed"
-                    self.committed.discard(b)
-                    self.blocks.pop(b, None)
-                    self.free_ids.append(b)
+                    assert b not in self.hash_of, f"retained block {b} freed by id"
+                    self._drop(b)
             else:
                 self.release(op.lease_id)
         return len(ops)
+
+    def _drop(self, b: int) -> None:
+        self.committed.discard(b)
+        self.blocks.pop(b, None)
+        h = self.hash_of.pop(b, None)
+        if h is not None:
+            del self.index[h]
+        self.free_ids.append(b)
+
+    def evict_all(self) -> int:
+        """Drops every unpinned retained block (an eviction storm); how many."""
+        victims = [b for b in self.hash_of if not self.pinned.get(b)]
+        for b in victims:
+            self._drop(b)
+        return len(victims)
+
+    def retained(self) -> int:
+        return len(self.hash_of)
 
     def _new_id(self) -> int:
         if self.free_ids:
@@ -80,17 +116,34 @@ class FakeHost:
         self.next_id += 1
         return self.next_id - 1
 
-    def commit(self, lease: str) -> None:
+    def commit(self, lease: str, blocks: list[int], hashes: tuple[bytes, ...]) -> list[int]:
+        """Commits written blocks; a duplicate of a retained hash is freed for the existing one."""
         kind, ids = self.leases.pop(lease)
-        assert kind == "reserve"
+        assert kind == "reserve" and sorted(ids) == sorted(blocks)
         self.reserved -= set(ids)
-        self.committed |= set(ids)
+        canonical = []
+        for i, b in enumerate(blocks):
+            h = hashes[i] if i < len(hashes) else b""
+            if h and h in self.index:
+                self.free_ids.append(b)
+                self.blocks.pop(b, None)
+                canonical.append(self.index[h])
+                continue
+            self.committed.add(b)
+            if h:
+                self.index[h] = b
+                self.hash_of[b] = h
+            canonical.append(b)
+        return canonical
 
     def release(self, lease: str) -> None:
         entry = self.leases.pop(lease, None)
         if entry is not None and entry[0] == "reserve":
             self.reserved -= set(entry[1])
             self.free_ids.extend(entry[1])
+        if entry is not None and entry[0] == "pin":
+            for b in entry[1]:
+                self.pinned[b] -= 1
 
 
 class FakeWorker:
@@ -149,13 +202,14 @@ class FakeWorker:
             assert s.last is not None
             self._write(s, s.last)
             sampled[seq] = s.last = next_token(self._read(s))
-        out_done, in_done = self._complete()
+        out_done, in_done, committed = self._complete()
         return StepOutput(
             step_id=plan.step_id,
             sampled=sampled,
             swap_out_done=tuple(out_done),
             swap_in_done=tuple(in_done),
             swap_out_cancelled=tuple(cancelled),
+            committed=committed,
         )
 
     def _swapping(self) -> set[int]:
@@ -173,8 +227,8 @@ class FakeWorker:
             for d in range(c.device_start, c.device_start + c.count):
                 self.busy_blocks.discard(d)
 
-    def _complete(self) -> tuple[list[int], list[int]]:
-        out_done, in_done = [], []
+    def _complete(self) -> tuple[list[int], list[int], dict[int, tuple[int, ...]]]:
+        out_done, in_done, committed = [], [], {}
         for item in list(self.in_flight):
             due, kind, order = item
             if due > self.steps:
@@ -193,12 +247,15 @@ class FakeWorker:
                     else:
                         self.device[d] = list(self.host.blocks[h])
             if kind == "out":
-                self.host.commit(order.lease_id)
+                written = [c.host_start + i for c in order.copies for i in range(c.count)]
+                canonical = self.host.commit(order.lease_id, written, order.block_hashes)
+                if canonical != written:
+                    committed[order.seq] = tuple(canonical)
                 out_done.append(order.seq)
             else:
                 self.host.release(order.lease_id)
                 in_done.append(order.seq)
-        return out_done, in_done
+        return out_done, in_done, committed
 
     def _append(self, seq: int, blocks: list[int]) -> None:
         for b in blocks:

@@ -57,15 +57,17 @@ def reference(n=8, prompt=6, out=12):
     return [list(r.output_ids) for r in reqs]
 
 
+@pytest.mark.parametrize("retain", [False, True])
 @pytest.mark.parametrize("swap_delay", [1, 3])
 @pytest.mark.parametrize("policy", ["vtc", "fcfs", "priority"])
-def test_preemption_storm_by_swap_gives_identical_tokens(policy, swap_delay):
+def test_preemption_storm_by_swap_gives_identical_tokens(policy, swap_delay, retain):
     core, fakes = make(
         policy=policy,
         blocks=14,
         swap_delay=swap_delay,
         preempt_margin=0,
         priority_update_interval=1,
+        retain=retain,
     )
     reqs = submit_all(core)
     drive(core, fakes)
@@ -74,7 +76,10 @@ def test_preemption_storm_by_swap_gives_identical_tokens(policy, swap_delay):
     assert core.counters.swap_outs > 0 and core.counters.swap_ins > 0
     assert core.workers["w0"].allocator.num_free == 14
     host = fakes["w0"].host
-    assert not host.committed and not host.reserved and not host.leases, "host memory leaked"
+    assert not host.reserved and not host.leases, "host memory leaked"
+    # Only content-addressed (retained) blocks may stay; private copies are all freed.
+    assert host.committed == set(host.hash_of), "private host blocks leaked"
+    assert retain or not host.committed
 
 
 def test_swapped_requests_resume_on_another_worker():

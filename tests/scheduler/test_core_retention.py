@@ -1,0 +1,120 @@
+"""Retained KV in the scheduler core: offload at finish, content-addressed lookup of new prompts,
+reuse across turns, tenant isolation, eviction, deletion (fake worker + fake store)."""
+
+from __future__ import annotations
+
+import itertools
+
+from sched_fakes import FakeHost, FakeWorker, drive
+
+from scheduler_svc.core import CoreConfig, SchedulerCore
+from scheduler_svc.policy import make_policy
+from scheduler_svc.request import FinishReason, GenerationLimits, Sampling
+
+BS = 4
+
+
+def make(retain=True, host=None, blocks=256):
+    clock = itertools.count()
+    core = SchedulerCore(
+        CoreConfig(preemption="swap", min_swap_tokens=1, retain=retain),
+        make_policy("fcfs"),
+        eos_token_ids=[255],
+        clock=lambda: next(clock) * 0.001,
+        model_fingerprint="m",
+        secret=b"s",
+    )
+    from scheduler_svc.workers import WorkerInfo
+
+    info = WorkerInfo("w0", num_blocks=blocks, block_size=BS, block_bytes=100, max_model_len=4096)
+    core.add_worker(info)
+    return core, {"w0": FakeWorker(info, host or FakeHost())}
+
+
+def run_one(core, fakes, prompt, tenant="t", out=6):
+    req = core.submit(
+        prompt_ids=list(prompt),
+        sampling=Sampling(),
+        limits=GenerationLimits(max_tokens=out),
+        tenant=tenant,
+    )
+    drive(core, fakes)
+    assert req.finish_reason is FinishReason.LENGTH
+    return req
+
+
+PROMPT = [(7 * i) % 200 for i in range(30)]
+
+
+def test_a_repeated_prompt_hits_the_retained_prefix_with_identical_output():
+    core, fakes = make()
+    first = run_one(core, fakes, PROMPT)
+    host = fakes["w0"].host
+    # Offloaded at finish: every full block of the computed tokens (30 + 5 = 35 -> 8 blocks).
+    assert host.retained() == 35 // BS
+    second = run_one(core, fakes, PROMPT)
+    assert second.cached_prompt_tokens == (len(PROMPT) - 1) // BS * BS  # all but the last block
+    assert second.output_ids == first.output_ids
+    assert core.counters.reuse_hit_tokens == second.cached_prompt_tokens
+    ref_core, ref = make(retain=False)
+    assert run_one(ref_core, ref, PROMPT).output_ids == first.output_ids
+
+
+def test_next_turn_reuses_the_previous_turn_including_its_reply():
+    core, fakes = make()
+    turn1 = run_one(core, fakes, PROMPT, out=10)
+    history = PROMPT + turn1.output_ids + [3, 4, 5, 6, 7, 8]
+    turn2 = run_one(core, fakes, history)
+    # Turn 1 computed 30 + 9 tokens; their 9 full blocks are reused.
+    assert turn2.cached_prompt_tokens == (len(PROMPT) + 9) // BS * BS
+    ref_core, ref = make(retain=False)
+    assert run_one(ref_core, ref, history).output_ids == turn2.output_ids
+
+
+def test_tenants_never_share_retained_blocks():
+    core, fakes = make()
+    run_one(core, fakes, PROMPT, tenant="alice")
+    bob = run_one(core, fakes, PROMPT, tenant="bob")
+    assert bob.cached_prompt_tokens == 0
+    assert fakes["w0"].host.retained() == 2 * (35 // BS)  # two separate copies
+
+
+def test_eviction_between_turns_degrades_to_recompute_with_identical_output():
+    core, fakes = make()
+    first = run_one(core, fakes, PROMPT)
+    assert fakes["w0"].host.evict_all() > 0
+    again = run_one(core, fakes, PROMPT)
+    assert again.cached_prompt_tokens == 0 and again.output_ids == first.output_ids
+
+
+def test_eviction_after_lookup_before_pin_falls_back_safely():
+    core, fakes = make()
+    first = run_one(core, fakes, PROMPT)
+    host = fakes["w0"].host
+    req = core.submit(
+        prompt_ids=list(PROMPT),
+        sampling=Sampling(),
+        limits=GenerationLimits(max_tokens=6),
+        tenant="t",
+    )
+    host.serve(core)  # the lookup hits
+    assert req.cached_prompt_tokens > 0
+    host.evict_all()  # ... and the blocks are gone before the pin: the pin's hash check fails
+    drive(core, fakes)
+    assert req.output_ids == first.output_ids and req.recomputes == 1
+
+
+def test_deleting_retained_blocks_by_content():
+    core, fakes = make()
+    first = run_one(core, fakes, PROMPT)
+    tokens = PROMPT + first.output_ids[:-1]
+    assert core.free_retained("t", tokens) == len(tokens) // BS
+    fakes["w0"].host.serve(core)
+    assert fakes["w0"].host.retained() == 0
+    assert run_one(core, fakes, PROMPT).cached_prompt_tokens == 0
+
+
+def test_without_retention_nothing_is_offloaded():
+    core, fakes = make(retain=False)
+    run_one(core, fakes, PROMPT)
+    assert fakes["w0"].host.retained() == 0 and not fakes["w0"].host.committed
