@@ -151,7 +151,7 @@ class Frontend:
         )
         return prompt_ids, sampling, limits, tenant
 
-    async def open(self, new: NewRequest) -> RequestStream:
+    async def open(self, new: NewRequest, *, retain_ttl_s: float = 0.0) -> RequestStream:
         """Queues a request. Raises ValueError (bad input) or SchedulingError (cannot fit)."""
         if self._closing:
             raise ConnectionAbortedError("the scheduler is shutting down")
@@ -165,6 +165,7 @@ class Frontend:
             tenant=tenant,
             priority=new.priority,
             request_id=new.request_id,
+            retain_ttl_s=retain_ttl_s,
         )
         stream = RequestStream(req)
         self._streams[req.request_id] = stream
@@ -180,7 +181,7 @@ class Frontend:
         prompt = self.conversations.begin_turn(conv, turn.message)
         try:
             new = replace(turn.request, prompt_ids=prompt, prompt_text=None, tenant=conv.tenant)
-            stream = await self.open(new)
+            stream = await self.open(new, retain_ttl_s=conv.ttl_s)
         except BaseException:
             self.conversations.end_turn(conv, prompt, [], ok=False)
             raise
@@ -191,9 +192,11 @@ class Frontend:
         self.conversations.end_turn(conv, prompt, list(req.output_ids), ok)
 
     def end_conversation(self, conversation_id: str, tenant: str) -> int:
-        """Deletes a conversation; returns the retained blocks freed (none are kept yet)."""
-        self.conversations.end(conversation_id, tenant or "default")
-        return 0
+        """Deletes a conversation and its retained KV; returns how many blocks were dropped."""
+        conv = self.conversations.end(conversation_id, tenant or "default")
+        freed = self.core.free_retained(conv.tenant, conv.history)
+        self._poke_host_agent()
+        return freed
 
     async def close(self, stream: RequestStream) -> None:
         """Ends a stream; a request still live (the client left) is cancelled and freed."""

@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--host-lease-s", type=float, default=60.0, help="lease of host reservations and pins"
     )
+    g.add_argument(
+        "--no-retain",
+        action="store_true",
+        help="do not retain finished requests' KV for later turns and shared prefixes",
+    )
     return p
 
 
@@ -151,6 +156,11 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             min_swap_tokens=args.min_swap_tokens,
             priority_update_interval=args.priority_update_interval,
             preempt_margin=args.preempt_margin,
+            retain=bool(args.kvstore)
+            and args.preemption == "swap"
+            and not args.no_kv_reuse
+            and not args.no_retain
+            and args.mode != "vllm-baseline",
         ),
         host_lease_s=args.host_lease_s,
         max_tokens_limit=args.max_tokens_limit,
@@ -168,7 +178,9 @@ async def serve(cfg: SchedulerConfig) -> int:
     policy = make_policy(
         cfg.policy, w_prompt=cfg.w_prompt, w_output=cfg.w_output, tenant_weights=weights
     )
-    core = SchedulerCore(cfg.core, policy, eos_token_ids=spec.eos_token_ids)
+    core = SchedulerCore(
+        cfg.core, policy, eos_token_ids=spec.eos_token_ids, model_fingerprint=spec.fingerprint
+    )
     frontend = Frontend(
         core,
         tokenizer,

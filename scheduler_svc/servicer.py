@@ -169,6 +169,9 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
             swap_in_bytes=c.swap_in_bytes,
             reuse_hit_tokens=c.reuse_hit_tokens,
             swap_bytes_avoided=c.swap_bytes_avoided,
+            retained_lookups=c.retained_lookups,
+            retained_hit_blocks=c.retained_hit_blocks,
+            offloaded_blocks=c.offloaded_blocks,
             policy=self._policy,
             mode=self._mode,
         )
