@@ -25,6 +25,7 @@ class KVStoreConfig:
     log_level: str = "info"
     expire_interval_s: float = 0.5
     shutdown_grace_s: float = 5.0
+    tenant_quota_blocks: int = 0  # retained hashed blocks per tenant; 0 = no quota
 
     def __post_init__(self) -> None:
         check_listen(self.listen)
@@ -37,6 +38,10 @@ class KVStoreConfig:
             raise ValueError(f"--lease-s must be > 0, got {self.lease_s}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"--log-level {self.log_level!r} not one of {LOG_LEVELS}")
+        if self.tenant_quota_blocks < 0:
+            raise ValueError(
+                f"--tenant-quota-blocks must be >= 0 (0 = no quota), got {self.tenant_quota_blocks}"
+            )
         if not self.expire_interval_s > 0:
             raise ValueError(f"expire interval must be > 0, got {self.expire_interval_s}")
 
@@ -88,6 +93,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=default("lease-s", d.lease_s),
         help="default lease of reservations and pins, seconds",
     )
+    p.add_argument(
+        "--tenant-quota-blocks",
+        type=int,
+        default=default("tenant-quota-blocks", d.tenant_quota_blocks),
+        help="retained (content-addressed) host blocks per tenant; beyond it the tenant's own "
+        "least recently used unpinned blocks are evicted (0 = no quota)",
+    )
     p.add_argument("--log-level", default=default("log-level", d.log_level))
     return p
 
@@ -105,4 +117,5 @@ def from_args(argv: Sequence[str] | None, env: Mapping[str, str] | None = None) 
         host_kv_gib=float(ns.host_kv_gib),
         lease_s=float(ns.lease_s),
         log_level=str(ns.log_level).lower(),
+        tenant_quota_blocks=int(ns.tenant_quota_blocks),
     )

@@ -42,3 +42,21 @@ class StoreCollector(Collector):
         yield CounterMetricFamily(
             "fastswitch_kvstore_evictions", "Committed blocks evicted", s.evictions
         )
+        yield CounterMetricFamily(
+            "fastswitch_kvstore_expired_blocks",
+            "Retained blocks dropped by their ttl",
+            s.expired_blocks,
+        )
+        retained = GaugeMetricFamily(
+            "fastswitch_kvstore_tenant_retained_blocks",
+            "Content-addressed blocks charged to each tenant",
+            labels=["tenant"],
+        )
+        for usage in s.tenants:
+            retained.add_metric([usage.tenant], usage.retained_blocks)
+        yield retained
+        yield GaugeMetricFamily(
+            "fastswitch_kvstore_tenant_quota_blocks",
+            "Retention quota per tenant, blocks; 0 = none",
+            self._store.tenant_quota_blocks,
+        )

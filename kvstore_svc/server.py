@@ -51,7 +51,12 @@ async def serve(cfg: KVStoreConfig) -> int:
     tasks: list[asyncio.Task[None]] = []
     started = False
     try:
-        store = Store(arena.name, arena.size, default_lease_s=cfg.lease_s)
+        store = Store(
+            arena.name,
+            arena.size,
+            default_lease_s=cfg.lease_s,
+            tenant_quota_blocks=cfg.tenant_quota_blocks,
+        )
         service.registry.register(StoreCollector(store))
         service.add(pb_grpc.add_KVStoreServicer_to_server, KVStoreServicer(store), SERVICE_NAME)
         await service.start()
@@ -91,7 +96,8 @@ async def _shutdown(
 
 
 async def _expire_forever(store: Store, interval_s: float) -> None:
-    """Ends overdue leases every ``interval_s`` (calls also end an overdue lease they touch)."""
+    """Ends overdue leases and drops retained blocks past their ttl every ``interval_s``
+    (calls also end an overdue lease they name, and drop blocks past their ttl first)."""
     while True:
         await asyncio.sleep(interval_s)
         store.expire()

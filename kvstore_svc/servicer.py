@@ -90,8 +90,9 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
                 list(request.blocks),
                 list(request.block_hashes),
                 tenant=request.tenant,
+                ttl_s=request.ttl_s,
             )
-            return pb.CommitResponse(committed=result.committed)
+            return pb.CommitResponse(committed=result.committed, blocks=result.blocks)
 
         return await _answer(context, call)
 
@@ -99,7 +100,17 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
         self, request: pb.LookupRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.LookupResponse:
         def call() -> pb.LookupResponse:
-            return pb.LookupResponse(blocks=self._store.lookup(list(request.block_hashes)))
+            hashes = list(request.block_hashes)
+            if not request.pin:
+                return pb.LookupResponse(blocks=self._store.lookup(hashes))
+            found = self._store.lookup_and_pin(hashes, lease_s=request.lease_s, owner=request.owner)
+            if found.pin is None:
+                return pb.LookupResponse()
+            return pb.LookupResponse(
+                blocks=found.blocks,
+                lease_id=found.pin.lease_id,
+                expires_in_s=found.pin.expires_in_s,
+            )
 
         return await _answer(context, call)
 
@@ -108,7 +119,10 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
     ) -> pb.PinResponse:
         def call() -> pb.PinResponse:
             pin = self._store.pin(
-                list(request.blocks), lease_s=request.lease_s, owner=request.owner
+                list(request.blocks),
+                lease_s=request.lease_s,
+                owner=request.owner,
+                block_hashes=list(request.block_hashes),
             )
             return pb.PinResponse(lease_id=pin.lease_id, expires_in_s=pin.expires_in_s)
 
@@ -126,7 +140,8 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
         self, request: pb.FreeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FreeResponse:
         def call() -> pb.FreeResponse:
-            return pb.FreeResponse(freed=self._store.free(list(request.blocks)))
+            freed = self._store.free(list(request.blocks), block_hashes=list(request.block_hashes))
+            return pb.FreeResponse(freed=freed)
 
         return await _answer(context, call)
 
@@ -148,6 +163,14 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
             evictions=s.evictions,
             block_bytes=s.block_bytes,
             arena_name=s.arena_name,
+            evictable_blocks=s.evictable_blocks,
+            expired_blocks=s.expired_blocks,
+            tenants=[
+                pb.TenantUsage(
+                    tenant=t.tenant, retained_blocks=t.retained_blocks, quota_blocks=t.quota_blocks
+                )
+                for t in s.tenants
+            ],
         )
 
 

@@ -6,14 +6,29 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from kvstore_factories import FakeClock
+from kvstore_factories import FakeClock, StoreFactory, make_store
 
+from kvstore_svc.store import Store
 from servekit import shm
 
 
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def new_store(clock: FakeClock) -> Iterator[StoreFactory]:
+    """``make_store`` on the test's clock; every store made is integrity-checked afterwards."""
+    made: list[Store] = []
+
+    def make(num_blocks: int = 16, **kwargs: object) -> Store:
+        made.append(make_store(num_blocks, clock=clock, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.check_integrity()
 
 
 @pytest.fixture

@@ -29,6 +29,13 @@ def test_env_fallbacks_and_flags_win() -> None:
     assert (cfg.host_kv_gib, cfg.listen) == (0.5, "[::1]:0")
 
 
+def test_tenant_quota_flag_and_env() -> None:
+    assert from_args([], env={}).tenant_quota_blocks == 0  # no quota
+    env = {"FASTSWITCH_TENANT_QUOTA_BLOCKS": "64"}
+    assert from_args([], env=env).tenant_quota_blocks == 64
+    assert from_args(["--tenant-quota-blocks", "8"], env=env).tenant_quota_blocks == 8
+
+
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
@@ -42,6 +49,7 @@ def test_env_fallbacks_and_flags_win() -> None:
         (["--listen", "host:99999"], "host:99999"),
         (["--deployment-id", "a/b"], "a/b"),
         (["--log-level", "loud"], "loud"),
+        (["--tenant-quota-blocks", "-1"], "--tenant-quota-blocks"),
     ],
 )
 def test_bad_values_name_themselves(argv: list[str], named: str) -> None:

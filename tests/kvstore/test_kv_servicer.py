@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -29,10 +30,16 @@ class Running:
     clock: FakeClock
 
 
-@pytest.fixture
-async def running() -> AsyncIterator[Running]:
+@contextlib.asynccontextmanager
+async def serving(tenant_quota_blocks: int = 0) -> AsyncIterator[Running]:
+    """A store on a fake clock behind an in-process server on 127.0.0.1:0, and a channel."""
     clock = FakeClock()
-    store = Store("fastswitch-test-arena", NUM_BLOCKS * BLOCK_BYTES, clock=clock)
+    store = Store(
+        "fastswitch-test-arena",
+        NUM_BLOCKS * BLOCK_BYTES,
+        tenant_quota_blocks=tenant_quota_blocks,
+        clock=clock,
+    )
     service = GrpcService("kvstore-test", listen="127.0.0.1:0", metrics_port=None)
     service.registry.register(StoreCollector(store))
     service.add(pb_grpc.add_KVStoreServicer_to_server, KVStoreServicer(store), SERVICE_NAME)
@@ -44,6 +51,12 @@ async def running() -> AsyncIterator[Running]:
     finally:
         await service.stop(grace_s=0)
         store.check_integrity()
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    async with serving() as running:
+        yield running
 
 
 def register_request(
@@ -179,3 +192,85 @@ async def test_expired_lease_is_not_found(running: Running) -> None:
     assert "expired" in detail
     stats = await stub.GetStats(pb.StoreStatsRequest(), timeout=5)
     assert (stats.free_blocks, stats.expired_leases) == (NUM_BLOCKS, 1)
+
+
+async def commit_new(
+    stub: pb_grpc.KVStoreStub, hashes: list[bytes], *, tenant: str = "t", ttl_s: float = 0
+) -> pb.CommitResponse:
+    res = await stub.Reserve(pb.ReserveRequest(num_blocks=len(hashes)), timeout=5)
+    blocks = [b for e in res.extents for b in range(e.start, e.start + e.count)]
+    return await stub.Commit(
+        pb.CommitRequest(
+            lease_id=res.lease_id, blocks=blocks, block_hashes=hashes, tenant=tenant, ttl_s=ttl_s
+        ),
+        timeout=5,
+    )
+
+
+async def test_retained_kv_fields(running: Running) -> None:
+    stub = running.stub
+    await stub.RegisterWorker(register_request(), timeout=5)
+    first = await commit_new(stub, [b"a", b"b"], ttl_s=10)
+    assert (first.committed, list(first.blocks)) == (2, [0, 1])
+    dup = await commit_new(stub, [b"a", b"c"])
+    assert (dup.committed, list(dup.blocks)) == (1, [0, 3])  # block 2 was a's duplicate
+
+    found = await stub.Lookup(
+        pb.LookupRequest(block_hashes=[b"a", b"b", b"x"], pin=True, lease_s=4, owner="w1"),
+        timeout=5,
+    )
+    assert list(found.blocks) == [0, 1] and found.lease_id and found.expires_in_s == 4
+    none = await stub.Lookup(pb.LookupRequest(block_hashes=[b"x"], pin=True), timeout=5)
+    assert (list(none.blocks), none.lease_id, none.expires_in_s) == ([], "", 0)
+    plain = await stub.Lookup(pb.LookupRequest(block_hashes=[b"a"]), timeout=5)
+    assert list(plain.blocks) == [0] and not plain.lease_id
+    await expect_code(
+        stub.Lookup(pb.LookupRequest(block_hashes=[b"a"], pin=True, lease_s=-1), timeout=5),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+
+    detail = await expect_code(
+        stub.Pin(pb.PinRequest(blocks=[3, 0], block_hashes=[b"c", b"b"]), timeout=5),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert "block 0" in detail
+    pin = await stub.Pin(pb.PinRequest(blocks=[3, 0], block_hashes=[b"c", b""]), timeout=5)
+    stats = await stub.GetStats(pb.StoreStatsRequest(), timeout=5)
+    assert (stats.pinned_blocks, stats.evictable_blocks, stats.active_leases) == (3, 0, 2)
+    assert [(u.tenant, u.retained_blocks, u.quota_blocks) for u in stats.tenants] == [("t", 3, 0)]
+
+    await stub.Release(pb.ReleaseRequest(lease_id=found.lease_id), timeout=5)
+    await stub.Release(pb.ReleaseRequest(lease_id=pin.lease_id), timeout=5)
+    running.clock.advance(10)
+    running.store.expire()  # what the periodic task does: b (ttl 10) expires; a and c have none
+    freed = await stub.Free(pb.FreeRequest(block_hashes=[b"a", b"b", b"zz"]), timeout=5)
+    assert freed.freed == 1
+    stats = await stub.GetStats(pb.StoreStatsRequest(), timeout=5)
+    assert (stats.expired_blocks, stats.committed_blocks, stats.evictable_blocks) == (1, 1, 1)
+    registry = running.service.registry
+    assert registry.get_sample_value("fastswitch_kvstore_expired_blocks_total") == 1
+    assert registry.get_sample_value("fastswitch_kvstore_tenant_retained_blocks", {"tenant": "t"})
+    assert registry.get_sample_value("fastswitch_kvstore_tenant_quota_blocks") == 0
+
+
+async def test_tenant_quota_over_grpc() -> None:
+    async with serving(tenant_quota_blocks=2) as running:
+        stub = running.stub
+        await stub.RegisterWorker(register_request(), timeout=5)
+        await commit_new(stub, [b"a0", b"a1"], tenant="A")
+        await commit_new(stub, [b"b0"], tenant="B")
+        await commit_new(stub, [b"a2"], tenant="A")
+        stats = await stub.GetStats(pb.StoreStatsRequest(), timeout=5)
+        assert [(u.tenant, u.retained_blocks, u.quota_blocks) for u in stats.tenants] == [
+            ("A", 2, 2),
+            ("B", 1, 2),
+        ]
+        assert stats.evictions == 1
+        found = await stub.Lookup(pb.LookupRequest(block_hashes=[b"a0"]), timeout=5)
+        assert not found.blocks  # A's least recently used block went
+        registry = running.service.registry
+        assert registry.get_sample_value("fastswitch_kvstore_tenant_quota_blocks") == 2
+        retained = registry.get_sample_value(
+            "fastswitch_kvstore_tenant_retained_blocks", {"tenant": "B"}
+        )
+        assert retained == 1

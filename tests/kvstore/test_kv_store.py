@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import pytest
-from kvstore_factories import BLOCK_BYTES, FakeClock, h, make_store, worker_info
+from kvstore_factories import (
+    BLOCK_BYTES,
+    FakeClock,
+    StoreFactory,
+    blocks_of,
+    commit_chain,
+    h,
+    worker_info,
+)
 
 from kvstore_svc.errors import Exhausted, InvalidArgument, NotFound, Precondition
 from kvstore_svc.store import Store
 from servekit.runs import BlockRun
-
-StoreFactory = Callable[..., Store]
-
-
-@pytest.fixture
-def new_store(clock: FakeClock) -> Iterator[StoreFactory]:
-    made: list[Store] = []
-
-    def make(num_blocks: int = 16, **kwargs: object) -> Store:
-        made.append(make_store(num_blocks, clock=clock, **kwargs))  # type: ignore[arg-type]
-        return made[-1]
-
-    yield make
-    for store in made:
-        store.check_integrity()
-
-
-def blocks_of(extents: list[BlockRun]) -> list[int]:
-    return [b for run in extents for b in run.blocks()]
-
-
-def commit_chain(store: Store, prefix: str, n: int) -> list[int]:
-    """Reserves and commits ``n`` hashed blocks ``prefix/0 .. prefix/n-1``; returns their ids."""
-    res = store.reserve(n)
-    blocks = blocks_of(res.extents)
-    store.commit(res.lease_id, blocks, [h(prefix, i) for i in range(n)])
-    return blocks
 
 
 def test_reserve_commit_lookup(new_store: StoreFactory) -> None:
