@@ -336,6 +336,7 @@ class Store:
         now = self._clock()
         self._expire_retained(now)
         holders: list[int] = []
+        fresh: list[int] = []
         for b, h in zip(blocks, hashes, strict=True):
             lease.blocks.remove(b)
             del self._reserved[b]
@@ -349,8 +350,11 @@ class Store:
             if h:
                 self._index[h] = b
                 self._charged[tenant] = self._charged.get(tenant, 0) + 1
-                self._retained.add(b, tenant, ttl_s, now)
+                fresh.append(b)
             holders.append(b)
+        # Deepest first (see lookup): a chain is evicted from its end, never from its root.
+        for b in reversed(fresh):
+            self._retained.add(b, tenant, ttl_s, now)
         if not lease.blocks:
             self._leases.close(lease)
         if self._quota:
@@ -372,6 +376,9 @@ class Store:
             if b is None:
                 break
             found.append(b)
+        # Deepest first, so that the root is the most recent: eviction trims a chain from its
+        # end and what is left is still a usable prefix.
+        for b in reversed(found):
             self._retained.touch(b, now)
         self._lookup_hit_blocks += len(found)
         return found

@@ -256,8 +256,9 @@ def test_quota_evicts_the_tenants_own_lru_blocks(new_store: StoreFactory) -> Non
     s = store.stats()
     assert s.tenants == (TenantUsage("A", 4, 4), TenantUsage("B", 3, 4))
     assert s.evictions == 1
-    assert store.lookup(chain("c", 2)) == []  # c/0, A's least recently used, went
-    assert store.committed_block(c[1]) is not None
+    # A's least recently used block went: the end of chain c (its root c/0 stays usable).
+    assert store.lookup(chain("c", 2)) == [c[0]]
+    assert store.committed_block(c[1]) is None
     assert store.lookup(chain("o", 3)) == other
     assert store.lookup(chain("a", 2)) == a and store.lookup(chain("d", 1)) == d
     assert (s.evictable_blocks, s.committed_blocks) == (7, 7)
@@ -321,3 +322,14 @@ def test_stats_without_quota_and_bad_quota(new_store: StoreFactory) -> None:
     assert store.stats().tenants == (TenantUsage("", 2, 0), TenantUsage("z", 1, 0))
     with pytest.raises(ValueError, match="-1"):
         make_store(4, tenant_quota_blocks=-1)
+
+
+def test_eviction_trims_a_chain_from_its_end_so_the_prefix_stays_usable(new_store):
+    """Blocks committed (or looked up) together age deepest-first: LRU keeps the root."""
+    store = new_store(num_blocks=4)
+    commit_chain(store, "conv", 3)
+    chain = [h("conv", i) for i in range(3)]
+    assert len(store.lookup(chain)) == 3
+    filler = store.reserve(3)  # needs 2 of the 3 retained blocks: evicts from the chain's end
+    assert len(store.lookup(chain)) == 1
+    store.release(filler.lease_id)

@@ -266,8 +266,9 @@ async def test_tenant_quota_over_grpc() -> None:
             ("B", 1, 2),
         ]
         assert stats.evictions == 1
-        found = await stub.Lookup(pb.LookupRequest(block_hashes=[b"a0"]), timeout=5)
-        assert not found.blocks  # A's least recently used block went
+        # A's least recently used block went: a1, the end of the chain a0 -> a1 (deepest first).
+        found = await stub.Lookup(pb.LookupRequest(block_hashes=[b"a0", b"a1"]), timeout=5)
+        assert len(found.blocks) == 1
         registry = running.service.registry
         assert registry.get_sample_value("fastswitch_kvstore_tenant_quota_blocks") == 2
         retained = registry.get_sample_value(
