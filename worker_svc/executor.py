@@ -1,10 +1,36 @@
 """Executes one step plan against the engine: the worker's step, readable at a glance.
 
-    forget dropped sequences → start / grow block tables → swap-ins → forward → swap-outs
+    forget dropped sequences → start / grow block tables → submit swap-ins → submit swap-outs
+    → cancel swap-outs → forward → collect finished swaps
 
-It never decides allocation or admission: every block id and every token comes in the plan.
-Per-sequence faults (a plan naming an unknown sequence, say) are reported in the result and the
-rest of the step still runs; only a fault of the whole forward fails every sequence in it.
+It never decides allocation or admission: every block id, every copy and every token comes in
+the plan. Per-sequence faults (a plan naming an unknown sequence, say) are reported in the
+result and the rest of the step still runs; only a fault of the whole forward fails every
+sequence in it.
+
+Swaps (DESIGN.md, life cycle rules 1-4). The scheduler guarantees, and this module relies on:
+
+* a sequence swapping in is in no forward until its swap-in is reported in ``swap_in_done``
+  (so the forward never reads blocks still being written);
+* a sequence swapping out keeps its device blocks allocated, and nothing writes them, until its
+  swap-out is reported in ``swap_out_done`` or ``swap_out_cancelled`` (so the copy reads stable
+  bytes and no other sequence reuses the blocks under it).
+
+In return the executor reports each swap exactly once, in the result of the step during which
+it was seen complete: in sync mode that is the step that submitted it (copies finish before the
+forward, ``timing.swap_wait_s`` says how long they took); in async mode it is the first step
+whose end finds it finished, so the scheduler keeps sending plans, with or without compute,
+while it waits. ``cancel_swap_out`` reports the sequence in ``swap_out_cancelled`` only when the
+copy had not started (nothing was written); otherwise the swap-out finishes and is reported done.
+
+KV store bookkeeping is the caller's (link.py, on the event loop), from the ``StepOutcome``:
+
+* ``commits``: finished swap-outs. Their host blocks (in copy order) must be committed under the
+  plan's lease and hashes *before* the sequence is reported in ``swap_out_done`` (the scheduler
+  pins them later, and only committed blocks can be pinned); a failed commit reports the
+  sequence in ``errors`` instead.
+* ``releases``: leases to end: pins of finished swap-ins, reservations of cancelled, refused or
+  failed swap-outs, pins of refused or failed swap-ins.
 """
 
 from __future__ import annotations
@@ -12,11 +38,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from proto import worker_pb2 as wk
 from worker_svc.engine import Engine, PrefillChunk, SamplingParams
+from worker_svc.swap_engine import Direction, RunCopy, SwapEngine
 
 log = logging.getLogger(__name__)
+
+NO_STORE = "this worker was started without a KV store: no swaps"
 
 
 def _block_ids(runs: Iterable[wk.Run]) -> list[int]:
@@ -32,24 +63,69 @@ def _sampling(s: wk.WorkerSampling) -> SamplingParams:
     )
 
 
-class StepExecutor:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.steps = 0
+def _runs(copies: Iterable[wk.RunCopy]) -> list[RunCopy]:
+    return [RunCopy(c.device_start, c.host_start, c.count) for c in copies]
 
-    def reset(self) -> None:
-        """Forgets every sequence (the scheduler went away; it will recompute them)."""
+
+class SwapOutWritten(NamedTuple):
+    """A finished swap-out: commit ``host_blocks`` under ``lease_id``, then report ``seq``."""
+
+    seq: int
+    lease_id: str
+    host_blocks: tuple[int, ...]  # in copy order
+    block_hashes: tuple[bytes, ...]  # parallel to host_blocks, or empty (private blocks)
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """``result`` is final except for the sequences in ``commits`` (see the module docstring)."""
+
+    result: wk.StepResult
+    commits: tuple[SwapOutWritten, ...] = ()
+    releases: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _StoreWork:
+    commits: list[SwapOutWritten] = field(default_factory=list)
+    releases: list[str] = field(default_factory=list)
+
+    def release(self, lease_id: str) -> None:
+        if lease_id:
+            self.releases.append(lease_id)
+
+
+class StepExecutor:
+    def __init__(self, engine: Engine, swaps: SwapEngine | None = None) -> None:
+        self.engine = engine
+        self.swaps = swaps
+        self.steps = 0
+        self.swap_out_bytes = 0
+        self.swap_in_bytes = 0
+        self._outs: dict[int, SwapOutWritten] = {}  # swap-outs in flight, by seq
+        self._ins: dict[int, str] = {}  # swap-ins in flight: seq -> pin lease
+
+    def reset(self) -> tuple[str, ...]:
+        """Forgets every sequence (the scheduler went away; it will recompute them). Waits for
+        the swaps in flight and returns the leases they held, for the caller to release."""
+        leases: list[str] = []
+        if self.swaps is not None:
+            self.swaps.wait_all()
+            self.swaps.poll()
+            leases = [w.lease_id for w in self._outs.values()] + list(self._ins.values())
+            self._outs.clear()
+            self._ins.clear()
         e = self.engine
         self.engine = Engine(e.model, e.spec, e.pool)
+        return tuple(lease for lease in leases if lease)
 
-    def run(self, plan: wk.StepPlan) -> wk.StepResult:
+    def run(self, plan: wk.StepPlan) -> StepOutcome:
         t0 = time.perf_counter()
         result = wk.StepResult(step_id=plan.step_id)
         failed: dict[int, str] = {}
+        work = _StoreWork()
         self._apply_table_changes(plan, failed)
-        if plan.swap_in or plan.swap_out or plan.cancel_swap_out:
-            for order in [*plan.swap_in, *plan.swap_out]:
-                failed[order.seq] = "this worker was started without a KV store: no swaps"
+        swap_wait_s = self._start_swaps(plan, failed, result, work)
         prefills = [
             PrefillChunk(c.seq, list(c.token_ids), c.sample)
             for c in plan.prefill
@@ -68,14 +144,16 @@ class StepExecutor:
             result.seqs.extend(sampled.keys())
             result.tokens.extend(sampled.values())
         t2 = time.perf_counter()
+        self._collect_swaps(result, failed, work)
         for seq, message in failed.items():
             result.errors.add(seq=seq, message=message)
             if self.engine.has_seq(seq):
                 self.engine.drop_seq(seq)
         self.steps += 1
+        result.timing.swap_wait_s = swap_wait_s
         result.timing.forward_s = t2 - t1
         result.timing.step_s = time.perf_counter() - t0
-        return result
+        return StepOutcome(result, tuple(work.commits), tuple(work.releases))
 
     def _apply_table_changes(self, plan: wk.StepPlan, failed: dict[int, str]) -> None:
         engine = self.engine
@@ -99,3 +177,69 @@ class StepExecutor:
                 engine.append_blocks(a.seq, _block_ids(a.blocks))
             except ValueError as err:
                 failed[a.seq] = str(err)
+
+    def _start_swaps(
+        self, plan: wk.StepPlan, failed: dict[int, str], result: wk.StepResult, work: _StoreWork
+    ) -> float:
+        """Submits swap-ins, then swap-outs, then cancels; returns the seconds the step spent
+        here (sync mode: the copies themselves; async: handing them to the copy thread)."""
+        swaps = self.swaps
+        if swaps is None:
+            for order in [*plan.swap_in, *plan.swap_out]:
+                failed[order.seq] = NO_STORE
+            return 0.0
+        started = time.perf_counter()
+        for sin in plan.swap_in:
+            if sin.seq in failed:
+                work.release(sin.lease_id)
+                continue
+            try:
+                swaps.submit_in(sin.seq, _runs(sin.copies))
+                self._ins[sin.seq] = sin.lease_id
+            except ValueError as err:
+                failed[sin.seq] = str(err)
+                work.release(sin.lease_id)
+        for sout in plan.swap_out:
+            if sout.seq in failed:
+                work.release(sout.lease_id)
+                continue
+            runs = _runs(sout.copies)
+            try:
+                swaps.submit_out(sout.seq, runs)
+            except ValueError as err:
+                failed[sout.seq] = str(err)
+                work.release(sout.lease_id)
+                continue
+            blocks = tuple(b for r in runs for b in range(r.host_start, r.host_start + r.count))
+            self._outs[sout.seq] = SwapOutWritten(
+                sout.seq, sout.lease_id, blocks, tuple(sout.block_hashes)
+            )
+        for seq in plan.cancel_swap_out:
+            if swaps.cancel_out(seq):
+                result.swap_out_cancelled.append(seq)
+                work.release(self._outs.pop(seq).lease_id)
+        return time.perf_counter() - started
+
+    def _collect_swaps(
+        self, result: wk.StepResult, failed: dict[int, str], work: _StoreWork
+    ) -> None:
+        """Moves the swaps finished so far into the result (swap-outs via ``work.commits``)."""
+        if self.swaps is None:
+            return
+        done = self.swaps.poll()
+        for seq in done.swapped_out:
+            work.commits.append(self._outs.pop(seq))
+        for seq in done.swapped_in:
+            result.swap_in_done.append(seq)
+            work.release(self._ins.pop(seq))
+        for f in done.failed:
+            failed[f.seq] = f.message
+            if f.direction is Direction.OUT:
+                work.release(self._outs.pop(f.seq).lease_id)
+            else:
+                work.release(self._ins.pop(f.seq))
+        result.swap_out_bytes = done.out_bytes
+        result.swap_in_bytes = done.in_bytes
+        result.swap_copies = done.copies
+        self.swap_out_bytes += done.out_bytes
+        self.swap_in_bytes += done.in_bytes

@@ -1,8 +1,14 @@
 """The worker's end of the step stream: join the scheduler, then plan in → result out, forever.
 
 The worker dials the scheduler (so workers can join and leave while the system runs). If the
-stream breaks, every sequence is forgotten (the scheduler recomputes them) and the worker dials
-again with backoff. A rejection (another model, a duplicate id) is fatal: LinkRejected.
+stream breaks, every sequence is forgotten (the scheduler recomputes them), the KV store leases
+of swaps in flight are released, and the worker dials again with backoff. A rejection (another
+model, a duplicate id) is fatal: LinkRejected.
+
+Each step runs on the step thread (``StepExecutor.run``); its KV store bookkeeping runs here, on
+the event loop, before the result is sent (``settle_swaps``): finished swap-outs are committed
+first and only then reported in ``swap_out_done`` (the scheduler pins committed blocks only);
+leases the step no longer needs are released in the same round of concurrent calls.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from proto import kvstore_pb2 as kv
+from proto import kvstore_pb2_grpc as kv_grpc
 from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
-from worker_svc.executor import StepExecutor
+from worker_svc.executor import StepExecutor, StepOutcome
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,7 @@ class SchedulerLink:
         *,
         on_state: Callable[[bool], None],
         on_step: Callable[[wk.StepResult], None] | None = None,
+        store: kv_grpc.KVStoreStub | None = None,
         max_backoff_s: float = 2.0,
     ) -> None:
         self._target = scheduler
@@ -48,6 +57,7 @@ class SchedulerLink:
         self._executor = executor
         self._on_state = on_state
         self._on_step = on_step
+        self._store = store
         self._max_backoff_s = max_backoff_s
         # Steps run on one thread of their own: torch releases the GIL, the loop stays live.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastswitch-step")
@@ -66,7 +76,7 @@ class SchedulerLink:
                     log.info("scheduler unreachable", extra={"why": err.code().name})
                 finally:
                     self._on_state(False)
-                    self._executor.reset()
+                    await self._reset()
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
                 except TimeoutError:
@@ -100,7 +110,10 @@ class SchedulerLink:
                         self._on_state(True)
                         continue
                     received = time.perf_counter()
-                    result = await loop.run_in_executor(self._thread, self._executor.run, msg.plan)
+                    outcome = await loop.run_in_executor(self._thread, self._executor.run, msg.plan)
+                    settling = time.perf_counter()
+                    result = await settle_swaps(self._store, outcome)
+                    result.timing.step_s += time.perf_counter() - settling
                     result.timing.idle_s = received - sent
                     await call.write(wk.WorkerMessage(result=result))
                     sent = time.perf_counter()
@@ -108,3 +121,71 @@ class SchedulerLink:
                         self._on_step(result)
             finally:
                 stopper.cancel()
+
+    async def _reset(self) -> None:
+        """Forgets every sequence (on the step thread, after any step still running) and
+        releases the leases of the swaps that were in flight."""
+        loop = asyncio.get_running_loop()
+        leases = await loop.run_in_executor(self._thread, self._executor.reset)
+        if leases and self._store is not None:
+            await settle_swaps(self._store, StepOutcome(wk.StepResult(), releases=leases))
+
+
+async def settle_swaps(
+    store: kv_grpc.KVStoreStub | None, outcome: StepOutcome, *, timeout_s: float = 5.0
+) -> wk.StepResult:
+    """Completes ``outcome.result`` with the KV store: commits every finished swap-out and then
+    reports it in ``swap_out_done`` (or in ``errors`` when the commit fails, e.g. an expired
+    lease: the scheduler recomputes it) and releases ``outcome.releases``. All calls run
+    concurrently; a failed release is only logged (the lease expires on its own)."""
+    result = outcome.result
+    if not outcome.commits and not outcome.releases:
+        return result
+    if store is None:
+        raise RuntimeError("swaps finished on a worker without a KV store")
+    commits = [w for w in outcome.commits if w.host_blocks]
+    result.swap_out_done.extend(w.seq for w in outcome.commits if not w.host_blocks)
+    calls = [
+        store.Commit(
+            kv.CommitRequest(
+                lease_id=w.lease_id, blocks=w.host_blocks, block_hashes=w.block_hashes, tenant=""
+            ),
+            timeout=timeout_s,
+        )
+        for w in commits
+    ]
+    releases = list(outcome.releases)
+    calls += [
+        store.Release(kv.ReleaseRequest(lease_id=lease), timeout=timeout_s) for lease in releases
+    ]
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    abandoned: list[str] = []
+    for w, answer in zip(commits, answers, strict=False):
+        if isinstance(answer, grpc.aio.AioRpcError):
+            message = f"commit of swapped-out KV failed: {answer.code().name}: {answer.details()}"
+            result.errors.add(seq=w.seq, message=message)
+            if answer.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: the lease is gone
+                abandoned.append(w.lease_id)
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            result.swap_out_done.append(w.seq)
+    _log_release_failures(releases, answers[len(commits) :])
+    if abandoned:  # a reservation left half-committed: give its blocks back now
+        answers = await asyncio.gather(
+            *(
+                store.Release(kv.ReleaseRequest(lease_id=lease), timeout=timeout_s)
+                for lease in abandoned
+            ),
+            return_exceptions=True,
+        )
+        _log_release_failures(abandoned, answers)
+    return result
+
+
+def _log_release_failures(leases: list[str], answers: list[object]) -> None:
+    for lease, answer in zip(leases, answers, strict=True):
+        if isinstance(answer, grpc.aio.AioRpcError):
+            log.warning("lease release failed", extra={"lease": lease, "why": answer.code().name})
+        elif isinstance(answer, BaseException):
+            raise answer

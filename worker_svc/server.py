@@ -1,5 +1,6 @@
-"""worker_svc process: load the model, allocate the KV pool, register with the KV store, join
-the scheduler and execute its step plans until SIGTERM; then shut down in order."""
+"""worker_svc process: load the model, allocate the KV pool, register with the KV store and map
+its host arena (swaps), join the scheduler and execute its step plans until SIGTERM; then shut
+down in order."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import grpc
 import torch
 from prometheus_client import Counter, Gauge, Histogram
 
+from kvstore_svc.arena import ArenaLayout
 from proto import kvstore_pb2 as kv
 from proto import kvstore_pb2_grpc as kv_grpc
 from proto import worker_pb2 as wk
@@ -31,11 +33,14 @@ from worker_svc.kv_pool import KVPool
 from worker_svc.link import LinkRejected, SchedulerLink
 from worker_svc.loader import load_model
 from worker_svc.servicer import WorkerServicer
+from worker_svc.swap_engine import SwapEngine, SwapLayout
 from worker_svc.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,8 @@ class WorkerConfig:
     worker_id: str
     advertise: str
     threads: int
+    swap_layout: str = SwapLayout.GROUP
+    swap_sync: bool = False
 
     def __post_init__(self) -> None:
         if not self.scheduler:
@@ -70,6 +77,11 @@ class WorkerConfig:
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise ValueError(
                 f"--dtype must be auto or one of {sorted(_DTYPES)}, got {self.dtype!r}"
+            )
+        if self.swap_layout not in {str(x) for x in SwapLayout}:
+            raise ValueError(
+                f"--swap-layout must be one of {[str(x) for x in SwapLayout]}, "
+                f"got {self.swap_layout!r}"
             )
         shm.check_name(f"{shm.PREFIX}{self.deployment_id}-pool-{self.worker_id}")
 
@@ -114,7 +126,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_default("--threads", 0),
         help="torch CPU threads (0: torch's default)",
     )
+    p.add_argument(
+        "--swap-layout",
+        default=env_default("--swap-layout", SwapLayout.GROUP.value),
+        help="group: one copy per block run (FastSwitch); per-layer: one copy per block, layer "
+        "and K/V (the vLLM-style baseline) (default %(default)s)",
+    )
+    p.add_argument(
+        "--swap-sync",
+        action="store_true",
+        default=env_default("--swap-sync", False),
+        help="copy swaps inside the step, before the forward (the baseline); default: async, "
+        "on a thread and stream of their own",
+    )
     return p
+
+
+def _flag(name: str, value: object) -> bool:
+    """A boolean flag: True/False from argparse, or the string of its environment fallback."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {value!r}")
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
@@ -134,6 +169,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         worker_id=args.worker_id,
         advertise=args.advertise or args.listen,
         threads=args.threads,
+        swap_layout=args.swap_layout,
+        swap_sync=_flag("--swap-sync", args.swap_sync),
     )
 
 
@@ -209,35 +246,88 @@ def _cuda_ipc_handle(tensor: torch.Tensor) -> bytes:
     return pickle.dumps(args)
 
 
-async def _register(cfg: WorkerConfig, spec, pool: DevicePool) -> None:  # type: ignore[no-untyped-def]
+async def _register(  # type: ignore[no-untyped-def]
+    cfg: WorkerConfig, spec, pool: DevicePool, store: kv_grpc.KVStoreStub
+) -> kv.RegisterWorkerResponse:
     """Registers the worker and its pool with the node's KV store (swaps need the arena)."""
-    async with grpc.aio.insecure_channel(cfg.kvstore) as channel:
-        resp = await kv_grpc.KVStoreStub(channel).RegisterWorker(
-            kv.RegisterWorkerRequest(
-                worker_id=cfg.worker_id,
-                model_fingerprint=spec.fingerprint,
-                block_bytes=pool.pool.block_bytes,
-                device=str(pool.pool.device),
-                pool_kind=pool.kind,
-                pool_handle=pool.handle,
-                pool_blocks=pool.pool.num_blocks,
-            ),
-            timeout=30,
-        )
+    resp = await store.RegisterWorker(
+        kv.RegisterWorkerRequest(
+            worker_id=cfg.worker_id,
+            model_fingerprint=spec.fingerprint,
+            block_bytes=pool.pool.block_bytes,
+            device=str(pool.pool.device),
+            pool_kind=pool.kind,
+            pool_handle=pool.handle,
+            pool_blocks=pool.pool.num_blocks,
+        ),
+        timeout=30,
+    )
     log.info(
         "registered with the KV store",
         extra={"arena": resp.arena_name, "host_blocks": resp.num_host_blocks},
     )
+    return resp
 
 
-async def _unregister(cfg: WorkerConfig) -> None:
-    async with grpc.aio.insecure_channel(cfg.kvstore) as channel:
-        try:
-            await kv_grpc.KVStoreStub(channel).UnregisterWorker(
-                kv.UnregisterWorkerRequest(worker_id=cfg.worker_id), timeout=5
+async def _unregister(cfg: WorkerConfig, store: kv_grpc.KVStoreStub) -> None:
+    try:
+        await store.UnregisterWorker(kv.UnregisterWorkerRequest(worker_id=cfg.worker_id), timeout=5)
+    except grpc.aio.AioRpcError as err:
+        log.warning("could not unregister", extra={"why": err.code().name})
+
+
+class MappedArena:
+    """This worker's mapping of the node's host arena: ``blocks`` is uint8
+    ``[num_host_blocks, block_bytes]``. ``close`` drops the view and unmaps (the file is the
+    store's: it stays)."""
+
+    def __init__(self, resp: kv.RegisterWorkerResponse, block_bytes: int) -> None:
+        if resp.block_bytes != block_bytes:
+            raise ValueError(
+                f"the KV store's arena has {resp.block_bytes}-byte blocks, this worker's pool "
+                f"{block_bytes}"
             )
-        except grpc.aio.AioRpcError as err:
-            log.warning("could not unregister", extra={"why": err.code().name})
+        self._buf = shm.open_existing(resp.arena_name)
+        layout = ArenaLayout(resp.block_bytes, resp.num_host_blocks)
+        self.blocks: torch.Tensor | None = layout.blocks_view(self._buf)
+
+    def close(self) -> None:
+        self.blocks = None
+        try:
+            self._buf.close()
+        except BufferError:
+            log.warning("arena views still alive; unmapped at exit")
+
+
+def _open_swaps(cfg: WorkerConfig, pool: KVPool, arena: MappedArena) -> SwapEngine:
+    assert arena.blocks is not None
+    swaps = SwapEngine(pool, arena.blocks, layout=SwapLayout(cfg.swap_layout), sync=cfg.swap_sync)
+    log.info(
+        "swap engine ready",
+        extra={
+            "layout": cfg.swap_layout,
+            "sync": cfg.swap_sync,
+            "host_blocks": swaps.num_host_blocks,
+        },
+    )
+    return swaps
+
+
+async def _connect_store(  # type: ignore[no-untyped-def]
+    cfg: WorkerConfig, spec, pool: DevicePool, cleanup: AsyncExitStack
+) -> tuple[kv_grpc.KVStoreStub, SwapEngine]:
+    """Registers with the KV store, maps its arena and starts the swap engine; ``cleanup``
+    undoes it in reverse: close the engine (join its thread, unpin), unmap, unregister."""
+    channel = grpc.aio.insecure_channel(cfg.kvstore)
+    cleanup.push_async_callback(channel.close)
+    store = kv_grpc.KVStoreStub(channel)
+    resp = await _register(cfg, spec, pool, store)
+    cleanup.push_async_callback(_unregister, cfg, store)
+    arena = MappedArena(resp, pool.pool.block_bytes)
+    cleanup.callback(arena.close)
+    swaps = _open_swaps(cfg, pool.pool, arena)
+    cleanup.callback(swaps.close)
+    return store, swaps
 
 
 async def serve(cfg: WorkerConfig) -> int:
@@ -246,9 +336,64 @@ async def serve(cfg: WorkerConfig) -> int:
     device = _device(cfg.device)
     spec, model = load_model(cfg.model, device=device, dtype=_DTYPES.get(cfg.dtype))
     pool = DevicePool(cfg, spec, model)
-    executor = StepExecutor(Engine(model, spec, pool.pool))
     telemetry = Telemetry(str(device))
     service = GrpcService("worker", listen=cfg.listen, metrics_port=cfg.metrics_port)
+    code = 0
+    async with AsyncExitStack() as cleanup:
+        cleanup.callback(pool.close)
+        cleanup.callback(telemetry.close)
+        service.install_signal_handlers()
+        store, swaps = None, None
+        if cfg.kvstore:
+            store, swaps = await _connect_store(cfg, spec, pool, cleanup)
+        executor = StepExecutor(Engine(model, spec, pool.pool), swaps)
+        on_step = _serve_stats(cfg, service, executor, pool, telemetry)
+        hello = wk.WorkerHello(
+            worker_id=cfg.worker_id,
+            model_fingerprint=spec.fingerprint,
+            num_blocks=pool.pool.num_blocks,
+            block_size=cfg.block_size,
+            block_bytes=pool.pool.block_bytes,
+            max_model_len=spec.max_model_len,
+            device=str(device),
+            address=cfg.advertise,
+            vocab_size=spec.vocab_size,
+        )
+        stop = asyncio.Event()
+        link = SchedulerLink(
+            cfg.scheduler,
+            hello,
+            executor,
+            on_state=service.set_serving,
+            on_step=on_step,
+            store=store,
+        )
+        await service.start()
+        cleanup.push_async_callback(service.stop, 2.0)
+        link_task = asyncio.create_task(link.run(stop), name="scheduler-link")
+        signal_task = asyncio.create_task(service.wait_for_signal(), name="signal")
+        await asyncio.wait({link_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
+        # Ordered shutdown: NOT_SERVING, leave the scheduler, stop serving, close the swap
+        # engine, unmap the arena, unregister, free the pool.
+        service.set_serving(False)
+        stop.set()
+        signal_task.cancel()
+        try:
+            await link_task
+        except LinkRejected as err:
+            log.error("the scheduler rejected this worker", extra={"why": str(err)})
+            code = 3
+    return code
+
+
+def _serve_stats(
+    cfg: WorkerConfig,
+    service: GrpcService,
+    executor: StepExecutor,
+    pool: DevicePool,
+    telemetry: Telemetry,
+) -> Callable[[wk.StepResult], None]:
+    """Adds the Worker stats servicer and the step metrics; returns the per-step hook."""
     steps = Counter("fastswitch_worker_steps", "Steps executed", registry=service.registry)
     step_s = Histogram("fastswitch_worker_step_seconds", "Step time", registry=service.registry)
     live = Gauge("fastswitch_worker_live_seqs", "Sequences resident", registry=service.registry)
@@ -261,10 +406,12 @@ async def serve(cfg: WorkerConfig) -> int:
     def snapshot() -> wk.WorkerStatsResponse:
         out = wk.WorkerStatsResponse(
             worker_id=cfg.worker_id,
-            device=str(device),
+            device=str(pool.pool.device),
             num_blocks=pool.pool.num_blocks,
             live_seqs=executor.engine.num_seqs,
             steps=executor.steps,
+            swap_out_bytes=executor.swap_out_bytes,
+            swap_in_bytes=executor.swap_in_bytes,
             gpu=telemetry.unavailable or "",
         )
         gpu = telemetry.read()
@@ -280,44 +427,7 @@ async def serve(cfg: WorkerConfig) -> int:
         WorkerServicer(snapshot),
         "fastswitch.worker.v1.Worker",
     )
-    hello = wk.WorkerHello(
-        worker_id=cfg.worker_id,
-        model_fingerprint=spec.fingerprint,
-        num_blocks=pool.pool.num_blocks,
-        block_size=cfg.block_size,
-        block_bytes=pool.pool.block_bytes,
-        max_model_len=spec.max_model_len,
-        device=str(device),
-        address=cfg.advertise,
-        vocab_size=spec.vocab_size,
-    )
-    stop = asyncio.Event()
-    link = SchedulerLink(
-        cfg.scheduler, hello, executor, on_state=service.set_serving, on_step=on_step
-    )
-    code = 0
-    async with AsyncExitStack() as cleanup:
-        cleanup.callback(pool.close)
-        cleanup.callback(telemetry.close)
-        await service.start()
-        cleanup.push_async_callback(service.stop, 2.0)
-        service.install_signal_handlers()
-        if cfg.kvstore:
-            await _register(cfg, spec, pool)
-            cleanup.push_async_callback(_unregister, cfg)
-        link_task = asyncio.create_task(link.run(stop), name="scheduler-link")
-        signal_task = asyncio.create_task(service.wait_for_signal(), name="signal")
-        await asyncio.wait({link_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
-        # Ordered shutdown: NOT_SERVING, leave the scheduler, stop serving, free the pool.
-        service.set_serving(False)
-        stop.set()
-        signal_task.cancel()
-        try:
-            await link_task
-        except LinkRejected as err:
-            log.error("the scheduler rejected this worker", extra={"why": str(err)})
-            code = 3
-    return code
+    return on_step
 
 
 def main(argv: Sequence[str] | None = None) -> int:
