@@ -179,6 +179,7 @@ def child_specs(cfg: DeploymentConfig, layout: Layout) -> list[ChildSpec]:
                     *("--kvstore", kv),
                     *("--model", cfg.model),
                     *("--worker-id", name),
+                    *("--mode", cfg.mode),
                     *blocks,
                     *common,
                     *cfg.extra_worker_args,

@@ -135,7 +135,7 @@ def test_flag_mapping():
     assert list(w0.flags) == [
         *("--listen", "unix:///tmp/fs-x/worker-0.sock", "--metrics-port", "3"),
         *("--scheduler", "127.0.0.1:6000", "--kvstore", kv_addr, "--model", "/models/x"),
-        *("--worker-id", "worker-0", "--device-kv-blocks", "64"),
+        *("--worker-id", "worker-0", "--mode", "vllm-baseline", "--device-kv-blocks", "64"),
         *common,
         *("--threads", "1"),
     ]

@@ -74,6 +74,8 @@ class SwapOutWritten(NamedTuple):
     lease_id: str
     host_blocks: tuple[int, ...]  # in copy order
     block_hashes: tuple[bytes, ...]  # parallel to host_blocks, or empty (private blocks)
+    tenant: str = ""  # charged for the retained blocks
+    ttl_s: float = 0.0  # retention hint
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +214,7 @@ class StepExecutor:
                 continue
             blocks = tuple(b for r in runs for b in range(r.host_start, r.host_start + r.count))
             self._outs[sout.seq] = SwapOutWritten(
-                sout.seq, sout.lease_id, blocks, tuple(sout.block_hashes)
+                sout.seq, sout.lease_id, blocks, tuple(sout.block_hashes), sout.tenant, sout.ttl_s
             )
         for seq in plan.cancel_swap_out:
             if swaps.cancel_out(seq):

@@ -148,7 +148,11 @@ async def settle_swaps(
     calls = [
         store.Commit(
             kv.CommitRequest(
-                lease_id=w.lease_id, blocks=w.host_blocks, block_hashes=w.block_hashes, tenant=""
+                lease_id=w.lease_id,
+                blocks=w.host_blocks,
+                block_hashes=w.block_hashes,
+                tenant=w.tenant,
+                ttl_s=w.ttl_s,
             ),
             timeout=timeout_s,
         )
@@ -170,6 +174,8 @@ async def settle_swaps(
             raise answer
         else:
             result.swap_out_done.append(w.seq)
+            if tuple(answer.blocks) != w.host_blocks:  # duplicates of retained blocks
+                result.committed.add(seq=w.seq, blocks=answer.blocks)
     _log_release_failures(releases, answers[len(commits) :])
     if abandoned:  # a reservation left half-committed: give its blocks back now
         answers = await asyncio.gather(

@@ -127,10 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads (0: torch's default)",
     )
     p.add_argument(
+        "--mode",
+        default=env_default("--mode", "fastswitch"),
+        choices=("fastswitch", "vllm-baseline"),
+        help="fastswitch: block-group swaps, async; vllm-baseline: per-layer copies inside the "
+        "step (the defaults of --swap-layout and --swap-sync) (default %(default)s)",
+    )
+    p.add_argument(
         "--swap-layout",
-        default=env_default("--swap-layout", SwapLayout.GROUP.value),
+        default=env_default("--swap-layout", ""),
         help="group: one copy per block run (FastSwitch); per-layer: one copy per block, layer "
-        "and K/V (the vLLM-style baseline) (default %(default)s)",
+        "and K/V (the vLLM-style baseline); default from --mode",
     )
     p.add_argument(
         "--swap-sync",
@@ -169,8 +176,9 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         worker_id=args.worker_id,
         advertise=args.advertise or args.listen,
         threads=args.threads,
-        swap_layout=args.swap_layout,
-        swap_sync=_flag("--swap-sync", args.swap_sync),
+        swap_layout=args.swap_layout
+        or (SwapLayout.PER_LAYER.value if args.mode == "vllm-baseline" else SwapLayout.GROUP.value),
+        swap_sync=_flag("--swap-sync", args.swap_sync) or args.mode == "vllm-baseline",
     )
 
 
