@@ -1,0 +1,354 @@
+"""Runs a :class:`~client.loadgen.workloads.Workload` against a scheduler through the SDK.
+
+Open loop: each session starts at its arrival time whatever the server's state; at most
+``concurrency`` requests are in flight (later arrivals wait for a slot, and that wait counts in
+their latency). Bounded: no request starts after ``duration_s`` or beyond ``max_requests``;
+requests still running ``drain_timeout_s`` after the duration are cancelled. :meth:`Runner.stop`
+(Ctrl-C) or too many consecutive failures end the run early; either way the result holds every
+request issued so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from client import AsyncChat, AsyncClient, FastSwitchError, Stats
+from client.loadgen.stats import RequestRecord, Status, percentile
+from client.loadgen.workloads import Session, Turn, Workload
+
+WARMUP_TENANT = "lg-warmup"
+
+
+class TargetError(RuntimeError):
+    """The target cannot be benchmarked: unreachable, no worker, or the warm-up failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    target: str
+    concurrency: int = 256
+    request_timeout_s: float = 300.0
+    drain_timeout_s: float = 10.0
+    max_consecutive_failures: int = 20
+    connect_timeout_s: float = 5.0
+    warmup_requests: int = 2
+    use_chat: bool = False
+    update_running_priorities: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "max_consecutive_failures"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("request_timeout_s", "connect_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.drain_timeout_s < 0 or self.warmup_requests < 0:
+            raise ValueError("drain_timeout_s and warmup_requests must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    records: tuple[RequestRecord, ...]
+    wall_s: float
+    stopped: str | None  # why the run ended early (None: it ran its course)
+    notes: tuple[str, ...]
+    before: Stats | None
+    after: Stats | None
+    stats_error: str | None  # why the scheduler's stats are missing
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """What the progress bar shows."""
+
+    elapsed_s: float
+    duration_s: float
+    issued: int
+    planned: int
+    done: int
+    failed: int
+    in_flight: int
+    ttft_p50_s: float | None
+    tbt_mean_s: float | None
+
+
+class Runner:
+    def __init__(
+        self,
+        workload: Workload,
+        cfg: RunConfig,
+        *,
+        on_progress: Callable[[Live], None] | None = None,
+        progress_interval_s: float = 0.25,
+    ) -> None:
+        self._w = workload
+        self._cfg = cfg
+        self._on_progress = on_progress
+        self._interval = progress_interval_s
+        self._run_id = uuid.uuid4().hex[:8]
+        self._records: list[RequestRecord] = []
+        self._inflight: dict[str, set[str]] = defaultdict(set)
+        self._recent_ttft: deque[float] = deque(maxlen=64)
+        self._recent_tbt: deque[float] = deque(maxlen=64)
+        self._failures_in_a_row = 0
+        self._stopped: str | None = None
+        self._notes: list[str] = []
+        self._stopping = asyncio.Event()  # asyncio primitives bind to a loop on first use
+        self._gate = asyncio.Semaphore(cfg.concurrency)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._t0 = 0.0
+
+    def stop(self, reason: str) -> None:
+        """Ends the run early (from the run's event loop, e.g. a signal handler): no new
+        requests; those in flight are cancelled. The first reason given is kept."""
+        if self._stopped is None:
+            self._stopped = reason
+        self._stopping.set()
+
+    async def run(self) -> RunResult:
+        """Runs the workload; TargetError when the target cannot be benchmarked at all."""
+        self._loop = asyncio.get_running_loop()
+        async with AsyncClient(self._cfg.target, timeout_s=self._cfg.request_timeout_s) as api:
+            await self._preflight(api)
+            before = await self._stats(api)
+            self._t0 = self._loop.time()
+            await self._main(api)
+            wall_s = self._now()
+            after, stats_error = None, None
+            try:
+                after = await api.stats(timeout_s=self._cfg.connect_timeout_s)
+            except FastSwitchError as err:
+                stats_error = f"the scheduler's stats are unavailable after the run ({err})"
+        return RunResult(
+            tuple(self._records),
+            wall_s,
+            self._stopped,
+            tuple(self._notes),
+            before,
+            after,
+            stats_error,
+        )
+
+    # ------------------------------------------------------------------ set-up
+
+    async def _preflight(self, api: AsyncClient) -> None:
+        stats = await self._stats(api)
+        if stats is None:
+            raise TargetError(f"no FastSwitch scheduler answers at {self._cfg.target}")
+        if not stats.workers:
+            raise TargetError(f"the scheduler at {self._cfg.target} has no worker yet")
+        for k in range(self._cfg.warmup_requests):
+            try:
+                await api.generate(
+                    prompt_token_ids=[ord(c) for c in f"warm-up request {k}"],
+                    max_tokens=4,
+                    ignore_eos=True,
+                    tenant=WARMUP_TENANT,
+                    timeout_s=self._cfg.request_timeout_s,
+                )
+            except FastSwitchError as err:
+                raise TargetError(f"the warm-up request failed: {err}") from None
+
+    async def _stats(self, api: AsyncClient) -> Stats | None:
+        try:
+            return await api.stats(timeout_s=self._cfg.connect_timeout_s)
+        except FastSwitchError:
+            return None
+
+    # ------------------------------------------------------------------ the run
+
+    async def _main(self, api: AsyncClient) -> None:
+        sessions: set[asyncio.Task[None]] = set()
+        async with asyncio.TaskGroup() as tg:
+            helpers = [tg.create_task(self._progress()), tg.create_task(self._priorities(api))]
+            for s in self._w.sessions:
+                if not await self._sleep_until(s.arrival_s) or self._exhausted():
+                    break
+                task = tg.create_task(self._session(api, s))
+                sessions.add(task)
+                task.add_done_callback(sessions.discard)
+            await self._drain(sessions)
+            if sessions and self._stopped is None:
+                self._notes.append(
+                    f"{len(sessions)} sessions still running {self._cfg.drain_timeout_s:g} s "
+                    "after the duration were cancelled (--drain-timeout)"
+                )
+            for task in (*sessions, *helpers):
+                task.cancel()
+        if self._on_progress is not None:
+            self._on_progress(self._live())
+
+    async def _drain(self, sessions: set[asyncio.Task[None]]) -> None:
+        """Waits for the sessions until the drain deadline or a stop."""
+        end = self._w.duration_s + self._cfg.drain_timeout_s
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while sessions and not self._stopping.is_set() and self._now() < end:
+                await asyncio.wait(
+                    {*sessions, stop},
+                    timeout=end - self._now(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+        finally:
+            stop.cancel()
+            await asyncio.gather(stop, return_exceptions=True)
+
+    async def _session(self, api: AsyncClient, s: Session) -> None:
+        chat = api.chat(tenant=s.tenant) if self._cfg.use_chat else None
+        history: list[int] = []
+        try:
+            for k, turn in enumerate(s.turns):
+                scheduled = s.arrival_s if k == 0 else self._now() + turn.think_s
+                if (k and not await self._sleep_until(scheduled)) or self._exhausted():
+                    return
+                prompt = [*history, *turn.message]
+                rec = RequestRecord(
+                    request_id=f"lg-{self._run_id}-{len(self._records):06d}",
+                    session_id=s.session_id,
+                    tenant=s.tenant,
+                    turn=k,
+                    priority=self._priority(s.tenant),
+                    scheduled_s=scheduled,
+                    prompt_tokens=len(prompt),
+                    max_tokens=turn.max_tokens,
+                )
+                self._records.append(rec)
+                reply = await self._request(api, chat, rec, prompt, turn)
+                if rec.status is not Status.OK:
+                    return
+                history = prompt + reply
+        finally:
+            if chat is not None:
+                with contextlib.suppress(FastSwitchError):
+                    await chat.end(timeout_s=self._cfg.connect_timeout_s)
+
+    async def _request(
+        self,
+        api: AsyncClient,
+        chat: AsyncChat | None,
+        rec: RequestRecord,
+        prompt: list[int],
+        turn: Turn,
+    ) -> list[int]:
+        """Sends one request and fills in ``rec``; returns the reply's token ids. A
+        CancelledError leaves ``rec`` CANCELLED and propagates."""
+        reply: list[int] = []
+        async with self._gate:
+            rec.sent_s = self._now()
+            self._inflight[rec.tenant].add(rec.request_id)
+            try:
+                if chat is None:
+                    stream = api.generate_stream(
+                        prompt_token_ids=prompt,
+                        max_tokens=rec.max_tokens,
+                        tenant=rec.tenant,
+                        priority=rec.priority,
+                        ignore_eos=True,
+                        request_id=rec.request_id,
+                        timeout_s=self._cfg.request_timeout_s,
+                    )
+                else:
+                    stream = chat.send_stream(
+                        bytes(turn.message).decode("ascii"),
+                        max_tokens=rec.max_tokens,
+                        priority=rec.priority,
+                        ignore_eos=True,
+                        request_id=rec.request_id,
+                        timeout_s=self._cfg.request_timeout_s,
+                    )
+                async with stream:
+                    async for chunk in stream:
+                        rec.add_tokens(len(chunk.token_ids), self._now())
+                        reply.extend(chunk.token_ids)
+                        if chunk.metrics is not None:
+                            rec.server = chunk.metrics
+                rec.status = Status.OK
+                self._failures_in_a_row = 0
+            except FastSwitchError as err:
+                rec.status, rec.error = Status.FAILED, f"{err.code.name}: {err.details}"[:300]
+                self._failed(err)
+            finally:
+                rec.end_s = self._now()
+                self._inflight[rec.tenant].discard(rec.request_id)
+                if rec.ttft_s is not None and rec.status is Status.OK:
+                    self._recent_ttft.append(rec.ttft_s)
+                    if rec.output_tokens > 1:
+                        self._recent_tbt.append(sum(rec.tbt_s) / (rec.output_tokens - 1))
+        return reply
+
+    def _failed(self, err: FastSwitchError) -> None:
+        self._failures_in_a_row += 1
+        if self._cfg.use_chat and err.code.name == "UNIMPLEMENTED":
+            self.stop(f"the server does not serve Chat ({err}); run without --use-chat")
+        elif self._failures_in_a_row >= self._cfg.max_consecutive_failures:
+            self.stop(f"the target failed {self._failures_in_a_row} requests in a row ({err})")
+
+    async def _priorities(self, api: AsyncClient) -> None:
+        """Moves the requests in flight to their tenant's new level when it changes."""
+        schedule = self._w.priorities
+        if schedule is None or not self._cfg.update_running_priorities:
+            return
+        moved = 0
+        try:
+            for t, tenant, level in schedule.changes():
+                if not await self._sleep_until(t):
+                    return
+                for rid in sorted(self._inflight[tenant]):
+                    try:  # best effort: the request may have finished meanwhile
+                        await api.set_priority(rid, level, timeout_s=self._cfg.connect_timeout_s)
+                        moved += 1
+                    except FastSwitchError:
+                        continue
+        finally:
+            self._notes.append(f"{moved} running requests moved to a new priority level")
+
+    async def _progress(self) -> None:
+        if self._on_progress is None:
+            return
+        while True:
+            self._on_progress(self._live())
+            await asyncio.sleep(self._interval)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time() - self._t0
+
+    def _priority(self, tenant: str) -> int:
+        schedule = self._w.priorities
+        return 0 if schedule is None else schedule.at(tenant, self._now())
+
+    def _exhausted(self) -> bool:
+        return len(self._records) >= self._w.max_requests or self._stopping.is_set()
+
+    async def _sleep_until(self, t: float) -> bool:
+        """Waits until run time t; False (at once) when t is past the duration or the run is
+        stopping, so the caller issues nothing more."""
+        if t >= self._w.duration_s or self._stopping.is_set():
+            return False
+        delay = t - self._now()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+        return not self._stopping.is_set()
+
+    def _live(self) -> Live:
+        return Live(
+            elapsed_s=self._now(),
+            duration_s=self._w.duration_s,
+            issued=len(self._records),
+            planned=self._w.planned_requests,
+            done=sum(r.status is Status.OK for r in self._records),
+            failed=sum(r.status is Status.FAILED for r in self._records),
+            in_flight=sum(len(v) for v in self._inflight.values()),
+            ttft_p50_s=percentile(list(self._recent_ttft), 50),
+            tbt_mean_s=(
+                sum(self._recent_tbt) / len(self._recent_tbt) if self._recent_tbt else None
+            ),
+        )

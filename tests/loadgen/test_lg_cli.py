@@ -1,0 +1,145 @@
+"""fastswitch-bench's command line: the report, the JSON, and bad input (clear message, non-zero
+exit, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from client.loadgen.cli import main
+from client.loadgen.progress import ProgressBar, render
+from client.loadgen.runner import Live
+from fastswitch.launcher import free_port
+
+QUICK = ["--workload", "fairness", "--duration", "0.3", "--rate", "30", "--no-progress"]
+QUICK += ["--tenant-output-lens", "3", "3", "3", "--warmup", "0"]
+
+
+def test_run_prints_the_table_and_writes_json(lg_fake, capsys, tmp_path):
+    addr, _ = lg_fake
+    out = tmp_path / "r.json"
+    rc = main(
+        ["run", "--target", addr, *QUICK, "--ttft-slo", "1", "--tbt-slo", "0.5", "--json", str(out)]
+    )
+    text = capsys.readouterr().out
+    assert rc == 0
+    for part in (
+        "P99.9",
+        "TTFT",
+        "TBT",
+        "E2E",
+        "req/s",
+        "SLO (TTFT <= 1000 ms",
+        "Jain's",
+        "tenant-2",
+        "scheduler:",
+        "preemptions",
+        "swapped",
+    ):
+        assert part in text, part
+    doc = json.loads(out.read_text())
+    assert doc["params"]["workload"]["workload"] == "fairness"
+    assert doc["params"]["resolved"]["tenants"] == 3
+    assert doc["summary"]["finished"] == len(doc["requests"]) > 0
+    assert doc["summary"]["ttft"]["p999"] is not None
+    assert doc["summary"]["attainment"]["both"] == 1.0
+    assert {t["tenant"] for t in doc["summary"]["tenants"]} == {"tenant-0", "tenant-1", "tenant-2"}
+    assert doc["requests"][0]["status"] == "ok"
+
+
+def test_ctrl_c_ends_the_run_with_a_partial_report(lg_fake, capsys):
+    addr, fake = lg_fake
+    fake.token_delay_s = 0.01
+
+    def interrupt_once_running() -> None:
+        deadline = time.monotonic() + 10
+        while not fake.finished and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)  # the runner's handler takes it
+
+    thread = threading.Thread(target=interrupt_once_running)
+    thread.start()
+    try:
+        rc = main(["--target", addr, *QUICK, "--duration", "30"])
+    finally:
+        thread.join()
+    text = capsys.readouterr().out
+    assert rc == 130
+    assert "STOPPED EARLY: interrupted (Ctrl-C)" in text and "P99.9" in text
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_mid_run_failure_reports_what_finished(lg_fake, capsys):
+    addr, fake = lg_fake
+    fake.fail_after = 3
+    rc = main(["--target", addr, *QUICK, "--duration", "3", "--max-consecutive-failures", "3"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "STOPPED EARLY" in captured.out and "failures: UNAVAILABLE x" in captured.out
+    assert " 3 finished" in captured.out
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workload", "mooncake", "--trace", "/nonexistent/t.jsonl"], "no such trace file"),
+        (["--workload", "fairness", "--duration", "0"], "duration_s must be > 0"),
+        (["--workload", "fairness", "--max-prompt-tokens", "4096"], "max_prompt_tokens"),
+        (["--workload", "fairness", "--ttft-slo", "-1"], "--ttft-slo must be > 0"),
+        (["--workload", "fairness", "--tenants", "2", "--tenant-rates", "1"], "tenant_rates"),
+        (["--workload", "multiturn", "--turns", "geom:0"], "distribution"),
+        (["--workload", "fairness", "--concurrency", "0"], "concurrency"),
+        (["--workload", "fairness", "--rate", "0.001", "--duration", "0.01"], "workload is empty"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(capsys, args, message):
+    assert main(["--target", "127.0.0.1:1", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("fastswitch-bench: error:")
+    assert "Traceback" not in err
+
+
+def test_malformed_trace_file(tmp_path, capsys):
+    bad = tmp_path / "t.csv"
+    bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,1")
+    assert main(["--workload", "azure-conv", "--trace", str(bad)]) == 2
+    assert f"{bad}:2: expected 3 fields" in capsys.readouterr().err
+
+
+def test_unreachable_target_exits_3(capsys):
+    rc = main(["--target", f"127.0.0.1:{free_port()}", "--workload", "fairness"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "no FastSwitch scheduler answers" in err and "Traceback" not in err
+
+
+def test_unknown_flag_is_argparse_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--workload", "fairness", "--bogus"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_compare_rejects_bad_modes_before_starting_anything(capsys):
+    assert main(["compare", "--modes", "fastswitch,warp", "--workload", "fairness"]) == 2
+    assert "--modes must list distinct modes" in capsys.readouterr().err
+    assert main(["compare", "--modes", "fastswitch,fastswitch", "--workload", "fairness"]) == 2
+
+
+def test_progress_line(capsys):
+    live = Live(12.0, 20.0, 150, 300, 140, 1, 12, 0.085, 0.014)
+    line = render(live, width=10)
+    assert line.startswith("[######....]  12.0/20s")
+    assert "done 140  in flight 12  failed 1  TTFT 85ms  TBT 14ms" in line
+    assert "draining" in render(Live(25.0, 20.0, 300, 300, 290, 0, 10, None, None))
+    import sys
+
+    bar = ProgressBar(sys.stderr)
+    bar.update(live)
+    bar.close()
+    assert capsys.readouterr().err.startswith("\r[")
