@@ -151,6 +151,9 @@ class WorkerStats:
     swap_out_bytes: int
     swap_in_bytes: int
     largest_free_run: int
+    step_s_total: float = 0.0  # plan received -> result sent, summed over steps
+    idle_s_total: float = 0.0  # result sent -> next plan received (control-plane wait)
+    forward_s_total: float = 0.0
 
     @classmethod
     def from_proto(cls, w: pb.WorkerStats) -> WorkerStats:
@@ -165,6 +168,9 @@ class WorkerStats:
             swap_out_bytes=w.swap_out_bytes,
             swap_in_bytes=w.swap_in_bytes,
             largest_free_run=w.largest_free_run,
+            step_s_total=w.step_s_total,
+            idle_s_total=w.idle_s_total,
+            forward_s_total=w.forward_s_total,
         )
 
 
@@ -190,6 +196,9 @@ class Stats:
     mode: str
     tenants: tuple[TenantStats, ...]
     workers: tuple[WorkerStats, ...]
+    retained_lookups: int = 0  # prompts looked up in the retained KV
+    retained_hit_blocks: int = 0
+    offloaded_blocks: int = 0  # blocks offloaded at finish, to be retained
 
     @classmethod
     def from_proto(cls, s: pb.StatsResponse) -> Stats:
@@ -212,6 +221,9 @@ class Stats:
             mode=s.mode,
             tenants=tuple(TenantStats.from_proto(t) for t in s.tenants),
             workers=tuple(WorkerStats.from_proto(w) for w in s.workers),
+            retained_lookups=s.retained_lookups,
+            retained_hit_blocks=s.retained_hit_blocks,
+            offloaded_blocks=s.offloaded_blocks,
         )
 
     def tenant(self, name: str) -> TenantStats | None:

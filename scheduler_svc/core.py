@@ -204,7 +204,7 @@ class SchedulerCore(ContextSwitching):
         tenant: str = "default",
         priority: int = 0,
         request_id: str | None = None,
-        retain_ttl_s: float = 0.0,
+        retain_ttl_s: float | None = None,
     ) -> Request:
         """Queues a validated request. Raises SchedulingError if it can never be served here."""
         if request_id is None or not request_id:

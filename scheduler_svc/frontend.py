@@ -99,6 +99,8 @@ class Frontend:
         self._max_tokens_limit = max_tokens_limit
         self._tenants = dict(tenants) if tenants else None
         self.conversations = Conversations(tokenizer)
+        # Plain generate requests keep their KV after finishing only when this is set.
+        self.retain_generate_ttl_s: float | None = None
         self._streams: dict[str, RequestStream] = {}
         self._changed = asyncio.Condition()
         self._version = 0
@@ -151,7 +153,7 @@ class Frontend:
         )
         return prompt_ids, sampling, limits, tenant
 
-    async def open(self, new: NewRequest, *, retain_ttl_s: float = 0.0) -> RequestStream:
+    async def open(self, new: NewRequest, *, retain_ttl_s: float | None = None) -> RequestStream:
         """Queues a request. Raises ValueError (bad input) or SchedulingError (cannot fit)."""
         if self._closing:
             raise ConnectionAbortedError("the scheduler is shutting down")
@@ -165,7 +167,7 @@ class Frontend:
             tenant=tenant,
             priority=new.priority,
             request_id=new.request_id,
-            retain_ttl_s=retain_ttl_s,
+            retain_ttl_s=retain_ttl_s if retain_ttl_s is not None else self.retain_generate_ttl_s,
         )
         stream = RequestStream(req)
         self._streams[req.request_id] = stream

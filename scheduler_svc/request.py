@@ -99,7 +99,8 @@ class Request:
     host_hashes: list[bytes] = field(default_factory=list)
     lookup: LookupState = LookupState.NONE
     offloading: bool = False
-    retain_ttl_s: float = 0.0
+    # Retain the KV when it finishes, with this ttl (0: no expiry); None: free it at once.
+    retain_ttl_s: float | None = None
     finish_reason: FinishReason | None = None
     finish_message: str = ""
     # Timing and counters, reported in RequestMetrics.

@@ -43,6 +43,7 @@ class SchedulerConfig:
     max_tokens_limit: int
     tenants: tuple[tuple[str, float], ...]
     host_lease_s: float
+    retain_generate_ttl_s: float | None
     strict_tenants: bool
     w_prompt: float
     w_output: float
@@ -128,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--host-lease-s", type=float, default=60.0, help="lease of host reservations and pins"
     )
     g.add_argument(
+        "--retain-generate",
+        type=float,
+        default=env_default("--retain-generate", None),
+        metavar="TTL_S",
+        help="also retain plain Generate requests' KV when they finish, for this many seconds "
+        "(0: until evicted), so later prompts with the same prefix skip it; default: only "
+        "conversation turns are retained",
+    )
+    g.add_argument(
         "--no-retain",
         action="store_true",
         help="do not retain finished requests' KV for later turns and shared prefixes",
@@ -163,6 +173,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             and args.mode != "vllm-baseline",
         ),
         host_lease_s=args.host_lease_s,
+        retain_generate_ttl_s=None if args.retain_generate is None else float(args.retain_generate),
         max_tokens_limit=args.max_tokens_limit,
         tenants=tuple(parse_weights(args.tenants).items()),
         strict_tenants=args.strict_tenants,
@@ -191,6 +202,7 @@ async def serve(cfg: SchedulerConfig) -> int:
     )
     service = GrpcService("scheduler", listen=cfg.listen, metrics_port=cfg.metrics_port)
     metrics = SchedulerMetrics(service.registry)
+    frontend.retain_generate_ttl_s = cfg.retain_generate_ttl_s
     frontend.on_step = lambda wid, plan, out: metrics.on_step(core, wid, plan, out)
     service.add(
         api_grpc.add_FastSwitchServicer_to_server,

@@ -95,7 +95,7 @@ class ContextSwitching:
                 lease_id,
                 hashes,
                 req.tenant,
-                req.retain_ttl_s,
+                req.retain_ttl_s or 0.0,
             )
         )
 
@@ -199,7 +199,7 @@ class ContextSwitching:
         bs = slot.info.block_size
         full = req.num_computed // bs
         keep = min(req.host_tokens // bs, full)
-        if not self.retain or full <= keep or not req.resident:
+        if not self.retain or req.retain_ttl_s is None or full <= keep or not req.resident:
             return False
         self._drop_host_blocks(req, keep)
         req.offloading = True

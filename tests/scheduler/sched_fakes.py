@@ -64,7 +64,9 @@ class FakeHost:
                 core.on_reserved(op.seq, lease, ids)
             elif op.kind is HostOpKind.PIN:
                 expected = op.hashes or (b"",) * len(op.blocks)
-                if any(h and self.hash_of.get(b) != h for b, h in zip(op.blocks, expected)):
+                if any(
+                    h and self.hash_of.get(b) != h for b, h in zip(op.blocks, expected, strict=True)
+                ):
                     core.on_host_failed(op.seq, op.kind, "evicted")
                     continue
                 assert set(op.blocks) <= self.committed, "pin of uncommitted host blocks"

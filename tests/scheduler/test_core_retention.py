@@ -37,6 +37,7 @@ def run_one(core, fakes, prompt, tenant="t", out=6):
         sampling=Sampling(),
         limits=GenerationLimits(max_tokens=out),
         tenant=tenant,
+        retain_ttl_s=0.0,  # retained when it finishes (a conversation turn)
     )
     drive(core, fakes)
     assert req.finish_reason is FinishReason.LENGTH
@@ -118,3 +119,12 @@ def test_without_retention_nothing_is_offloaded():
     core, fakes = make(retain=False)
     run_one(core, fakes, PROMPT)
     assert fakes["w0"].host.retained() == 0 and not fakes["w0"].host.committed
+
+
+def test_plain_requests_are_not_offloaded_unless_asked():
+    core, fakes = make()
+    req = core.submit(
+        prompt_ids=list(PROMPT), sampling=Sampling(), limits=GenerationLimits(max_tokens=6)
+    )
+    drive(core, fakes)
+    assert req.finish_reason is FinishReason.LENGTH and fakes["w0"].host.retained() == 0
