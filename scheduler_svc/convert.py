@@ -20,12 +20,13 @@ FINISH = {
 }
 
 
-def new_request(msg: api.GenerateRequest) -> NewRequest:
+def _new_request(
+    msg: api.GenerateRequest | api.ChatRequest, text: str | None, ids: list[int] | None
+) -> NewRequest:
     s = msg.sampling
-    which = msg.WhichOneof("prompt")
     return NewRequest(
-        prompt_text=msg.text if which == "text" else None,
-        prompt_ids=list(msg.token_ids.ids) if which == "token_ids" else None,
+        prompt_text=text,
+        prompt_ids=ids,
         max_tokens=s.max_tokens,
         temperature=s.temperature,
         top_p=s.top_p or 1.0,
@@ -36,32 +37,27 @@ def new_request(msg: api.GenerateRequest) -> NewRequest:
         tenant=msg.tenant or "default",
         priority=msg.priority,
         request_id=msg.request_id or None,
+    )
+
+
+def new_request(msg: api.GenerateRequest) -> NewRequest:
+    which = msg.WhichOneof("prompt")
+    return _new_request(
+        msg,
+        msg.text if which == "text" else None,
+        list(msg.token_ids.ids) if which == "token_ids" else None,
     )
 
 
 def new_turn(msg: api.ChatRequest) -> NewTurn:
-    s = msg.sampling
-    request = NewRequest(
-        prompt_text=None,
-        prompt_ids=None,
-        max_tokens=s.max_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p or 1.0,
-        top_k=s.top_k,
-        seed=s.seed if s.HasField("seed") else None,
-        stop_token_ids=tuple(s.stop_token_ids),
-        ignore_eos=s.ignore_eos,
-        tenant=msg.tenant or "default",
-        priority=msg.priority,
-        request_id=msg.request_id or None,
-    )
+    """A chat turn; its prompt ids come from the conversation (the frontend fills them)."""
     return NewTurn(
         conversation_id=msg.conversation_id,
         tenant=msg.tenant or "default",
         system=msg.system or None,
         message=msg.message,
         ttl_s=msg.ttl_s,
-        request=request,
+        request=_new_request(msg, None, None),
     )
 
 
