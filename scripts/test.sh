@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command (README, CI): set up, check that generated stubs match the protos, lint, test.
+# The test command (README, CI): set up, check that generated stubs match the protos, lint,
+# type-check the hand-written code, test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -10,4 +11,5 @@ if ! git diff --quiet -- proto/ 2>/dev/null; then
   exit 1
 fi
 .venv/bin/ruff check .
+.venv/bin/mypy scheduler_svc worker_svc kvstore_svc servekit client fastswitch
 exec .venv/bin/python -m pytest -q "$@"
