@@ -19,6 +19,7 @@ then stops them in order.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import selectors
 import shutil
@@ -37,6 +38,8 @@ from typing import TypeVar
 
 from client import AsyncClient, DeadlineExceeded, Unavailable
 from servekit.service import wait_healthy
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -337,6 +340,15 @@ class Deployment:
     def run_dir(self) -> Path:
         return self._require_layout().run_dir
 
+    @property
+    def kvstore_address(self) -> str:
+        """The KV store's (Unix socket) address, for its stats."""
+        return self._require_layout().unix("kvstore")
+
+    def pid_of(self, name: str) -> int | None:
+        """Pid of the child `name` (kvstore, scheduler, worker-N) while it runs."""
+        return next((c.proc.pid for c in self._children if c.spec.name == name and c.alive()), None)
+
     def __enter__(self) -> Deployment:
         self.start()
         return self
@@ -370,8 +382,18 @@ class Deployment:
             self._terminate(by_service[service])
         for child in self._children:
             child.close()
+        if self._layout is not None:
+            self._sweep_shared_memory(self._layout.deployment_id)
         if self._layout is not None and self._layout.run_dir.exists():
             shutil.rmtree(self._layout.run_dir)
+
+    @staticmethod
+    def _sweep_shared_memory(deployment_id: str) -> None:
+        """Removes this deployment's shared-memory files that a killed child could not remove
+        (a clean shutdown leaves none; the deployment id is ours alone)."""
+        for path in Path("/dev/shm").glob(f"fastswitch-{deployment_id}-*"):
+            log.warning("removing a shared-memory file left by a killed child: %s", path.name)
+            path.unlink(missing_ok=True)
 
     def alive_pids(self) -> list[int]:
         """Pids of the children still running (empty after stop())."""

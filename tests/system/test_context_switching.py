@@ -5,14 +5,19 @@ the previous turns' KV, moving only new blocks."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
+import grpc
 import pytest
 from system_helpers import fastswitch_shm_files
 
 from client import AsyncClient, Client
 from fastswitch.launcher import Deployment
 from fastswitch.offline import generate_offline
+from proto import kvstore_pb2 as kv
+from proto import kvstore_pb2_grpc as kv_grpc
 
 pytestmark = pytest.mark.system
 
@@ -54,9 +59,22 @@ def storm(mode: str) -> tuple[list[list[int]], object]:
                 return results, await c.stats()
 
         results, stats = asyncio.run(run())
+        asyncio.run(wait_until_no_leases(dep.kvstore_address))
     assert not fastswitch_shm_files(dep.deployment_id)
     assert dep.alive_pids() == []
     return [list(r.token_ids) for r in results], stats
+
+
+async def wait_until_no_leases(kvstore_address: str) -> None:
+    """The KV store ends up with no lease, reservation or pin (within a few seconds)."""
+    async with grpc.aio.insecure_channel(kvstore_address) as ch:
+        stub = kv_grpc.KVStoreStub(ch)
+        for _ in range(500):
+            s = await stub.GetStats(kv.StoreStatsRequest(), timeout=5)
+            if s.active_leases == 0 and s.reserved_blocks == 0 and s.pinned_blocks == 0:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"leases left in the store: {s}")
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +146,48 @@ def test_six_turns_are_identical_with_reuse_without_and_under_eviction(monkeypat
         assert moved_out == offloaded * BLOCK_BYTES
         prompt_and_reply = len(with_reuse[k]) + cached[k] + 64  # generous bound on new tokens
         assert 0 < offloaded <= prompt_and_reply // 16 - cached[k] // 16 + 1, (k, offloaded)
+
+
+def test_a_killed_worker_loses_no_request_and_leaks_no_lease(offline_reference):
+    """Rule 7: KV is a cache. SIGKILL a worker mid-storm: its requests are recomputed on the
+    other worker with the same tokens, and its store leases expire (nothing leaks)."""
+    dep = Deployment(
+        model="tiny",
+        workers=2,
+        port=0,
+        device_kv_blocks=20,
+        policy="vtc",
+        extra_scheduler_args=(
+            "--preempt-margin",
+            "0",
+            "--priority-update-interval",
+            "1",
+            "--min-swap-tokens",
+            "16",
+            "--host-lease-s",
+            "1",
+        ),
+    )
+    with dep:
+
+        async def run():
+            async with AsyncClient(dep.address, timeout_s=300) as c:
+                tasks = [
+                    asyncio.create_task(
+                        c.generate(p, max_tokens=MAX_TOKENS, tenant=TENANTS[i % 4], ignore_eos=True)
+                    )
+                    for i, p in enumerate(PROMPTS)
+                ]
+                while (await c.stats()).swap_outs == 0:
+                    await asyncio.sleep(0.005)
+                os.kill(dep.pid_of("worker-1"), signal.SIGKILL)
+                return await asyncio.gather(*tasks), await c.stats()
+
+        results, stats = asyncio.run(run())
+        assert [list(r.token_ids) for r in results] == offline_reference
+        assert [w.worker_id for w in stats.workers] == ["worker-0"]
+        assert sum(r.metrics.recomputes for r in results) > 0
+
+        asyncio.run(wait_until_no_leases(dep.kvstore_address))
+    assert not fastswitch_shm_files(dep.deployment_id)  # the killed worker's pool file too
+    assert dep.alive_pids() == []
