@@ -1,0 +1,293 @@
+"""The compose stack's files, checked without a Docker engine (scripts/compose-smoke.sh runs it):
+the compose file against the compose specification, its wiring (IPC, health, start order,
+profiles), every environment variable it hands a service against that service's flags, and the
+health probe of the image (servekit.healthcheck) against a real gRPC health server."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from servekit import healthcheck
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILES = sorted(ROOT.glob("docker-compose*.yml"))
+_VAR = re.compile(r"\$\{(?P<name>\w+)(?::-(?P<default>[^}]*))?\}")
+
+
+def _check_jsonschema() -> str | None:
+    beside = Path(sys.executable).parent / "check-jsonschema"
+    return str(beside) if beside.exists() else shutil.which("check-jsonschema")
+
+
+def _defaults(value: Any) -> Any:
+    """``value`` with every ``${VAR:-default}`` replaced by its default (what compose does when
+    the variable is unset); ``$$`` -> ``$``."""
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: m["default"] or "", value).replace("$$", "$")
+    if isinstance(value, dict):
+        return {k: _defaults(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_defaults(v) for v in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    with open(ROOT / "docker-compose.yml") as f:
+        return _defaults(yaml.safe_load(f))
+
+
+# ---------------------------------------------------------------- the specification
+
+
+def test_compose_files_exist():
+    assert ROOT / "docker-compose.yml" in COMPOSE_FILES
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_file_follows_the_compose_specification(path: Path):
+    exe = _check_jsonschema()
+    if exe is None:
+        pytest.skip("check-jsonschema is not installed (pip install check-jsonschema)")
+    out = subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_schema_check_can_fail(tmp_path: Path):
+    exe = _check_jsonschema()
+    if exe is None:
+        pytest.skip("check-jsonschema is not installed (pip install check-jsonschema)")
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text("services:\n  kvstore:\n    image: x\n    shm_sise: 1gb\n")
+    out = subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+
+
+# ---------------------------------------------------------------- wiring
+
+
+def test_services_and_profiles(compose):
+    services = compose["services"]
+    assert {"kvstore", "scheduler", "worker"} <= services.keys()
+    for name in ("kvstore", "scheduler", "worker"):
+        assert "profiles" not in services[name], f"{name} must start by default"
+    assert services["worker-gpu"]["profiles"] == ["gpu"]
+    assert services["bench"]["profiles"] == ["bench"]
+
+
+def test_workers_share_the_kvstore_ipc_namespace(compose):
+    services = compose["services"]
+    kv = services["kvstore"]
+    assert kv["ipc"] == "shareable"
+    assert _bytes(kv["shm_size"]) >= 1 << 30
+    for name in ("worker", "worker-gpu"):
+        assert services[name]["ipc"] == "service:kvstore"
+        assert (
+            services[name]["environment"]["FASTSWITCH_DEPLOYMENT_ID"]
+            == kv["environment"]["FASTSWITCH_DEPLOYMENT_ID"]
+        )
+        assert "FASTSWITCH_WORKER_ID" not in services[name]["environment"], (
+            "replicas need distinct worker ids: leave the default (hostname-pid)"
+        )
+
+
+def test_health_checks_and_start_order(compose):
+    services = compose["services"]
+    for name in ("kvstore", "scheduler", "worker", "worker-gpu"):
+        check = services[name]["healthcheck"]
+        assert check["test"] == ["CMD", "python", "-m", "servekit.healthcheck"]
+        assert services[name]["environment"]["FASTSWITCH_LISTEN"].startswith("0.0.0.0:")
+    healthy = {"condition": "service_healthy"}
+    assert services["scheduler"]["depends_on"] == {"kvstore": healthy}
+    for name in ("worker", "worker-gpu"):
+        assert services[name]["depends_on"] == {"kvstore": healthy, "scheduler": healthy}
+    assert services["bench"]["depends_on"] == {"scheduler": healthy, "worker": healthy}
+
+
+def test_addresses_match_listeners(compose):
+    services = compose["services"]
+    kv_port = services["kvstore"]["environment"]["FASTSWITCH_LISTEN"].rsplit(":", 1)[1]
+    sched_port = services["scheduler"]["environment"]["FASTSWITCH_LISTEN"].rsplit(":", 1)[1]
+    assert services["scheduler"]["environment"]["FASTSWITCH_KVSTORE"] == f"kvstore:{kv_port}"
+    for name in ("worker", "worker-gpu"):
+        env = services[name]["environment"]
+        assert env["FASTSWITCH_KVSTORE"] == f"kvstore:{kv_port}"
+        assert env["FASTSWITCH_SCHEDULER"] == f"scheduler:{sched_port}"
+    assert services["scheduler"]["ports"] == [f"127.0.0.1:50051:{sched_port}"]
+    assert f"--target=scheduler:{sched_port}" in services["bench"]["command"]
+
+
+def test_worker_replicas_and_gpu_reservation(compose):
+    services = compose["services"]
+    assert int(services["worker"]["deploy"]["replicas"]) >= 1
+    assert services["worker"]["environment"]["FASTSWITCH_DEVICE"] == "cpu"
+    gpu = services["worker-gpu"]
+    assert gpu["environment"]["FASTSWITCH_DEVICE"] == "cuda"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert gpu["image"] != services["worker"]["image"], "the GPU worker needs the CUDA build"
+
+
+# ---------------------------------------------------------------- environment -> flags
+
+
+def _parser(service: str, env: dict[str, str]):  # type: ignore[no-untyped-def]
+    if service == "kvstore":
+        from kvstore_svc import config
+
+        return config.parser(env)
+    if service == "scheduler":
+        from scheduler_svc.server import build_parser
+
+        return build_parser()
+    from worker_svc.server import build_parser as worker_parser
+
+    return worker_parser()
+
+
+@pytest.mark.parametrize("name", ["kvstore", "scheduler", "worker", "worker-gpu"])
+def test_every_variable_names_a_flag(compose, name):
+    service = compose["services"][name]["command"][1]
+    flags = _parser(service, {})._option_string_actions
+    for var in compose["services"][name]["environment"]:
+        assert var.startswith("FASTSWITCH_"), var
+        flag = "--" + var.removeprefix("FASTSWITCH_").lower().replace("_", "-")
+        assert flag in flags, f"{name}: {var} matches no flag of `fastswitch serve {service}`"
+
+
+@pytest.mark.parametrize("name", ["kvstore", "scheduler", "worker"])
+def test_default_environment_makes_a_valid_config(compose, name, monkeypatch):
+    """The services read FASTSWITCH_<FLAG>: the compose defaults must build a valid config."""
+    env = {k: str(v) for k, v in compose["services"][name]["environment"].items() if v is not None}
+    for key in list(os.environ):
+        if key.startswith("FASTSWITCH_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if name == "kvstore":
+        from kvstore_svc import config
+
+        cfg = config.from_args([], env)
+        assert cfg.listen == env["FASTSWITCH_LISTEN"]
+        assert cfg.deployment_id == env["FASTSWITCH_DEPLOYMENT_ID"]
+    elif name == "scheduler":
+        from scheduler_svc.server import build_parser, config_from_args
+
+        cfg = config_from_args(build_parser().parse_args([]))
+        assert cfg.kvstore == env["FASTSWITCH_KVSTORE"]
+        assert cfg.core.preemption == "swap"
+    else:
+        from worker_svc.server import build_parser, config_from_args
+
+        cfg = config_from_args(build_parser().parse_args([]))
+        assert cfg.scheduler == env["FASTSWITCH_SCHEDULER"]
+        assert cfg.deployment_id == env["FASTSWITCH_DEPLOYMENT_ID"]
+
+
+def _bytes(size: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmg]?)b?", str(size).lower())
+    assert m, size
+    return int(float(m[1]) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m[2]])
+
+
+# ---------------------------------------------------------------- scripts
+
+
+@pytest.mark.parametrize("script", ["compose-smoke.sh", "check-compose.sh"])
+def test_scripts_parse(script):
+    out = subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)], capture_output=True)
+    assert out.returncode == 0, out.stderr.decode()
+
+
+# ---------------------------------------------------------------- the health probe
+
+
+@pytest.mark.parametrize(
+    ("listen", "probe"),
+    [
+        ("0.0.0.0:50061", "127.0.0.1:50061"),
+        ("[::]:50061", "[::1]:50061"),
+        ("127.0.0.1:7", "127.0.0.1:7"),
+        ("kvstore:50061", "kvstore:50061"),
+        ("unix:///tmp/x.sock", "unix:///tmp/x.sock"),
+    ],
+)
+def test_probe_address(listen, probe):
+    assert healthcheck.probe_address(listen) == probe
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[str, health.HealthServicer]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        server.stop(None)
+
+
+def test_healthcheck_exit_status_follows_serving(health_server, capsys):
+    address, servicer = health_server
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert healthcheck.main([address], environ={}) == 1
+    assert "NOT_SERVING" in capsys.readouterr().err
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    assert healthcheck.main([address], environ={}) == 0
+    port = address.rsplit(":", 1)[1]
+    assert healthcheck.main([], environ={"FASTSWITCH_LISTEN": f"0.0.0.0:{port}"}) == 0
+    assert healthcheck.main([address, "--service", "fastswitch.v1.FastSwitch"], environ={}) == 1
+
+
+def test_healthcheck_fails_without_a_server(capsys):
+    port = _closed_port()
+    assert healthcheck.main([f"127.0.0.1:{port}", "--timeout", "0.5"], environ={}) == 1
+    assert re.search(r"UNAVAILABLE|DEADLINE_EXCEEDED", capsys.readouterr().err)
+    assert healthcheck.main([], environ={}) == 1
+    assert "FASTSWITCH_LISTEN is not set" in capsys.readouterr().err
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_healthcheck_runs_as_a_module(health_server):
+    address, servicer = health_server
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    out = subprocess.run(
+        [sys.executable, "-m", "servekit.healthcheck", address],
+        capture_output=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr.decode()
