@@ -154,6 +154,8 @@ class SchedulerCore(ContextSwitching):
         self._live_per_tenant: dict[str, int] = {}
         self._host_ops: list[HostOp] = []
         self.tallies: dict[str, TenantTally] = {}
+        self._offloads_by_root: dict[bytes, int] = {}
+        self._deferred_lookups: dict[bytes, list[Request]] = {}
 
     # ------------------------------------------------------------------ workers
 
@@ -181,6 +183,7 @@ class SchedulerCore(ContextSwitching):
             return 0
         for req in list(slot.running.values()):
             if req.is_finished:
+                self._end_offload(req)
                 self._release_host_copy(req)
                 continue
             self._clear_swap(req)  # its lease expires in the store
@@ -433,7 +436,10 @@ class SchedulerCore(ContextSwitching):
         for req in self._waiting:
             if not budget.has_room() or len(slot.running) >= self.config.max_num_seqs:
                 break
-            if req.seq in just_dropped or req.lookup == LookupState.PENDING:
+            if req.seq in just_dropped or req.lookup in (
+                LookupState.PENDING,
+                LookupState.DEFERRED,
+            ):
                 continue
             if req.num_tokens + 1 > slot.info.capacity_tokens:
                 continue  # fits another worker only

@@ -34,6 +34,7 @@ class LookupState(enum.IntEnum):
     NONE = 0
     PENDING = 1
     DONE = 2
+    DEFERRED = 3  # an offload of the same prefix is still being copied: look up after it
 
 
 class FinishReason(enum.Enum):

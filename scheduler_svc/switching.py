@@ -40,6 +40,9 @@ class ContextSwitching:
     _requests: dict[str, Request]
     _salt_for: Callable[[str], bytes]
     block_size: int | None
+    # Offloads in flight by the hash of their first block, and the lookups waiting for them.
+    _offloads_by_root: dict[bytes, int]
+    _deferred_lookups: dict[bytes, list[Request]]
 
     # Provided by SchedulerCore.
     def _slot_of(self, req: Request | None) -> WorkerSlot | None: ...
@@ -175,6 +178,13 @@ class ContextSwitching:
         if not self.retain or n <= 0:
             req.lookup = LookupState.DONE
             return
+        root = self.hashes(req, 1)[0]
+        if root in self._offloads_by_root:
+            # The previous turn of this conversation is still being offloaded: a lookup now
+            # would miss what a few milliseconds will retain. Look up once it is committed.
+            req.lookup = LookupState.DEFERRED
+            self._deferred_lookups.setdefault(root, []).append(req)
+            return
         req.lookup = LookupState.PENDING
         self.counters.retained_lookups += 1  # type: ignore[attr-defined]
         self._host_ops.append(HostOp(HostOpKind.LOOKUP, req.seq, hashes=tuple(self.hashes(req, n))))
@@ -203,10 +213,29 @@ class ContextSwitching:
             return False
         self._drop_host_blocks(req, keep)
         req.offloading = True
+        root = self.hashes(req, 1)[0]
+        self._offloads_by_root[root] = self._offloads_by_root.get(root, 0) + 1
         req.swap_tokens = full * bs
         self.counters.offloaded_blocks += full - keep  # type: ignore[attr-defined]
         self._host_ops.append(HostOp(HostOpKind.RESERVE, req.seq, num_blocks=full - keep))
         return True
+
+    def _end_offload(self, req: Request) -> None:
+        """An offload is over (committed, refused, or its worker gone): deferred lookups of the
+        same prefix go ahead."""
+        if not req.offloading:
+            return
+        req.offloading = False
+        root = req.hashes[0]
+        left = self._offloads_by_root[root] - 1
+        if left:
+            self._offloads_by_root[root] = left
+            return
+        del self._offloads_by_root[root]
+        for waiting in self._deferred_lookups.pop(root, []):
+            if waiting.lookup == LookupState.DEFERRED and waiting.status == Status.WAITING:
+                waiting.lookup = LookupState.NONE
+                self._begin_lookup(waiting)
 
     def _swapped_out(self, slot: WorkerSlot, req: Request, drops: list[int]) -> None:
         """Rule 1: the copy is done, so the device blocks go back and the worker forgets it
@@ -263,7 +292,7 @@ class ContextSwitching:
         if host_blocks:
             self._free_private(req.seq, host_blocks, [])
         self._clear_swap(req)
-        req.offloading = False
+        self._end_offload(req)
         req.resident = False
         self._release_host_copy(req)
         if req.request_id not in self._requests:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from sched_fakes import FakeHost, FakeWorker, drive
+from sched_fakes import FakeHost, FakeWorker, drive, step
 
 from scheduler_svc.core import CoreConfig, SchedulerCore
 from scheduler_svc.policy import make_policy
@@ -128,3 +128,26 @@ def test_plain_requests_are_not_offloaded_unless_asked():
     )
     drive(core, fakes)
     assert req.finish_reason is FinishReason.LENGTH and fakes["w0"].host.retained() == 0
+
+
+def test_a_next_turn_arriving_during_the_offload_waits_for_it_and_hits():
+    core, fakes = make()
+    w = fakes["w0"]
+    first = core.submit(
+        prompt_ids=list(PROMPT),
+        sampling=Sampling(),
+        limits=GenerationLimits(max_tokens=6),
+        tenant="t",
+        retain_ttl_s=0.0,
+    )
+    while not first.is_finished:
+        step(core, "w0", w)
+    assert first.offloading  # finished, its KV still being copied out
+    nxt = core.submit(
+        prompt_ids=PROMPT + first.output_ids + [1, 2, 3],
+        sampling=Sampling(),
+        limits=GenerationLimits(max_tokens=6),
+        tenant="t",
+    )
+    drive(core, fakes)
+    assert nxt.cached_prompt_tokens == (len(PROMPT) + 5) // BS * BS
