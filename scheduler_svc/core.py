@@ -338,13 +338,22 @@ class SchedulerCore(ContextSwitching):
 
     def _preempt_for_rank(self, slot: WorkerSlot, plan: StepPlan) -> None:
         """Preempts the lowest-ranked running requests while the best-ranked waiting one
-        outranks them by more than the margin and lacks slots or blocks (issue: preemptive VTC)."""
+        outranks them by more than the margin and lacks slots or blocks (issue: preemptive VTC).
+
+        A request whose swap-in has just completed is spared until it has computed once: its
+        tenant's counter may have moved while it was copied in, and preempting it now would
+        throw that swap-in away for nothing (a thrash, at every iteration when the margin is 0).
+        """
         head = self._best_waiting(slot)
         self._maybe_cancel_swap_outs(slot, head)
         if head is None:
             return
         running = sorted(
-            (r for r in slot.running.values() if self._preemptible(slot, r)),
+            (
+                r
+                for r in slot.running.values()
+                if self._preemptible(slot, r) and not r.just_swapped_in
+            ),
             key=self.policy.sort_key,
         )
         need = self._admission_blocks(slot, head)
@@ -525,6 +534,7 @@ class SchedulerCore(ContextSwitching):
         return True
 
     def _add_compute(self, req: Request, n: int, plan: StepPlan) -> None:
+        req.just_swapped_in = False
         if req.decode_ready:
             plan.decode.append(req.seq)
             req.num_computed += 1

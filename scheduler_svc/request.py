@@ -100,6 +100,8 @@ class Request:
     host_hashes: list[bytes] = field(default_factory=list)
     lookup: LookupState = LookupState.NONE
     offloading: bool = False
+    # Its swap-in completed and it has not computed since (rank preemption spares it).
+    just_swapped_in: bool = False
     # Retain the KV when it finishes, with this ttl (0: no expiry); None: free it at once.
     retain_ttl_s: float | None = None
     finish_reason: FinishReason | None = None

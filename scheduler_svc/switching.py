@@ -339,5 +339,6 @@ class ContextSwitching:
                 self._release_after_swap(slot, req, [])
                 continue
             req.status = Status.RUNNING
+            req.just_swapped_in = True
             if not self.config.kv_reuse:  # type: ignore[attr-defined]
                 self._release_host_copy(req)

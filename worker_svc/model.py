@@ -35,6 +35,7 @@ from worker_svc.kv_pool import KVPool
 __all__ = [
     "ChunkInput",
     "DecodeInput",
+    "GatherBuffers",
     "LlamaModel",
     "StepBatch",
     "build_step_batch",
@@ -195,10 +196,33 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _gather(cache: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Blocks ``table`` (any shape) of a strided per-layer cache view, shape ``table.shape +
-    [block_size, kvh, hd]``. ``index_select`` is several times faster here than indexing."""
-    return cache.index_select(0, table.reshape(-1)).view(*table.shape, *cache.shape[1:])
+class GatherBuffers:
+    """Reused outputs of the K and V gathers, shared by every layer of one model.
+
+    A decode step gathers every sequence's whole context, per layer, for K and for V: tens of
+    MiB at a time on a KV-heavy model. Fresh tensors that large come from the allocator as new
+    pages (on the CPU, glibc maps them and unmaps them on free), so each step page-faulted them
+    again, which cost several times the gather itself. Layers run one after another and SDPA
+    has read a gather before the next one starts (the same stream on CUDA), so one buffer per
+    side serves them all; it grows to the largest gather seen and stays.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def gather(self, side: str, cache: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Blocks ``table`` (any shape) of a strided per-layer cache view, shape
+        ``table.shape + [block_size, kvh, hd]``, in this side's buffer (valid until the next
+        gather of the same side). ``index_select`` is several times faster than indexing."""
+        index = table.reshape(-1)
+        shape = (index.numel(), *cache.shape[1:])
+        numel = math.prod(shape)
+        buf = self._buffers.get(side)
+        if buf is None or buf.numel() < numel or buf.dtype != cache.dtype:
+            buf = self._buffers[side] = torch.empty(numel, dtype=cache.dtype, device=cache.device)
+        out = buf[:numel].view(shape)
+        torch.index_select(cache, 0, index, out=out)
+        return out.view(*table.shape, *cache.shape[1:])
 
 
 def _param(*shape: int, device: torch.device, dtype: torch.dtype) -> nn.Parameter:
@@ -208,9 +232,18 @@ def _param(*shape: int, device: torch.device, dtype: torch.dtype) -> nn.Paramete
 class DecoderLayer(nn.Module):
     """One pre-norm block: attention (fused QKV, optional bias, GQA) and SwiGLU MLP."""
 
-    def __init__(self, spec: ModelSpec, layer: int, *, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        layer: int,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        buffers: GatherBuffers | None = None,
+    ):
         super().__init__()
         self.layer = layer
+        self.buffers = buffers if buffers is not None else GatherBuffers()
         self.num_heads = spec.num_heads
         self.num_kv_heads = spec.num_kv_heads
         self.head_dim = spec.head_dim
@@ -265,8 +298,10 @@ class DecoderLayer(nn.Module):
                 out = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, enable_gqa=True)
             else:
                 ctx = chunk.start_pos + chunk.stop - chunk.start  # keys: every earlier position
-                kc = _gather(k_cache, chunk.block_table).flatten(0, 1)[:ctx].transpose(0, 1)
-                vc = _gather(v_cache, chunk.block_table).flatten(0, 1)[:ctx].transpose(0, 1)
+                kc = self.buffers.gather("k", k_cache, chunk.block_table)
+                vc = self.buffers.gather("v", v_cache, chunk.block_table)
+                kc = kc.flatten(0, 1)[:ctx].transpose(0, 1)
+                vc = vc.flatten(0, 1)[:ctx].transpose(0, 1)
                 out = F.scaled_dot_product_attention(
                     qc, kc[None], vc[None], attn_mask=chunk.mask, enable_gqa=True
                 )
@@ -275,8 +310,10 @@ class DecoderLayer(nn.Module):
             # One query per sequence: fold the query heads sharing a KV head into the query
             # axis, [B, nkv, nh // nkv, hd], so GQA needs no repeat of K/V.
             qd = q[batch.num_prefill_rows :].reshape(-1, nkv, nh // nkv, hd)
-            kd = _gather(k_cache, batch.decode_block_tables).flatten(1, 2).transpose(1, 2)
-            vd = _gather(v_cache, batch.decode_block_tables).flatten(1, 2).transpose(1, 2)
+            kd = self.buffers.gather("k", k_cache, batch.decode_block_tables)
+            vd = self.buffers.gather("v", v_cache, batch.decode_block_tables)
+            kd = kd.flatten(1, 2).transpose(1, 2)
+            vd = vd.flatten(1, 2).transpose(1, 2)
             out = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=batch.decode_mask)
             parts.append(out.reshape(-1, nh * hd))
         attn = parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -295,8 +332,10 @@ class LlamaModel(nn.Module):
         device = torch.device(device)
         self.spec = spec
         self.embed_tokens = _param(spec.vocab_size, spec.hidden_size, device=device, dtype=dtype)
+        buffers = GatherBuffers()
         self.decoder_layers = [
-            DecoderLayer(spec, i, device=device, dtype=dtype) for i in range(spec.num_layers)
+            DecoderLayer(spec, i, device=device, dtype=dtype, buffers=buffers)
+            for i in range(spec.num_layers)
         ]
         self.layers = nn.ModuleList(self.decoder_layers)  # registers them (state_dict, .to)
         self.norm = _param(spec.hidden_size, device=device, dtype=dtype)

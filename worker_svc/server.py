@@ -405,11 +405,27 @@ def _serve_stats(
     steps = Counter("fastswitch_worker_steps", "Steps executed", registry=service.registry)
     step_s = Histogram("fastswitch_worker_step_seconds", "Step time", registry=service.registry)
     live = Gauge("fastswitch_worker_live_seqs", "Sequences resident", registry=service.registry)
+    copy_s = Counter(
+        "fastswitch_worker_swap_copy_seconds",
+        "Time the swap engine spent copying (async: on its own thread, beside the steps)",
+        registry=service.registry,
+    )
+    wait_s = Counter(
+        "fastswitch_worker_swap_wait_seconds",
+        "Time steps spent on swaps before their forward (sync: the copies; async: submitting)",
+        registry=service.registry,
+    )
+    copied = 0.0  # the part of the swap engine's copy_seconds already counted
 
     def on_step(result: wk.StepResult) -> None:
+        nonlocal copied
         steps.inc()
         step_s.observe(result.timing.step_s)
         live.set(executor.engine.num_seqs)
+        wait_s.inc(result.timing.swap_wait_s)
+        if executor.swaps is not None:
+            copy_s.inc(executor.swaps.copy_seconds - copied)
+            copied = executor.swaps.copy_seconds
 
     def snapshot() -> wk.WorkerStatsResponse:
         out = wk.WorkerStatsResponse(

@@ -31,6 +31,9 @@ Modes:
   it was submitted, i.e. after every forward already enqueued (the last one that wrote a
   swapping-out sequence's blocks, or read blocks a swap-in is about to overwrite). Copies are
   ``non_blocking`` to or from the pinned arena; a job is complete when its end event says so.
+  On the CPU the copy thread shares the cores with the step's intra-op threads, so a
+  block-group copy is one plain ``memcpy`` on that thread: ``copy_`` would start an OpenMP
+  team of its own beside the step's and oversubscribe the cores (its workers spin).
 * sync (baseline): ``submit_*`` copy inline, on the caller's (compute) stream, and return when
   the copies are done; the step waits for them before its forward.
 
@@ -53,8 +56,10 @@ nothing else writes the source or touches the destination of a job until ``poll`
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -173,6 +178,9 @@ class SwapEngine:
         self.num_device_blocks = pool.num_blocks
         self.num_host_blocks = int(host.shape[0])
         self.copies_issued = 0  # every copy_ call so far (read it when the engine is idle)
+        # Seconds spent copying so far: on the CPU and in sync mode the copies themselves; on
+        # CUDA async, issuing them to the side stream.
+        self.copy_seconds = 0.0
         pairs = pool.num_layers * 2
         dev = pool.tensor.view(torch.uint8).view(pool.num_blocks, block_bytes)
         self._views: _Views | None = _Views(
@@ -182,6 +190,7 @@ class SwapEngine:
             host_chunks=host.view(self.num_host_blocks, pairs, block_bytes // pairs),
         )
         self._cuda = self.device.type == "cuda"
+        self._memcpy = not self._cuda and not sync  # see "Modes" above
         self._pinned_ptr: int | None = None
         self._stream: torch.cuda.Stream | None = None
         if self._cuda:
@@ -357,7 +366,10 @@ class SwapEngine:
         try:
             job.num_copies = self._copy(job, non_blocking=self._cuda)
             if self._cuda:
+                started = time.perf_counter()
                 torch.cuda.current_stream(self.device).synchronize()
+                with self._lock:
+                    self.copy_seconds += time.perf_counter() - started
             job.state = _State.DONE
         except Exception as err:  # reported to the caller through poll(), never lost
             log.exception("swap failed", extra={"seq": job.seq, "dir": str(job.direction)})
@@ -370,11 +382,16 @@ class SwapEngine:
         assert views is not None, "closed"
         out = job.direction is Direction.OUT
         issued = 0
+        started = time.perf_counter()
         for r in job.copies:
             if self.layout is SwapLayout.GROUP:
                 dev = views.dev[r.device_start : r.device_start + r.count]
                 host = views.host[r.host_start : r.host_start + r.count]
-                (host if out else dev).copy_(dev if out else host, non_blocking=non_blocking)
+                src, dst = (dev, host) if out else (host, dev)
+                if self._memcpy:  # both contiguous, bounds checked at submit; drops the GIL
+                    ctypes.memmove(dst.data_ptr(), src.data_ptr(), src.numel())
+                else:
+                    dst.copy_(src, non_blocking=non_blocking)
                 issued += 1
                 continue
             for i in range(r.count):
@@ -388,6 +405,7 @@ class SwapEngine:
                 issued += dev_block.shape[0]
         with self._lock:
             self.copies_issued += issued
+            self.copy_seconds += time.perf_counter() - started
         return issued
 
     def _pin(self, host: torch.Tensor) -> None:

@@ -115,9 +115,12 @@ async def test_stop_gives_a_partial_result(lg_fake):
     addr, fake = lg_fake
     fake.token_delay_s = 0.01
     w = small_fairness(duration_s=30.0, rate=20.0)
-    runner = Runner(w, RunConfig(addr, warmup_requests=0))
+    seen: list = []
+    runner = Runner(
+        w, RunConfig(addr, warmup_requests=0), on_progress=seen.append, progress_interval_s=0.01
+    )
     task = asyncio.ensure_future(runner.run())
-    while not fake.finished:
+    while not any(live.done for live in seen):  # the runner itself has recorded a finished one
         await asyncio.sleep(0.01)
     runner.stop("interrupted")
     result = await asyncio.wait_for(task, 5)

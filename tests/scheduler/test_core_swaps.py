@@ -236,3 +236,39 @@ def test_tiny_contexts_are_recomputed_not_swapped():
     drive(core, fakes)
     assert [list(r.output_ids) for r in reqs] == reference()
     assert core.counters.swap_outs == 0 and core.counters.preemptions > 0
+
+
+def test_a_request_just_swapped_in_computes_before_rank_preemption_takes_it_again():
+    core, fakes = make(
+        policy="priority", blocks=8, bs=4, max_num_seqs=1, priority_update_interval=1
+    )
+    w = fakes["w0"]
+    low = core.submit(
+        prompt_ids=list(range(20)),
+        sampling=Sampling(),
+        limits=GenerationLimits(max_tokens=8),
+        priority=0,
+    )
+    step(core, "w0", w)
+
+    def high(n: int):
+        return core.submit(
+            prompt_ids=list(range(12)),
+            sampling=Sampling(),
+            limits=GenerationLimits(max_tokens=n),
+            priority=9,
+        )
+
+    hi = high(2)
+    while low.swap_ins == 0 or low.status != Status.RUNNING:
+        step(core, "w0", w)
+    assert hi.is_finished and low.just_swapped_in
+    computed = low.num_computed
+    hi2 = high(2)  # outranks low and lacks the slot, right after low's swap-in
+    plan = step(core, "w0", w)
+    assert plan is not None and low.seq in plan.decode and low.status == Status.RUNNING
+    assert low.num_computed == computed + 1 and low.swap_outs == 1
+    while low.swap_outs == 1:
+        step(core, "w0", w)  # it has computed: now the rank preemption takes it
+    drive(core, fakes)
+    assert hi2.finish_reason is FinishReason.LENGTH and low.finish_reason is FinishReason.LENGTH

@@ -10,6 +10,7 @@ import torch
 
 from worker_svc.engine import Engine, PrefillChunk, SamplingParams
 from worker_svc.kv_pool import KVPool
+from worker_svc.model import GatherBuffers
 
 from .helpers import new_pool, prompt_of
 
@@ -181,3 +182,16 @@ def test_cuda_bf16_runs() -> None:
         ignore_eos=True,
     )
     assert all(len(r.token_ids) == 16 for r in results)
+
+
+def test_gather_buffers_reuse_one_buffer_per_side() -> None:
+    """The gathers equal index_select; same-size or smaller gathers reuse the buffer."""
+    cache = torch.randn(10, 3, 2, 4, 2, 8)[:, 1, 0]  # a strided per-layer view, as in the pool
+    buffers = GatherBuffers()
+    table = torch.tensor([[3, 1, 4], [1, 5, 9]])
+    got = buffers.gather("k", cache, table)
+    assert torch.equal(got, cache.index_select(0, table.reshape(-1)).view(2, 3, 4, 2, 8))
+    ptr = got.data_ptr()
+    again = buffers.gather("k", cache, torch.tensor([[2, 0]]))
+    assert again.data_ptr() == ptr and torch.equal(again[0], cache[[2, 0]])
+    assert buffers.gather("v", cache, table).data_ptr() != ptr  # the other side's own buffer

@@ -154,6 +154,24 @@ def test_copies_per_layout(sync: bool, engine_factory: list[SwapEngine]) -> None
     assert counts == {SwapLayout.GROUP: (3, 3), SwapLayout.PER_LAYER: (48, 48)}
 
 
+@pytest.mark.parametrize(("layout", "sync"), MODES, ids=MODE_IDS)
+def test_copy_seconds_count_the_time_spent_copying(
+    layout: SwapLayout, sync: bool, engine_factory: list[SwapEngine]
+) -> None:
+    pool = make_pool()
+    engine = SwapEngine(
+        pool, torch.zeros(40, pool.block_bytes, dtype=torch.uint8), layout=layout, sync=sync
+    )
+    engine_factory.append(engine)
+    assert engine.copy_seconds == 0.0
+    engine.submit_out(1, [RunCopy(0, 0, 16)])
+    engine.wait_all()
+    spent = engine.copy_seconds
+    assert spent > 0.0
+    engine.poll()
+    assert engine.copy_seconds == spent  # reporting copies nothing
+
+
 def test_cancel_before_start_writes_nothing(engine_factory: list[SwapEngine]) -> None:
     pool = make_pool()
     randomize(pool, 5)
