@@ -243,7 +243,7 @@ class DecoderLayer(nn.Module):
     ):
         super().__init__()
         self.layer = layer
-        self.buffers = buffers if buffers is not None else GatherBuffers()
+        self.gather_buffers = buffers if buffers is not None else GatherBuffers()
         self.num_heads = spec.num_heads
         self.num_kv_heads = spec.num_kv_heads
         self.head_dim = spec.head_dim
@@ -298,8 +298,8 @@ class DecoderLayer(nn.Module):
                 out = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, enable_gqa=True)
             else:
                 ctx = chunk.start_pos + chunk.stop - chunk.start  # keys: every earlier position
-                kc = self.buffers.gather("k", k_cache, chunk.block_table)
-                vc = self.buffers.gather("v", v_cache, chunk.block_table)
+                kc = self.gather_buffers.gather("k", k_cache, chunk.block_table)
+                vc = self.gather_buffers.gather("v", v_cache, chunk.block_table)
                 kc = kc.flatten(0, 1)[:ctx].transpose(0, 1)
                 vc = vc.flatten(0, 1)[:ctx].transpose(0, 1)
                 out = F.scaled_dot_product_attention(
@@ -310,8 +310,8 @@ class DecoderLayer(nn.Module):
             # One query per sequence: fold the query heads sharing a KV head into the query
             # axis, [B, nkv, nh // nkv, hd], so GQA needs no repeat of K/V.
             qd = q[batch.num_prefill_rows :].reshape(-1, nkv, nh // nkv, hd)
-            kd = self.buffers.gather("k", k_cache, batch.decode_block_tables)
-            vd = self.buffers.gather("v", v_cache, batch.decode_block_tables)
+            kd = self.gather_buffers.gather("k", k_cache, batch.decode_block_tables)
+            vd = self.gather_buffers.gather("v", v_cache, batch.decode_block_tables)
             kd = kd.flatten(1, 2).transpose(1, 2)
             vd = vd.flatten(1, 2).transpose(1, 2)
             out = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=batch.decode_mask)
