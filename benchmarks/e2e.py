@@ -1,0 +1,206 @@
+"""Shared harness of the end-to-end benchmarks (context_switch.py, multiturn.py).
+
+Each *variant* is a deployment (a launcher mode plus extra flags); every repeat runs the same
+workload and seed against a fresh deployment of every variant, the variant order reversed on
+odd repeats (drift of a shared machine then does not always favour one side). The load is
+driven by ``fastswitch-bench``'s own runner and summary (``client.loadgen``); after each run the
+workers' Prometheus counters give the time spent on swap copies.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from client.loadgen.cli import run_once, summarize_run
+from client.loadgen.runner import RunConfig, RunResult
+from client.loadgen.stats import Slo
+from client.loadgen.summary import Summary
+from client.loadgen.workloads import Workload
+from fastswitch.launcher import Deployment
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    label: str
+    mode: str  # the launcher's mode: fastswitch | vllm-baseline
+    scheduler_args: tuple[str, ...] = ()
+    worker_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeploySpec:
+    model: str
+    device_kv_blocks: int
+    host_kv_gib: float
+    scheduler_args: tuple[str, ...] = ()  # every variant's, before its own
+    worker_args: tuple[str, ...] = ()
+    workers: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SwapTime:
+    """The workers' own counters over the deployment's life (seconds, summed over workers)."""
+
+    copy_s: float  # the swap engine copying (async: on its thread, beside the steps)
+    wait_s: float  # steps held before their forward by swaps (sync: the copies themselves)
+    step_s: float  # plan received -> result sent
+
+
+@dataclass(frozen=True, slots=True)
+class VariantRun:
+    label: str
+    repeat: int
+    result: RunResult
+    summary: Summary
+    swap: SwapTime
+
+
+def scrape_swap_time(dep: Deployment) -> SwapTime:
+    totals = {"copy": 0.0, "wait": 0.0, "step": 0.0}
+    names = {
+        "fastswitch_worker_swap_copy_seconds_total": "copy",
+        "fastswitch_worker_swap_wait_seconds_total": "wait",
+        "fastswitch_worker_step_seconds_sum": "step",
+    }
+    for name, port in dep.metrics_ports.items():
+        if not name.startswith("worker-"):
+            continue
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in names:
+                    totals[names[sample.name]] += sample.value
+    return SwapTime(totals["copy"], totals["wait"], totals["step"])
+
+
+def run_variants(
+    workload: Workload,
+    cfg: RunConfig,
+    deploy: DeploySpec,
+    variants: Sequence[Variant],
+    *,
+    repeats: int,
+    slo: Slo = Slo(),  # noqa: B008 -- frozen
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+) -> list[VariantRun]:
+    runs: list[VariantRun] = []
+    for r in range(repeats):
+        for v in variants if r % 2 == 0 else variants[::-1]:
+            dep = Deployment(
+                model=deploy.model,
+                workers=deploy.workers,
+                port=0,
+                host_kv_gib=deploy.host_kv_gib,
+                device_kv_blocks=deploy.device_kv_blocks,
+                mode=v.mode,
+                log_level="warning",
+                extra_scheduler_args=(*deploy.scheduler_args, *v.scheduler_args),
+                extra_worker_args=(*deploy.worker_args, *v.worker_args),
+            )
+            try:
+                dep.start()
+                result = run_once(workload, replace(cfg, target=dep.address), progress=False)
+                swap = scrape_swap_time(dep)
+            finally:
+                dep.stop()
+            if result.stopped:
+                raise RuntimeError(f"{v.label}: the run stopped early: {result.stopped}")
+            summary = summarize_run(workload, result, slo)
+            runs.append(VariantRun(v.label, r, result, summary, swap))
+            log(
+                f"[{r + 1}/{repeats}] {v.label}: {summary.finished} finished, "
+                f"{summary.failed} failed, {summary.cancelled} cancelled in {summary.wall_s:.1f} s"
+            )
+    return runs
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of a table: how to read a figure from a run, and which way is better."""
+
+    label: str
+    figure: Callable[[VariantRun], float | None]
+    better: str | None = None  # "lower" | "higher" | None (no ratio)
+    fmt: str = "{:.1f}"
+
+
+def format_table(
+    title: str, runs: Sequence[VariantRun], labels: Sequence[str], rows: Sequence[Row]
+) -> str:
+    """Medians per variant; the ratio columns judge ``labels[0]`` against each other variant:
+    other/first for lower-is-better figures, first/other for higher-is-better; > 1: the
+    first is better."""
+    first, others = labels[0], labels[1:]
+    med: dict[str, dict[str, float | None]] = {
+        lab: {row.label: median([row.figure(x) for x in runs if x.label == lab]) for row in rows}
+        for lab in labels
+    }
+    w0 = max(len(r.label) for r in rows) + 2
+    widths = [max(12, len(lab) + 2) for lab in labels]
+    heads = [f"{o}/{first}" if len(others) > 1 else "ratio" for o in others]
+    lines = [
+        title,
+        "",
+        f"  {'metric':<{w0}}"
+        + "".join(f"{lab:>{w}}" for lab, w in zip(labels, widths, strict=True))
+        + "".join(f"{h:>{max(10, len(h) + 2)}}" for h in heads),
+    ]
+    for row in rows:
+        cells = "".join(
+            f"{_fmt(med[lab][row.label], row.fmt):>{w}}"
+            for lab, w in zip(labels, widths, strict=True)
+        )
+        for o, h in zip(others, heads, strict=True):
+            x = ratio(med[first][row.label], med[o][row.label], row.better)
+            cells += f"{'-' if x is None else f'{x:.2f}x':>{max(10, len(h) + 2)}}"
+        lines.append(f"  {row.label:<{w0}}{cells}")
+    return "\n".join(lines)
+
+
+def ratio(first: float | None, other: float | None, better: str | None) -> float | None:
+    if better is None or first is None or other is None:
+        return None
+    num, den = (other, first) if better == "lower" else (first, other)
+    return num / den if den > 0 else None
+
+
+def _fmt(v: float | None, fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def ms(v: float | None) -> float | None:
+    return None if v is None else v * 1e3
+
+
+def server(run: VariantRun, name: str) -> float | None:
+    """A scheduler counter over the run (after - before)."""
+    srv = run.summary.server
+    return None if srv is None else float(getattr(srv, name))
+
+
+def per_variant(runs: Sequence[VariantRun]) -> Mapping[str, list[VariantRun]]:
+    out: dict[str, list[VariantRun]] = {}
+    for x in runs:
+        out.setdefault(x.label, []).append(x)
+    return out
+
+
+def worker_total(run: VariantRun, name: str) -> float | None:
+    """A worker counter of the scheduler's stats over the run (after - before), summed."""
+    before, after = run.result.before, run.result.after
+    if before is None or after is None:
+        return None
+    old = {w.worker_id: getattr(w, name) for w in before.workers}
+    return float(sum(getattr(w, name) - old.get(w.worker_id, 0) for w in after.workers))
