@@ -26,6 +26,7 @@ class KVStoreConfig:
     expire_interval_s: float = 0.5
     shutdown_grace_s: float = 5.0
     tenant_quota_blocks: int = 0  # retained hashed blocks per tenant; 0 = no quota
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 for Prometheus in containers
 
     def __post_init__(self) -> None:
         check_listen(self.listen)
@@ -80,6 +81,11 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=default("metrics-port", d.metrics_port),
         help="Prometheus /metrics port (0 = any free port)",
     )
+    p.add_argument(
+        "--metrics-host",
+        default=default("metrics-host", d.metrics_host),
+        help="address /metrics binds to; 0.0.0.0 for Prometheus in containers",
+    )
     p.add_argument("--deployment-id", default=default("deployment-id", d.deployment_id))
     p.add_argument(
         "--host-kv-gib",
@@ -113,6 +119,7 @@ def from_args(argv: Sequence[str] | None, env: Mapping[str, str] | None = None) 
     return KVStoreConfig(
         listen=ns.listen,
         metrics_port=int(ns.metrics_port),
+        metrics_host=ns.metrics_host,
         deployment_id=ns.deployment_id,
         host_kv_gib=float(ns.host_kv_gib),
         lease_s=float(ns.lease_s),

@@ -45,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def serve(cfg: KVStoreConfig) -> int:
     """The whole life of one store process; returns the exit status."""
-    service = GrpcService("kvstore", listen=cfg.listen, metrics_port=cfg.metrics_port)
+    service = GrpcService(
+        "kvstore", listen=cfg.listen, metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host
+    )
     service.install_signal_handlers()
     arena = await asyncio.to_thread(HostArena.create, cfg.deployment_id, cfg.arena_bytes)
     tasks: list[asyncio.Task[None]] = []

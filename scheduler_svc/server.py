@@ -33,6 +33,7 @@ MODES = ("fastswitch", "vllm-baseline")
 class SchedulerConfig:
     listen: str
     metrics_port: int
+    metrics_host: str
     log_level: str
     deployment_id: str
     kvstore: str
@@ -149,6 +150,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
     return SchedulerConfig(
         listen=args.listen,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         log_level=args.log_level,
         deployment_id=args.deployment_id,
         kvstore=args.kvstore,
@@ -200,7 +202,9 @@ async def serve(cfg: SchedulerConfig) -> int:
         max_tokens_limit=cfg.max_tokens_limit,
         tenants=weights if cfg.strict_tenants else None,
     )
-    service = GrpcService("scheduler", listen=cfg.listen, metrics_port=cfg.metrics_port)
+    service = GrpcService(
+        "scheduler", listen=cfg.listen, metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host
+    )
     metrics = SchedulerMetrics(service.registry)
     frontend.retain_generate_ttl_s = cfg.retain_generate_ttl_s
     frontend.on_step = lambda wid, plan, out: metrics.on_step(core, wid, plan, out)

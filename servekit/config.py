@@ -29,6 +29,11 @@ def add_common_flags(parser: argparse.ArgumentParser, *, listen: str, metrics_po
         help="Prometheus /metrics port on 127.0.0.1; 0 picks a free one (default %(default)s)",
     )
     parser.add_argument(
+        "--metrics-host",
+        default=env_default("--metrics-host", "127.0.0.1"),
+        help="address /metrics binds to: 0.0.0.0 for Prometheus in containers (%(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env_default("--log-level", "info"),
         choices=["debug", "info", "warning", "error"],

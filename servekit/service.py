@@ -40,6 +40,7 @@ class GrpcService:
         *,
         listen: str,
         metrics_port: int | None,
+        metrics_host: str = "127.0.0.1",
         registry: CollectorRegistry | None = None,
         max_message_mb: int = 64,
     ) -> None:
@@ -47,6 +48,7 @@ class GrpcService:
         self.listen = listen
         self.registry = registry if registry is not None else CollectorRegistry()
         self._metrics_port = metrics_port
+        self._metrics_host = metrics_host
         self._services: list[str] = []
         opts = [
             ("grpc.max_send_message_length", max_message_mb << 20),
@@ -78,7 +80,7 @@ class GrpcService:
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._metrics_port is not None:
             self._metrics = start_http_server(
-                self._metrics_port, addr="127.0.0.1", registry=self.registry
+                self._metrics_port, addr=self._metrics_host, registry=self.registry
             )
             self.metrics_bound_port = self._metrics[0].server_port
         log.info(

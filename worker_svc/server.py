@@ -47,6 +47,7 @@ _FALSE = {"", "0", "false", "no", "off"}
 class WorkerConfig:
     listen: str
     metrics_port: int
+    metrics_host: str
     log_level: str
     deployment_id: str
     scheduler: str
@@ -163,6 +164,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(
         listen=args.listen,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         log_level=args.log_level,
         deployment_id=args.deployment_id,
         scheduler=args.scheduler,
@@ -345,7 +347,9 @@ async def serve(cfg: WorkerConfig) -> int:
     spec, model = load_model(cfg.model, device=device, dtype=_DTYPES.get(cfg.dtype))
     pool = DevicePool(cfg, spec, model)
     telemetry = Telemetry(str(device))
-    service = GrpcService("worker", listen=cfg.listen, metrics_port=cfg.metrics_port)
+    service = GrpcService(
+        "worker", listen=cfg.listen, metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host
+    )
     code = 0
     async with AsyncExitStack() as cleanup:
         cleanup.callback(pool.close)
