@@ -506,7 +506,7 @@ class Deployment:
             while True:
                 try:
                     joined = len(
-                        (await api.stats(timeout_s=min(2.0, _remaining(deadline)))).workers
+                        (await api.stats(timeout_s=_poll_timeout(deadline))).workers
                     )
                 except (Unavailable, DeadlineExceeded):
                     joined = 0
@@ -565,6 +565,12 @@ class Deployment:
 
 def _remaining(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
+
+
+def _poll_timeout(deadline: float) -> float:
+    """Deadline of one poll: at most 2 s, never zero (the start deadline may just have passed;
+    the caller's loop reports that after the poll)."""
+    return min(2.0, max(0.05, _remaining(deadline)))
 
 
 def _pidfd(pid: int) -> int | None:
