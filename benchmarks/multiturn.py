@@ -22,6 +22,9 @@ prompt tokens each turn had to prefill. Ratios: other / reuse-on for latencies a
 reuse-on / other for throughput (> 1: reuse-on better).
 
     .venv/bin/python benchmarks/multiturn.py [--quick] [--repeats 3] [--seed 0]
+
+About 7 minutes here (9 deployments of ~30-50 s, conversations run to their last turn);
+``--quick`` about 75 s.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="~1 minute: fewer conversations, 1 repeat")
     p.add_argument("--repeats", type=int, default=None, help="runs per variant (3; quick 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arrivals", type=float, default=None, help="seconds of arrivals (8; 4)")
+    p.add_argument("--arrivals", type=float, default=None, help="seconds of arrivals (7; 4)")
     p.add_argument("--rate", type=float, default=1.5, help="conversations/s (1.5)")
     p.add_argument("--device-kv-blocks", type=int, default=512, help="device pool (512)")
     p.add_argument("--prompt-len", default="lognormal:360,0.5", help="new tokens per turn")
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--think-time", default="exp:0.5", help="seconds before the next turn")
     a = p.parse_args(argv)
     repeats = a.repeats or (1 if a.quick else 3)
-    arrivals = a.arrivals or (4.0 if a.quick else 8.0)
+    arrivals = a.arrivals or (4.0 if a.quick else 7.0)
     t0 = time.monotonic()
     print(measure_ratio())
     spec = WorkloadSpec(
