@@ -37,15 +37,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from client import AsyncClient, DeadlineExceeded, Unavailable
+from servekit.names import LOG_LEVELS, MODES, POLICIES
 from servekit.service import wait_healthy
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-POLICIES = ("vtc", "priority", "fcfs")
-MODES = ("fastswitch", "vllm-baseline")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 SERVICES = ("scheduler", "worker", "kvstore")
 
 #: Builds a child's command line from (service, flags); tests inject dummies.

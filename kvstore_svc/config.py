@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kvstore_svc.arena import arena_bytes_for_gib, check_deployment_id
+from servekit.names import LOG_LEVELS
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
 _HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})")
 
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from scheduler_svc.request import Request
+from servekit.names import Policy as PolicyName
+from servekit.names import parse_choice
 
 
 class Policy(Protocol):
@@ -112,10 +114,11 @@ def make_policy(
     w_output: float = 2.0,
     tenant_weights: Mapping[str, float] | None = None,
 ) -> Policy:
-    if name == "fcfs":
-        return FcfsPolicy()
-    if name == "priority":
-        return PriorityPolicy()
-    if name == "vtc":
-        return VtcPolicy(w_prompt=w_prompt, w_output=w_output, tenant_weights=tenant_weights)
-    raise ValueError(f"unknown policy {name!r} (choose fcfs, priority or vtc)")
+    """The policy named ``name`` (one of :class:`servekit.names.Policy`); ValueError otherwise."""
+    match parse_choice(PolicyName, "--policy", name):
+        case PolicyName.FCFS:
+            return FcfsPolicy()
+        case PolicyName.PRIORITY:
+            return PriorityPolicy()
+        case _:
+            return VtcPolicy(w_prompt=w_prompt, w_output=w_output, tenant_weights=tenant_weights)

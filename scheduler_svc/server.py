@@ -20,13 +20,12 @@ from scheduler_svc.servicer import FastSwitchServicer, StepLinkServicer
 from servekit.config import add_common_flags, env_default, parse_weights
 from servekit.logs import setup_logging
 from servekit.modelspec import load_model_spec
+from servekit.names import MODES, POLICIES, mode_settings
 from servekit.service import GrpcService, run
 from servekit.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("vtc", "priority", "fcfs")
-MODES = ("fastswitch", "vllm-baseline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +51,7 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"--policy must be one of {POLICIES}, got {self.policy!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}")
+        mode_settings(self.mode)  # ValueError for an unknown mode
         if self.max_tokens_limit <= 0:
             raise ValueError(f"--max-tokens-limit must be > 0, got {self.max_tokens_limit}")
 
@@ -147,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
+    mode = mode_settings(args.mode)
     return SchedulerConfig(
         listen=args.listen,
         metrics_port=args.metrics_port,
@@ -164,7 +163,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             growth_allowance=args.growth_allowance,
             max_waiting=args.max_waiting,
             preemption=args.preemption if args.kvstore else "recompute",
-            kv_reuse=not args.no_kv_reuse and args.mode != "vllm-baseline",
+            kv_reuse=mode.kv_reuse and not args.no_kv_reuse,
             min_swap_tokens=args.min_swap_tokens,
             priority_update_interval=args.priority_update_interval,
             preempt_margin=args.preempt_margin,
@@ -172,7 +171,8 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             and args.preemption == "swap"
             and not args.no_kv_reuse
             and not args.no_retain
-            and args.mode != "vllm-baseline",
+            and mode.kv_reuse
+            and mode.retain,
         ),
         host_lease_s=args.host_lease_s,
         retain_generate_ttl_s=None if args.retain_generate is None else float(args.retain_generate),

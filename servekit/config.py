@@ -7,6 +7,8 @@ import argparse
 import os
 from collections.abc import Mapping
 
+from servekit.names import LOG_LEVELS
+
 
 def env_default(flag: str, default: object, environ: Mapping[str, str] | None = None) -> object:
     """FASTSWITCH_<FLAG> from the environment if set (argparse applies `type`), else default."""
@@ -36,7 +38,7 @@ def add_common_flags(parser: argparse.ArgumentParser, *, listen: str, metrics_po
     parser.add_argument(
         "--log-level",
         default=env_default("--log-level", "info"),
-        choices=["debug", "info", "warning", "error"],
+        choices=LOG_LEVELS,
     )
     parser.add_argument(
         "--deployment-id",

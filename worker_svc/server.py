@@ -26,6 +26,7 @@ from proto import worker_pb2_grpc as wk_grpc
 from servekit import shm
 from servekit.config import add_common_flags, env_default
 from servekit.logs import setup_logging
+from servekit.names import MODES, SWAP_LAYOUTS, mode_settings
 from servekit.service import GrpcService, run
 from worker_svc.engine import Engine
 from worker_svc.executor import StepExecutor
@@ -79,10 +80,9 @@ class WorkerConfig:
             raise ValueError(
                 f"--dtype must be auto or one of {sorted(_DTYPES)}, got {self.dtype!r}"
             )
-        if self.swap_layout not in {str(x) for x in SwapLayout}:
+        if self.swap_layout not in SWAP_LAYOUTS:
             raise ValueError(
-                f"--swap-layout must be one of {[str(x) for x in SwapLayout]}, "
-                f"got {self.swap_layout!r}"
+                f"--swap-layout must be one of {list(SWAP_LAYOUTS)}, got {self.swap_layout!r}"
             )
         shm.check_name(f"{shm.PREFIX}{self.deployment_id}-pool-{self.worker_id}")
 
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         default=env_default("--mode", "fastswitch"),
-        choices=("fastswitch", "vllm-baseline"),
+        choices=MODES,
         help="fastswitch: block-group swaps, async; vllm-baseline: per-layer copies inside the "
         "step (the defaults of --swap-layout and --swap-sync) (default %(default)s)",
     )
@@ -161,6 +161,7 @@ def _flag(name: str, value: object) -> bool:
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    mode = mode_settings(args.mode)
     return WorkerConfig(
         listen=args.listen,
         metrics_port=args.metrics_port,
@@ -178,9 +179,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         worker_id=args.worker_id,
         advertise=args.advertise or args.listen,
         threads=args.threads,
-        swap_layout=args.swap_layout
-        or (SwapLayout.PER_LAYER.value if args.mode == "vllm-baseline" else SwapLayout.GROUP.value),
-        swap_sync=_flag("--swap-sync", args.swap_sync) or args.mode == "vllm-baseline",
+        swap_layout=args.swap_layout or mode.swap_layout.value,
+        swap_sync=_flag("--swap-sync", args.swap_sync) or mode.swap_sync,
     )
 
 

@@ -68,6 +68,7 @@ from typing import NamedTuple
 
 import torch
 
+from servekit.names import SwapLayout
 from worker_svc.kv_pool import KVPool
 
 __all__ = [
@@ -80,11 +81,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class SwapLayout(StrEnum):
-    GROUP = "group"
-    PER_LAYER = "per-layer"
 
 
 class Direction(StrEnum):
