@@ -7,9 +7,9 @@ import json
 import os
 import signal
 import threading
-import time
 
 import pytest
+from polling import eventually_sync
 
 from client.loadgen.cli import main
 from client.loadgen.progress import ProgressBar, render
@@ -57,10 +57,10 @@ def test_ctrl_c_ends_the_run_with_a_partial_report(lg_fake, capsys):
     fake.token_delay_s = 0.01
 
     def interrupt_once_running() -> None:
-        deadline = time.monotonic() + 10
-        while not fake.finished and time.monotonic() < deadline:
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)  # the runner's handler takes it
+        try:
+            eventually_sync(lambda: fake.finished, what="a finished request")
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)  # the runner's handler takes it
 
     thread = threading.Thread(target=interrupt_once_running)
     thread.start()

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from polling import eventually
 
 from client.loadgen.runner import RunConfig, Runner, TargetError
 from client.loadgen.stats import Status
@@ -105,9 +106,8 @@ async def test_drain_timeout_cancels_what_still_runs(lg_fake):
     assert time.monotonic() - t0 < 3
     assert result.records and all(r.status is Status.CANCELLED for r in result.records)
     assert any("--drain-timeout" in n for n in result.notes)
-    deadline = time.monotonic() + 5
-    while len(fake.cancelled) < len(result.records) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)  # the server learns of each cancel asynchronously
+    # the server learns of each cancel asynchronously
+    await eventually(lambda: len(fake.cancelled) >= len(result.records), what="every cancel")
     assert fake.cancelled == {r.request_id for r in result.records}
 
 
@@ -120,8 +120,7 @@ async def test_stop_gives_a_partial_result(lg_fake):
         w, RunConfig(addr, warmup_requests=0), on_progress=seen.append, progress_interval_s=0.01
     )
     task = asyncio.ensure_future(runner.run())
-    while not any(live.done for live in seen):  # the runner itself has recorded a finished one
-        await asyncio.sleep(0.01)
+    await eventually(lambda: any(live.done for live in seen), what="a finished request")
     runner.stop("interrupted")
     result = await asyncio.wait_for(task, 5)
     assert result.stopped == "interrupted" and result.wall_s < 10
