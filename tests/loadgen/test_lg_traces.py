@@ -183,8 +183,9 @@ def test_default_trace_lookup(monkeypatch, tmp_path):
 
 
 def test_trace_dir_without_the_file_falls_back_to_the_packaged_copy(monkeypatch, tmp_path):
+    packaged = _packaged("mooncake").resolve()
     monkeypatch.setenv("FASTSWITCH_TRACE_DIR", str(tmp_path))
-    assert default_trace("mooncake") == _packaged("mooncake").resolve()
+    assert default_trace("mooncake") == packaged
 
 
 def test_no_trace_anywhere_names_every_place_looked(monkeypatch, tmp_path):
