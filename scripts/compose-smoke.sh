@@ -164,7 +164,7 @@ ensure_base_image() {
 }
 
 # The image installs with --no-index from build/wheels: the pinned dependencies (torch==2.13.0
-# resolves to the local CPU wheel through this machine's pip configuration) for the base image's
+# resolves through pip's configuration, a CPU wheel where that offers one) for the base image's
 # Python, plus the build backend.
 download_wheels() {
   local pip py pyver

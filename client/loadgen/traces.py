@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import TextIO
 
 MOONCAKE_BLOCK_TOKENS = 512
-TRACE_FILES = {  # the shared copies (shared/data/README.md)
+#: The traces shipped with the load generator as package data (sources, licenses and sha256 in
+#: traces_data/README.md), found beside this module in a checkout and in an installed wheel alike.
+PACKAGED_TRACES = Path(__file__).resolve().parent / "traces_data"
+TRACE_FILES = {  # workload -> file name under PACKAGED_TRACES (or $FASTSWITCH_TRACE_DIR)
     "azure-conv": "AzureLLMInferenceTrace_conv.csv",
     "azure-code": "AzureLLMInferenceTrace_code.csv",
     "mooncake": "mooncake/synthetic_trace.jsonl",
@@ -161,16 +164,13 @@ class HashBlockTokens:
 
 
 def default_trace(workload: str) -> Path:
-    """The shared copy of a workload's trace: ``$FASTSWITCH_TRACE_DIR``, else ``shared/data``
-    beside the working directory or beside the repository."""
+    """The trace a workload replays when no ``--trace`` is given: the file in
+    ``$FASTSWITCH_TRACE_DIR`` when that directory has it, else the packaged copy."""
     name = TRACE_FILES.get(workload)
     if name is None:
         raise TraceError(f"the {workload} workload needs --trace FILE")
-    roots = (
-        [Path(os.environ["FASTSWITCH_TRACE_DIR"])] if "FASTSWITCH_TRACE_DIR" in os.environ else []
-    )
-    here = Path(__file__).resolve().parents[2]
-    roots += [Path.cwd() / "../shared/data", Path.cwd() / "shared/data", here / "../shared/data"]
+    env = os.environ.get("FASTSWITCH_TRACE_DIR")
+    roots = ([Path(env)] if env else []) + [PACKAGED_TRACES]
     for root in roots:
         if (root / name).is_file():
             return (root / name).resolve()

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from client.loadgen import traces
 from client.loadgen.traces import (
+    PACKAGED_TRACES,
     TOKEN_HI,
     TOKEN_LO,
+    TRACE_FILES,
     HashBlockTokens,
     TraceError,
     default_trace,
@@ -19,6 +22,14 @@ from client.loadgen.traces import (
 )
 
 AZURE_HEAD = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+
+
+def _packaged(workload: str) -> Path:
+    """The packaged trace of a workload; skips the test where this copy of the project lacks it."""
+    path = PACKAGED_TRACES / TRACE_FILES[workload]
+    if not path.is_file():
+        pytest.skip(f"{path} is not in this copy of the project")
+    return path
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -42,9 +53,9 @@ def test_azure_rows_relative_times_and_no_final_newline(tmp_path):
 
 
 def test_real_azure_files_parse_whole():
-    # the shared copies end without a newline; every row must still come through
-    conv = read_azure(default_trace("azure-conv"))
-    code = read_azure(default_trace("azure-code"))
+    # the packaged copies end without a newline; every row must still come through
+    conv = read_azure(_packaged("azure-conv"))
+    code = read_azure(_packaged("azure-code"))
     assert (len(conv), len(code)) == (19_366, 8_819)
     assert max(r.input_len for r in conv) == 14_050
     assert conv[-1].t_s == pytest.approx(3502, abs=1)
@@ -97,7 +108,7 @@ def test_mooncake_rows(tmp_path):
 
 
 def test_real_mooncake_file():
-    rows = read_mooncake(default_trace("mooncake"))
+    rows = read_mooncake(_packaged("mooncake"))
     assert len(rows) == 3_993
     assert all(len(r.hash_ids) == -(-r.input_len // 512) for r in rows)
 
@@ -140,7 +151,7 @@ def test_short_hash_id_lists_are_completed_with_unique_blocks():
 
 
 def test_real_mooncake_prefix_sharing_survives_scaling():
-    rows = read_mooncake(default_trace("mooncake"))
+    rows = read_mooncake(_packaged("mooncake"))
     blocks = HashBlockTokens(block_tokens=32)  # 512 tokens scaled by 1/16
     first: dict[int, tuple[int, list[int]]] = {}
     shared = 0
@@ -169,3 +180,18 @@ def test_default_trace_lookup(monkeypatch, tmp_path):
     assert default_trace("azure-code") == (tmp_path / "AzureLLMInferenceTrace_code.csv")
     with pytest.raises(TraceError, match="needs --trace"):
         default_trace("fairness")
+
+
+def test_trace_dir_without_the_file_falls_back_to_the_packaged_copy(monkeypatch, tmp_path):
+    packaged = _packaged("mooncake").resolve()
+    monkeypatch.setenv("FASTSWITCH_TRACE_DIR", str(tmp_path))
+    assert default_trace("mooncake") == packaged
+
+
+def test_no_trace_anywhere_names_every_place_looked(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTSWITCH_TRACE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setattr(traces, "PACKAGED_TRACES", tmp_path / "packaged")
+    with pytest.raises(TraceError, match=r"cannot find AzureLLMInferenceTrace_conv\.csv") as err:
+        default_trace("azure-conv")
+    assert str(tmp_path / "mine") in str(err.value) and str(tmp_path / "packaged") in str(err.value)
+    assert "use --trace" in str(err.value)
