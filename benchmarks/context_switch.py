@@ -27,7 +27,11 @@ the worker spent copying swaps over its step time (async: on the copy thread, be
 steps); "swap stall share" the part of the step time the step itself was held by swaps.
 
     .venv/bin/python benchmarks/context_switch.py [--quick] [--repeats 3] [--seed 0]
-        [--variants fastswitch,fs-no-retain,vllm-baseline]
+        [--variants fastswitch,fs-no-retain,vllm-baseline] [--device cuda]
+        [--geometry kv-heavy|llama3-8b-kv] [--host-kv-gib 2]
+
+On a GPU: ``--device cuda --geometry llama3-8b-kv`` (LLaMA-3-8B's KV bytes per token, bf16;
+see ``kv_heavy.py``) and a larger ``--host-kv-gib``, so preempted contexts fit the arena.
 
 About 5 minutes here (9 deployments of ~30 s); ``--quick`` (one repeat of 8 s of arrivals)
 about 1 minute.
@@ -54,7 +58,7 @@ from e2e import (
     server,
     worker_total,
 )
-from kv_heavy import build_model_dir, measure_ratio
+from kv_heavy import GEOMETRIES, build_model_dir, kv_heavy_spec, measure_ratio
 
 from client.loadgen.runner import RunConfig
 from client.loadgen.workloads import WorkloadSpec, build_workload
@@ -133,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-output-tokens", type=int, default=128)
     p.add_argument("--drain-timeout", type=float, default=30.0)
     p.add_argument(
+        "--device", default=None, help="the worker's --device (default: the worker's own, auto)"
+    )
+    p.add_argument(
+        "--geometry", choices=GEOMETRIES, default="kv-heavy", help="model shape (kv_heavy.py)"
+    )
+    p.add_argument("--host-kv-gib", type=float, default=2.0, help="host arena size (2)")
+    p.add_argument(
         "--variants",
         default=",".join(VARIANTS),
         help=f"comma list of {', '.join(VARIANTS)}; the first is judged",
@@ -142,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [VARIANTS[v] for v in a.variants.split(",")]
     duration = a.duration or (8.0 if a.quick else 20.0)
     t0 = time.monotonic()
-    print(measure_ratio())
+    print(measure_ratio(kv_heavy_spec(geometry=a.geometry)))
     spec = WorkloadSpec(
         workload="multiturn",
         seed=a.seed,
@@ -160,23 +171,26 @@ def main(argv: list[str] | None = None) -> int:
     workload = build_workload(spec)
     cfg = RunConfig(target="", drain_timeout_s=a.drain_timeout, request_timeout_s=120.0)
     with tempfile.TemporaryDirectory(prefix="fastswitch-kv-heavy-") as tmp:
-        model = str(build_model_dir(tmp))
+        model = str(build_model_dir(tmp, geometry=a.geometry))
         deploy = DeploySpec(
             model=model,
             device_kv_blocks=a.device_kv_blocks,
-            host_kv_gib=2.0,
+            host_kv_gib=a.host_kv_gib,
             scheduler_args=(
                 *("--preempt-margin", "0"),
                 *("--priority-update-interval", "1"),
                 *("--max-tokens-limit", "4096"),
             ),
+            worker_args=() if a.device is None else ("--device", a.device),
         )
         runs = run_variants(workload, cfg, deploy, variants, repeats=repeats)
     n = len(workload.sessions)
+    model_label = "KV-heavy" if a.geometry == "kv-heavy" else a.geometry
+    on = "" if a.device is None else f" on {a.device}"
     title = (
         f"context switching: multiturn fairness workload, {n} conversations from {a.tenants} "
-        f"tenants, Poisson {a.rate:g}/s for {duration:g} s, seed {a.seed}; KV-heavy model, "
-        f"1 worker, {a.device_kv_blocks} device blocks; medians of {repeats} repeats"
+        f"tenants, Poisson {a.rate:g}/s for {duration:g} s, seed {a.seed}; {model_label} "
+        f"model, 1 worker{on}, {a.device_kv_blocks} device blocks; medians of {repeats} repeats"
     )
     print()
     print(format_table(title, runs, [v.label for v in variants], rows()))

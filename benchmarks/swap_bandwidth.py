@@ -10,6 +10,13 @@ and back, and reports GB/s (1 GB = 1e9 bytes) of
     (c) per-layer  the SwapEngine, vLLM-style baseline: one copy per block per layer per K/V,
                    synchronous (inline in the caller, as in the step)
 
+and, with ``--pageable``,
+
+    (p) pageable   the same single ``copy_`` as (a), to or from an ordinary (not page-locked)
+                   host buffer: what a swap would get without ``cudaHostRegister`` on a GPU
+                   (the driver stages it through a pinned bounce buffer); on the CPU it is
+                   just a second memcpy
+
 with ``(b)/(a)`` and ``(b)/(c)``: the issue's goal is (b) >= 0.8 (a) and (b) >= 3 (c). GB/s are
 medians over ``--repeats`` runs; each run times the three methods back to back, and the ratios
 are medians of the per-run ratios, so drift on a shared machine hits both sides of a ratio.
@@ -25,12 +32,13 @@ groups of G, so (b) makes blocks/G copies of G blocks) to show copies per swap a
 per copy. (c) makes blocks x layers x 2 copies either way.
 
     .venv/bin/python benchmarks/swap_bandwidth.py [--contexts 256,1024,2048,4096,8192]
-        [--repeats 5] [--group-blocks 4] [--directions out,in] [--device cpu|cuda]
+        [--repeats 5] [--group-blocks 4] [--directions out,in] [--device cpu|cuda] [--pageable]
 
 On a GPU (``--device cuda``) the pool is in GPU memory and the arena is page-locked by the swap
 engine, so (a) is one DMA copy of the total size and (b) runs on the engine's side stream.
 
-Memory: two regions of (largest context's blocks x block bytes): 2 GiB at the defaults.
+Memory: two regions of (largest context's blocks x block bytes): 2 GiB at the defaults (one
+more with ``--pageable``).
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ class Row:
     gbps: dict[str, float]  # medians
     b_over_a: float  # median of the per-run ratios (each run's three methods back to back)
     b_over_c: float
+    b_over_p: float | None = None  # with --pageable
 
 
 def layout_copies(blocks: int, group: int, seed: int) -> list[RunCopy]:
@@ -101,9 +110,10 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 class Bench:
-    def __init__(self, pool: KVPool, host: torch.Tensor) -> None:
+    def __init__(self, pool: KVPool, host: torch.Tensor, pageable: torch.Tensor | None) -> None:
         self.pool = pool
         self.host = host
+        self.pageable = pageable  # an ordinary host buffer of the arena's shape, never pinned
         self.dev = pool.tensor.view(torch.uint8).view(pool.num_blocks, -1)
         self.group = SwapEngine(pool, host, layout=SwapLayout.GROUP, sync=False)
         self.baseline = SwapEngine(pool, host, layout=SwapLayout.PER_LAYER, sync=True)
@@ -112,8 +122,10 @@ class Bench:
         self.group.close()
         self.baseline.close()
 
-    def memcpy(self, blocks: int, direction: str) -> float:
-        dev, host = self.dev[:blocks], self.host[:blocks]
+    def memcpy(self, blocks: int, direction: str, host_side: torch.Tensor | None = None) -> float:
+        """One ``copy_`` of ``blocks`` blocks to or from ``host_side`` (default: the arena)."""
+        dev = self.dev[:blocks]
+        host = (self.host if host_side is None else host_side)[:blocks]
         cuda = dev.device.type == "cuda"
 
         def run() -> None:
@@ -147,9 +159,13 @@ def measure(
     nbytes = blocks * bench.pool.block_bytes
     copies = layout_copies(blocks, group, seed=context)
     times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    if bench.pageable is not None:
+        times["p"] = []
     copies_b = copies_c = 0
     for _ in range(repeats):
         times["a"].append(bench.memcpy(blocks, direction))
+        if bench.pageable is not None:
+            times["p"].append(bench.memcpy(blocks, direction, bench.pageable))
         t, copies_b = bench.swap(bench.group, copies, direction)
         times["b"].append(t)
         t, copies_c = bench.swap(bench.baseline, copies, direction)
@@ -158,8 +174,15 @@ def measure(
     a, b, c = times["a"], times["b"], times["c"]
     b_over_a = statistics.median(ta / tb for ta, tb in zip(a, b, strict=True))
     b_over_c = statistics.median(tc / tb for tc, tb in zip(c, b, strict=True))
+    b_over_p = (
+        statistics.median(tp / tb for tp, tb in zip(times["p"], b, strict=True))
+        if "p" in times
+        else None
+    )
     pattern = "contiguous" if len(copies) == 1 else f"groups of {group}"
-    return Row(context, pattern, direction, blocks, copies_b, copies_c, gbps, b_over_a, b_over_c)
+    return Row(
+        context, pattern, direction, blocks, copies_b, copies_c, gbps, b_over_a, b_over_c, b_over_p
+    )
 
 
 def check_round_trip(bench: Bench, blocks: int, group: int) -> None:
@@ -178,11 +201,12 @@ def check_round_trip(bench: Bench, blocks: int, group: int) -> None:
 
 
 def print_table(rows: list[Row], block_bytes: int) -> None:
+    pageable = any(r.b_over_p is not None for r in rows)
     head = (
         f"{'context':>7} {'pattern':>12} {'dir':>3} {'MiB':>6} {'copies b':>8} "
         f"{'KiB/copy b':>10} {'copies c':>8} {'(a) GB/s':>9} {'(b) GB/s':>9} {'(c) GB/s':>9} "
         f"{'(b)/(a)':>7} {'(b)/(c)':>7}"
-    )
+    ) + (f" {'(p) GB/s':>9} {'(b)/(p)':>7}" if pageable else "")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -193,6 +217,7 @@ def print_table(rows: list[Row], block_bytes: int) -> None:
             f"{r.context:>7} {r.pattern:>12} {r.direction:>3} {mib:>6.0f} {r.copies_b:>8} "
             f"{per_copy:>10.0f} {r.copies_c:>8} {a:>9.2f} {b:>9.2f} {c:>9.2f} "
             f"{r.b_over_a:>7.2f} {r.b_over_c:>7.2f}"
+            + (f" {r.gbps['p']:>9.2f} {r.b_over_p:>7.2f}" if r.b_over_p is not None else "")
         )
 
 
@@ -217,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         "--device",
         default="cpu",
         help="cpu (device pool = shm tensor) or cuda[:N] (device pool in GPU memory, arena pinned)",
+    )
+    p.add_argument(
+        "--pageable",
+        action="store_true",
+        help="also time (p): the one large copy to/from an ordinary, not page-locked buffer",
     )
     args = p.parse_args(argv)
     contexts = [int(c) for c in args.contexts.split(",")]
@@ -272,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
             tensor=tensor,
         )
         host = arena.as_tensor(torch.uint8, (num_blocks, geo.block_bytes))
-        bench = Bench(pool, host)
+        pageable = (
+            torch.ones((num_blocks, geo.block_bytes), dtype=torch.uint8) if args.pageable else None
+        )  # ones: every page faulted in before the first timed copy
+        bench = Bench(pool, host, pageable)
         try:
             check_round_trip(bench, min(num_blocks, 64), patterns[-1])
             for context in contexts:
@@ -283,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
         finally:
             bench.close()
-            del bench, pool, host, tensor
+            del bench, pool, host, tensor, pageable
     print_table(rows, geo.block_bytes)
     return 0
 
