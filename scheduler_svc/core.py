@@ -34,6 +34,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from scheduler_svc.block_groups import BlockGroupAllocator
+from scheduler_svc.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+)
 from scheduler_svc.host_ops import HostOp, HostOpKind
 from scheduler_svc.plan import BlockAppend, PrefillChunk, SeqStart, StepOutput, StepPlan
 from scheduler_svc.policy import Policy
@@ -51,14 +57,6 @@ from scheduler_svc.switching import ContextSwitching
 from scheduler_svc.workers import WorkerInfo, WorkerSlot
 
 log = logging.getLogger(__name__)
-
-
-class SchedulingError(ValueError):
-    """A request that cannot be accepted; the message says why."""
-
-
-class CapacityError(SchedulingError):
-    """A request that can never fit (context or device memory)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +159,9 @@ class SchedulerCore(ContextSwitching):
 
     def add_worker(self, info: WorkerInfo) -> WorkerSlot:
         if info.worker_id in self._workers:
-            raise SchedulingError(f"worker {info.worker_id!r} has already joined")
+            raise AlreadyExists(f"worker {info.worker_id!r} has already joined")
         if self.block_size is not None and info.block_size != self.block_size:
-            raise SchedulingError(
+            raise FailedPrecondition(
                 f"worker {info.worker_id!r} uses {info.block_size}-token blocks; the others "
                 f"use {self.block_size} (content addresses depend on it)"
             )
@@ -209,18 +207,21 @@ class SchedulerCore(ContextSwitching):
         request_id: str | None = None,
         retain_ttl_s: float | None = None,
     ) -> Request:
-        """Queues a validated request. Raises SchedulingError if it can never be served here."""
+        """Queues a validated request. Raises InvalidArgument (its id is taken) or
+        ResourceExhausted (the queue is full, or it can never fit a worker)."""
         if request_id is None or not request_id:
             request_id = uuid.uuid4().hex
         if request_id in self._requests:
-            raise SchedulingError(f"request id {request_id!r} is already in use")
+            raise InvalidArgument(f"request id {request_id!r} is already in use")
         if len(self._waiting) >= self.config.max_waiting:
-            raise CapacityError(f"the queue is full ({self.config.max_waiting} waiting requests)")
+            raise ResourceExhausted(
+                f"the queue is full ({self.config.max_waiting} waiting requests)"
+            )
         need = len(prompt_ids) + limits.max_tokens
         if self._workers:
             largest = max(w.info.capacity_tokens for w in self._workers.values())
             if need > largest:
-                raise CapacityError(
+                raise ResourceExhausted(
                     f"prompt ({len(prompt_ids)}) + max_tokens ({limits.max_tokens}) = {need} tokens"
                     f" exceed the largest worker's KV capacity of {largest} tokens"
                 )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from scheduler_svc.conversations import Conversation, Conversations
 from scheduler_svc.core import SchedulerCore
+from scheduler_svc.errors import InvalidArgument, NotFound, Unavailable, invalid_argument
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.request import GenerationLimits, Request, Sampling, TokenEvent
 from scheduler_svc.workers import WorkerInfo
@@ -112,37 +113,42 @@ class Frontend:
     # ---------------------------------------------------------------- requests
 
     def prepare_tenant(self, tenant: str) -> str:
-        """The tenant's name ("" is "default"); ValueError if malformed or not configured."""
+        """The tenant's name ("" is "default"); InvalidArgument if malformed or not configured."""
         tenant = tenant or "default"
         if not _TENANT.match(tenant):
-            raise ValueError(f"tenant must be 1-64 characters of [A-Za-z0-9_.:@-], got {tenant!r}")
+            raise InvalidArgument(
+                f"tenant must be 1-64 characters of [A-Za-z0-9_.:@-], got {tenant!r}"
+            )
         if self._tenants is not None and tenant not in self._tenants:
-            raise ValueError(f"unknown tenant {tenant!r} (configured: {sorted(self._tenants)})")
+            raise InvalidArgument(
+                f"unknown tenant {tenant!r} (configured: {sorted(self._tenants)})"
+            )
         return tenant
 
     def prepare(self, new: NewRequest) -> tuple[list[int], Sampling, GenerationLimits, str]:
-        """Validates and tokenizes; ValueError with the offending value otherwise."""
+        """Validates and tokenizes; InvalidArgument with the offending value otherwise."""
         tenant = self.prepare_tenant(new.tenant)
         if (new.prompt_text is None) == (new.prompt_ids is None):
-            raise ValueError("give exactly one of prompt text or prompt token ids")
+            raise InvalidArgument("give exactly one of prompt text or prompt token ids")
         if new.max_tokens > self._max_tokens_limit:
-            raise ValueError(
+            raise InvalidArgument(
                 f"max_tokens must be <= {self._max_tokens_limit}, got {new.max_tokens}"
             )
-        if new.prompt_text is not None:
-            prompt_ids = self.tokenizer.encode_prompt(new.prompt_text)
-        else:
-            prompt_ids = list(new.prompt_ids or [])
-        validate_generation(
-            prompt_ids,
-            new.max_tokens,
-            vocab_size=self._vocab_size,
-            max_model_len=self._max_model_len,
-        )
-        validate_sampling(new.temperature, new.top_p, new.top_k, new.seed)
+        with invalid_argument():
+            if new.prompt_text is not None:
+                prompt_ids = self.tokenizer.encode_prompt(new.prompt_text)
+            else:
+                prompt_ids = list(new.prompt_ids or [])
+            validate_generation(
+                prompt_ids,
+                new.max_tokens,
+                vocab_size=self._vocab_size,
+                max_model_len=self._max_model_len,
+            )
+            validate_sampling(new.temperature, new.top_p, new.top_k, new.seed)
         for t in new.stop_token_ids:
             if not 0 <= t < self._vocab_size:
-                raise ValueError(
+                raise InvalidArgument(
                     f"stop token id {t} is outside the vocabulary [0, {self._vocab_size})"
                 )
         sampling = Sampling(new.temperature, new.top_p, new.top_k, new.seed)
@@ -154,11 +160,12 @@ class Frontend:
         return prompt_ids, sampling, limits, tenant
 
     async def open(self, new: NewRequest, *, retain_ttl_s: float | None = None) -> RequestStream:
-        """Queues a request. Raises ValueError (bad input) or SchedulingError (cannot fit)."""
+        """Queues a request. Raises Unavailable (no worker, or shutting down), InvalidArgument
+        (bad input) or ResourceExhausted (it cannot fit)."""
         if self._closing:
-            raise ConnectionAbortedError("the scheduler is shutting down")
+            raise Unavailable("the scheduler is shutting down")
         if not self.core.workers:
-            raise ConnectionRefusedError("no worker has joined yet")
+            raise Unavailable("no worker has joined yet")
         prompt_ids, sampling, limits, tenant = self.prepare(new)
         req = self.core.submit(
             prompt_ids=prompt_ids,
@@ -214,7 +221,7 @@ class Frontend:
         event = self.core.cancel(request_id)
         if event is None:
             if self.core.get(request_id) is None:
-                raise KeyError(f"request {request_id!r}")
+                raise NotFound(f"request {request_id!r} not found")
             return False
         self._dispatch([event])
         await self.notify()
@@ -222,7 +229,7 @@ class Frontend:
 
     async def set_priority(self, request_id: str, priority: int) -> None:
         if not self.core.set_priority(request_id, priority):
-            raise KeyError(f"request {request_id!r}")
+            raise NotFound(f"request {request_id!r} not found")
         await self.notify()
 
     def _poke_host_agent(self) -> None:
@@ -249,7 +256,8 @@ class Frontend:
     ) -> None:
         """Runs one worker until its stream ends (or this task is cancelled).
 
-        Raises SchedulingError (nothing changed) if a worker of that id has already joined.
+        Raises AlreadyExists or FailedPrecondition (nothing changed) if a worker of that id has
+        already joined or it uses another block size.
         """
         self.core.add_worker(info)
         await joined()

@@ -27,7 +27,6 @@ from servekit.tokenizer import load_tokenizer
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     listen: str

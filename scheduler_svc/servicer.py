@@ -1,7 +1,7 @@
 """gRPC adapters of the scheduler: the public FastSwitch API and the workers' StepLink stream.
 
 Thin by design: convert the message, call the frontend, convert back. Exceptions become status
-codes in one place (`_status_for`).
+codes in one place (`status_for`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,15 @@ from proto import scheduler_pb2_grpc as api_grpc
 from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
 from scheduler_svc import convert
-from scheduler_svc.conversations import ConversationBusy
-from scheduler_svc.core import CapacityError, SchedulingError
+from scheduler_svc.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SchedulerError,
+    Unavailable,
+)
 from scheduler_svc.frontend import Frontend, RequestStream
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.plan import StepOutput, StepPlan
@@ -25,27 +32,22 @@ from scheduler_svc.plan import StepOutput, StepPlan
 log = logging.getLogger(__name__)
 
 
-def _status_for(err: Exception) -> grpc.StatusCode:
-    if isinstance(err, CapacityError | OverflowError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(err, ConversationBusy):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(err, ValueError | SchedulingError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(err, KeyError):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(err, ConnectionError):
-        return grpc.StatusCode.UNAVAILABLE
-    raise err
+_STATUS: dict[type[SchedulerError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+}
 
 
-_ERRORS = (ValueError, SchedulingError, KeyError, ConnectionError, OverflowError, ConversationBusy)
-
-
-def _message(err: Exception) -> str:
-    if isinstance(err, KeyError):
-        return f"not found: {err.args[0]}"
-    return str(err)
+def status_for(err: SchedulerError) -> grpc.StatusCode:
+    """The one mapping of scheduler errors to gRPC status codes (a subclass maps as its base)."""
+    for cls in type(err).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return grpc.StatusCode.INTERNAL
 
 
 class TextDelta:
@@ -78,8 +80,8 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
     ) -> AsyncIterator[api.GenerateChunk]:
         try:
             stream = await self._frontend.open(convert.new_request(request))
-        except _ERRORS as err:
-            await context.abort(_status_for(err), _message(err))
+        except SchedulerError as err:
+            await context.abort(status_for(err), str(err))
         async for chunk in self._stream(stream):
             yield chunk
 
@@ -113,8 +115,8 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
     ) -> AsyncIterator[api.GenerateChunk]:
         try:
             conv, prompt, stream = await self._frontend.open_turn(convert.new_turn(request))
-        except _ERRORS as err:
-            await context.abort(_status_for(err), _message(err))
+        except SchedulerError as err:
+            await context.abort(status_for(err), str(err))
         try:
             async for chunk in self._stream(stream):
                 chunk.conversation_id = conv.conversation_id
@@ -127,8 +129,8 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
     ) -> api.EndConversationResponse:
         try:
             freed = self._frontend.end_conversation(request.conversation_id, request.tenant)
-        except _ERRORS as err:
-            await context.abort(_status_for(err), _message(err))
+        except SchedulerError as err:
+            await context.abort(status_for(err), str(err))
         return api.EndConversationResponse(freed_blocks=freed)
 
     async def Cancel(
@@ -136,8 +138,8 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
     ) -> api.CancelResponse:
         try:
             return api.CancelResponse(cancelled=await self._frontend.cancel(request.request_id))
-        except _ERRORS as err:
-            await context.abort(_status_for(err), _message(err))
+        except SchedulerError as err:
+            await context.abort(status_for(err), str(err))
             raise  # pragma: no cover
 
     async def SetPriority(
@@ -145,8 +147,8 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
     ) -> api.SetPriorityResponse:
         try:
             await self._frontend.set_priority(request.request_id, request.priority)
-        except _ERRORS as err:
-            await context.abort(_status_for(err), _message(err))
+        except SchedulerError as err:
+            await context.abort(status_for(err), str(err))
         return api.SetPriorityResponse()
 
     async def GetStats(
@@ -248,8 +250,8 @@ class StepLinkServicer(wk_grpc.StepLinkServicer):
 
         try:
             await self._frontend.worker_session(info, exchange, joined)
-        except SchedulingError as err:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
+        except SchedulerError as err:
+            await context.abort(status_for(err), str(err))
         except ConnectionResetError as err:
             log.warning("worker stream ended", extra={"worker": info.worker_id, "why": str(err)})
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scheduler_svc.conversations import ConversationBusy, Conversations
+from scheduler_svc.errors import InvalidArgument, NotFound
 from servekit.tokenizer import load_tokenizer
 
 
@@ -40,11 +41,11 @@ def test_ttl_busy_and_privacy():
     clock.now = 100.0
     assert convs.expire() == []  # never expires mid-turn
     convs.end_turn(conv, prompt, [1], ok=True)
-    with pytest.raises(KeyError):
+    with pytest.raises(NotFound):
         convs.open(conv.conversation_id, "other", system=None, ttl_s=0)
     clock.now = 111.0
-    with pytest.raises(KeyError):
+    with pytest.raises(NotFound):
         convs.open(conv.conversation_id, "t", system=None, ttl_s=0)
     assert len(convs) == 1 and convs.expire() and len(convs) == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgument):
         convs.open("", "t", system=None, ttl_s=-1)

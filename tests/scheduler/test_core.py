@@ -12,7 +12,8 @@ import itertools
 
 import pytest
 
-from scheduler_svc.core import CapacityError, CoreConfig, SchedulerCore, SchedulingError
+from scheduler_svc.core import CoreConfig, SchedulerCore
+from scheduler_svc.errors import InvalidArgument, ResourceExhausted
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.policy import FcfsPolicy, make_policy
 from scheduler_svc.request import FinishReason, GenerationLimits, Sampling, Status
@@ -252,17 +253,17 @@ def test_stop_tokens_and_eos():
 def test_bad_submissions():
     core = make_core(max_waiting=1)
     add_worker(core, blocks=4, bs=4)
-    with pytest.raises(CapacityError, match="exceed"):
+    with pytest.raises(ResourceExhausted, match="exceed"):
         submit(core, 10, 10)
     r = submit(core, 2, 2)
-    with pytest.raises(SchedulingError, match="already in use"):
+    with pytest.raises(InvalidArgument, match="already in use"):
         core.submit(
             prompt_ids=[1],
             sampling=Sampling(),
             limits=GenerationLimits(max_tokens=1),
             request_id=r.request_id,
         )
-    with pytest.raises(CapacityError, match="queue is full"):
+    with pytest.raises(ResourceExhausted, match="queue is full"):
         submit(core, 2, 2)
     with pytest.raises(ValueError, match="max_batched_tokens"):
         CoreConfig(max_batched_tokens=0)

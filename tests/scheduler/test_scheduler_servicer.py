@@ -14,11 +14,21 @@ from proto import scheduler_pb2 as api
 from proto import scheduler_pb2_grpc as api_grpc
 from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
+from scheduler_svc.conversations import ConversationBusy
 from scheduler_svc.core import CoreConfig, SchedulerCore
+from scheduler_svc.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SchedulerError,
+    Unavailable,
+)
 from scheduler_svc.frontend import Frontend
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.policy import make_policy
-from scheduler_svc.servicer import FastSwitchServicer, StepLinkServicer
+from scheduler_svc.servicer import FastSwitchServicer, StepLinkServicer, status_for
 from servekit.service import GrpcService
 from servekit.tokenizer import load_tokenizer
 
@@ -349,3 +359,11 @@ async def test_conversations_are_private_and_can_be_ended(server, worker):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await chat_turn(stub, "hi", conv_id, tenant="a")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_every_scheduler_error_has_its_own_status_code():
+    classes = [InvalidArgument, NotFound, ResourceExhausted, Unavailable, FailedPrecondition]
+    codes = {status_for(cls("why")) for cls in [*classes, AlreadyExists]}
+    assert grpc.StatusCode.INTERNAL not in codes and len(codes) == 6
+    assert status_for(ConversationBusy("busy")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_for(SchedulerError("unmapped")) == grpc.StatusCode.INTERNAL
