@@ -89,7 +89,7 @@ def worker_info(hello: wk.WorkerHello) -> WorkerInfo:
         block_bytes=hello.block_bytes,
         max_model_len=hello.max_model_len,
         device=hello.device,
-        address=hello.address,
+        address=hello.address or None,
     )
 
 
@@ -134,9 +134,9 @@ def plan_to_proto(plan: StepPlan) -> wk.StepPlan:
             seq=o.seq,
             copies=_copies(o),
             lease_id=o.lease_id,
-            block_hashes=o.block_hashes,
-            tenant=o.tenant,
-            ttl_s=o.ttl_s,
+            block_hashes=[h or b"" for h in o.block_hashes],  # b"": a private block
+            tenant=o.tenant or "",
+            ttl_s=o.ttl_s or 0.0,
         )
     msg.cancel_swap_out.extend(plan.cancel_swap_out)
     return msg

@@ -12,7 +12,8 @@ import itertools
 
 import pytest
 
-from scheduler_svc.core import CoreConfig, SchedulerCore
+from scheduler_svc.config import CoreConfig
+from scheduler_svc.core import SchedulerCore
 from scheduler_svc.errors import InvalidArgument, ResourceExhausted
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.policy import FcfsPolicy, make_policy

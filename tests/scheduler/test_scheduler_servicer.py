@@ -14,8 +14,9 @@ from proto import scheduler_pb2 as api
 from proto import scheduler_pb2_grpc as api_grpc
 from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
+from scheduler_svc.config import CoreConfig
 from scheduler_svc.conversations import ConversationBusy
-from scheduler_svc.core import CoreConfig, SchedulerCore
+from scheduler_svc.core import SchedulerCore
 from scheduler_svc.errors import (
     AlreadyExists,
     FailedPrecondition,
