@@ -6,9 +6,11 @@ import itertools
 
 from proto import scheduler_pb2 as api
 from proto import worker_pb2 as wk
+from scheduler_svc.deltas import Delta
 from scheduler_svc.frontend import NewRequest, NewTurn
 from scheduler_svc.plan import StepOutput, StepPlan, SwapOrder
 from scheduler_svc.request import FinishReason, Request, Sampling
+from scheduler_svc.stats import SchedulerStats, TenantStats, WorkerStats
 from scheduler_svc.workers import WorkerInfo
 from servekit.runs import BlockRun
 
@@ -79,6 +81,80 @@ def metrics(req: Request) -> api.RequestMetrics:
     if req.finished_s is not None:
         out.e2e_s = req.finished_s - req.arrival_s
     return out
+
+
+def chunk(req: Request, delta: Delta) -> api.GenerateChunk:
+    """One streamed chunk; the last one carries the finish reason and the request's metrics."""
+    out = api.GenerateChunk(
+        request_id=req.request_id,
+        token_ids=delta.token_ids,
+        text=delta.text,
+        worker_id=req.worker_id or "",
+    )
+    if delta.finished:
+        if req.finish_reason is not None:
+            out.finish_reason = FINISH[req.finish_reason]
+        out.metrics.CopyFrom(metrics(req))
+    return out
+
+
+def stats(s: SchedulerStats, *, policy: str, mode: str) -> api.StatsResponse:
+    c = s.counters
+    out = api.StatsResponse(
+        waiting=s.waiting,
+        running=s.running,
+        swapped=s.swapped,
+        finished=c.finished,
+        cancelled=c.cancelled,
+        failed=c.failed,
+        preemptions=c.preemptions,
+        swap_outs=c.swap_outs,
+        swap_ins=c.swap_ins,
+        recomputes=c.recomputes,
+        swap_out_bytes=c.swap_out_bytes,
+        swap_in_bytes=c.swap_in_bytes,
+        reuse_hit_tokens=c.reuse_hit_tokens,
+        swap_bytes_avoided=c.swap_bytes_avoided,
+        retained_lookups=c.retained_lookups,
+        retained_hit_blocks=c.retained_hit_blocks,
+        offloaded_blocks=c.offloaded_blocks,
+        policy=policy,
+        mode=mode,
+    )
+    out.tenants.extend(_tenant(t) for t in s.tenants)
+    out.workers.extend(_worker(w) for w in s.workers)
+    return out
+
+
+def _tenant(t: TenantStats) -> api.TenantStats:
+    return api.TenantStats(
+        tenant=t.tenant,
+        virtual_counter=t.virtual_counter,
+        prompt_tokens=t.prompt_tokens,
+        output_tokens=t.output_tokens,
+        waiting=t.waiting,
+        running=t.running,
+        finished=t.finished,
+        weight=t.weight,
+    )
+
+
+def _worker(w: WorkerStats) -> api.WorkerStats:
+    return api.WorkerStats(
+        worker_id=w.worker_id,
+        device=w.device,
+        num_blocks=w.num_blocks,
+        free_blocks=w.free_blocks,
+        running=w.running,
+        steps=w.steps,
+        mean_step_s=w.mean_step_s,
+        swap_out_bytes=w.swap_out_bytes,
+        swap_in_bytes=w.swap_in_bytes,
+        largest_free_run=w.largest_free_run,
+        step_s_total=w.step_s_total,
+        idle_s_total=w.idle_s_total,
+        forward_s_total=w.forward_s_total,
+    )
 
 
 def worker_info(hello: wk.WorkerHello) -> WorkerInfo:

@@ -60,7 +60,7 @@ from scheduler_svc.request import (
     TokenEvent,
 )
 from scheduler_svc.request_table import RequestTable, TenantTally
-from scheduler_svc.stats import Counters, SchedulerStats, TenantStats, WorkerStats
+from scheduler_svc.stats import Counters, SchedulerStats, TenantStats
 from scheduler_svc.swaps import SwapController
 from scheduler_svc.waiting import WaitQueue
 from scheduler_svc.workers import WorkerInfo, WorkerRegistry, WorkerSlot
@@ -433,7 +433,7 @@ class SchedulerCore:
             swapped=self.num_swapped(),
             counters=copy.copy(self.counters),
             tenants=tuple(tenants),
-            workers=tuple(_worker_stats(s) for _, s in sorted(self._workers.slots().items())),
+            workers=tuple(s.stats() for _, s in sorted(self._workers.slots().items())),
         )
 
     def check_integrity(self) -> None:
@@ -442,21 +442,3 @@ class SchedulerCore:
         resident = self._workers.check_integrity()
         self._waiting.check_integrity(resident)
         self._host.check_integrity(self._table.all_seqs())
-
-
-def _worker_stats(slot: WorkerSlot) -> WorkerStats:
-    alloc = slot.allocator.stats()
-    return WorkerStats(
-        worker_id=slot.worker_id,
-        device=slot.info.device,
-        num_blocks=slot.info.num_blocks,
-        free_blocks=alloc.num_free,
-        largest_free_run=alloc.largest_free_run,
-        running=len(slot.running),
-        steps=slot.steps,
-        step_s_total=slot.step_s_total,
-        forward_s_total=slot.forward_s_total,
-        idle_s_total=slot.idle_s_total,
-        swap_out_bytes=slot.swap_out_bytes,
-        swap_in_bytes=slot.swap_in_bytes,
-    )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from scheduler_svc.conversations import Conversation, Conversations
 from scheduler_svc.core import SchedulerCore
+from scheduler_svc.deltas import Delta, TextDelta
 from scheduler_svc.errors import InvalidArgument, NotFound, Unavailable, invalid_argument
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.request import GenerationLimits, Request, Sampling, TokenEvent
@@ -63,11 +64,13 @@ class NewTurn:
 
 
 class RequestStream:
-    """Events of one request, in order; the last one has ``finished`` set."""
+    """Events of one request, in order; the last one has ``finished`` set. Filled by the
+    frontend's worker sessions, read by one API call as deltas (tokens + detokenised text)."""
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, tokenizer: Tokenizer) -> None:
         self.request = request
         self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self._text = TextDelta(tokenizer)
 
     def put(self, event: TokenEvent) -> None:
         self._queue.put_nowait(event)
@@ -80,6 +83,13 @@ class RequestStream:
         while not self._queue.empty():
             out.append(self._queue.get_nowait())
         return out
+
+    async def next_delta(self) -> Delta:
+        """Waits for the next event, then takes every event already queued with it."""
+        events = [await self.next(), *self.drain_ready()]
+        finished = any(e.finished for e in events)
+        tokens = tuple(t for e in events for t in e.token_ids)
+        return Delta(tokens, self._text.next(self.request.output_ids, finished), finished)
 
 
 class Frontend:
@@ -176,7 +186,7 @@ class Frontend:
             request_id=new.request_id,
             retain_ttl_s=retain_ttl_s if retain_ttl_s is not None else self.retain_generate_ttl_s,
         )
-        stream = RequestStream(req)
+        stream = RequestStream(req, self.tokenizer)
         self._streams[req.request_id] = stream
         await self.notify()
         return stream

@@ -50,24 +50,6 @@ def status_for(err: SchedulerError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-class TextDelta:
-    """Incremental detokenization: text is released once it no longer ends mid-character."""
-
-    def __init__(self, frontend: Frontend) -> None:
-        self._tokenizer = frontend.tokenizer
-        self._sent = 0
-
-    def next(self, req_output: list[int], final: bool) -> str:
-        try:
-            text = self._tokenizer.decode(req_output)
-        except ValueError:
-            return ""
-        if text.endswith("\ufffd") and not final:
-            return ""
-        delta, self._sent = text[self._sent :], len(text)
-        return delta
-
-
 class FastSwitchServicer(api_grpc.FastSwitchServicer):
     def __init__(self, frontend: Frontend, metrics: SchedulerMetrics, *, policy: str, mode: str):
         self._frontend = frontend
@@ -86,26 +68,13 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
             yield chunk
 
     async def _stream(self, stream: RequestStream) -> AsyncIterator[api.GenerateChunk]:
-        req = stream.request
-        text = TextDelta(self._frontend)
         try:
             while True:
-                events = [await stream.next(), *stream.drain_ready()]
-                finished = any(e.finished for e in events)
-                tokens = [t for e in events for t in e.token_ids]
-                chunk = api.GenerateChunk(
-                    request_id=req.request_id,
-                    token_ids=tokens,
-                    text=text.next(req.output_ids, finished),
-                    worker_id=req.worker_id or "",
-                )
-                if finished:
-                    if req.finish_reason is not None:
-                        chunk.finish_reason = convert.FINISH[req.finish_reason]
-                    chunk.metrics.CopyFrom(convert.metrics(req))
-                    self._metrics.on_finish(req)
-                yield chunk
-                if finished:
+                delta = await stream.next_delta()
+                if delta.finished:
+                    self._metrics.on_finish(stream.request)
+                yield convert.chunk(stream.request, delta)
+                if delta.finished:
                     return
         finally:
             await self._frontend.close(stream)
@@ -154,61 +123,7 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
     async def GetStats(
         self, request: api.StatsRequest, context: grpc.aio.ServicerContext
     ) -> api.StatsResponse:
-        core = self._frontend.core
-        c = core.counters
-        out = api.StatsResponse(
-            waiting=core.num_waiting(),
-            running=core.num_running(),
-            swapped=core.num_swapped(),
-            finished=c.finished,
-            cancelled=c.cancelled,
-            failed=c.failed,
-            preemptions=c.preemptions,
-            swap_outs=c.swap_outs,
-            swap_ins=c.swap_ins,
-            recomputes=c.recomputes,
-            swap_out_bytes=c.swap_out_bytes,
-            swap_in_bytes=c.swap_in_bytes,
-            reuse_hit_tokens=c.reuse_hit_tokens,
-            swap_bytes_avoided=c.swap_bytes_avoided,
-            retained_lookups=c.retained_lookups,
-            retained_hit_blocks=c.retained_hit_blocks,
-            offloaded_blocks=c.offloaded_blocks,
-            policy=self._policy,
-            mode=self._mode,
-        )
-        queued = core.tenants()
-        weight = getattr(core.policy, "weight", lambda _t: 1.0)
-        for tenant, tally in sorted(core.tallies.items()):
-            waiting, running = queued.get(tenant, (0, 0))
-            out.tenants.add(
-                tenant=tenant,
-                virtual_counter=core.policy.counter(tenant),
-                prompt_tokens=tally.prompt_tokens,
-                output_tokens=tally.output_tokens,
-                waiting=waiting,
-                running=running,
-                finished=tally.finished,
-                weight=weight(tenant),
-            )
-        for wid, slot in sorted(core.workers.items()):
-            stats = slot.allocator.stats()
-            out.workers.add(
-                worker_id=wid,
-                device=slot.info.device,
-                num_blocks=slot.info.num_blocks,
-                free_blocks=stats.num_free,
-                running=len(slot.running),
-                steps=slot.steps,
-                mean_step_s=slot.step_s_total / slot.steps if slot.steps else 0.0,
-                swap_out_bytes=slot.swap_out_bytes,
-                swap_in_bytes=slot.swap_in_bytes,
-                largest_free_run=stats.largest_free_run,
-                step_s_total=slot.step_s_total,
-                idle_s_total=slot.idle_s_total,
-                forward_s_total=slot.forward_s_total,
-            )
-        return out
+        return convert.stats(self._frontend.core.stats(), policy=self._policy, mode=self._mode)
 
 
 class StepLinkServicer(wk_grpc.StepLinkServicer):

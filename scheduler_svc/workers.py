@@ -12,6 +12,7 @@ from scheduler_svc.block_groups import BlockGroupAllocator
 from scheduler_svc.errors import AlreadyExists, FailedPrecondition
 from scheduler_svc.plan import SeqStart, StepPlan, SwapOrder
 from scheduler_svc.request import Request, Status
+from scheduler_svc.stats import WorkerStats
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,23 @@ class WorkerSlot:
             self.allocator.num_blocks_of(r.seq)
             for r in self.running.values()
             if r.status == Status.SWAPPING_OUT
+        )
+
+    def stats(self) -> WorkerStats:
+        alloc = self.allocator.stats()
+        return WorkerStats(
+            worker_id=self.worker_id,
+            device=self.info.device,
+            num_blocks=self.info.num_blocks,
+            free_blocks=alloc.num_free,
+            largest_free_run=alloc.largest_free_run,
+            running=len(self.running),
+            steps=self.steps,
+            step_s_total=self.step_s_total,
+            forward_s_total=self.forward_s_total,
+            idle_s_total=self.idle_s_total,
+            swap_out_bytes=self.swap_out_bytes,
+            swap_in_bytes=self.swap_in_bytes,
         )
 
     def check_integrity(self) -> None:

@@ -175,6 +175,15 @@ async def test_generate_streams_tokens_with_metrics(server, worker):
         assert last.finish_reason == api.FINISH_REASON_LENGTH
         assert last.metrics.ttft_s > 0 and len(last.metrics.tbt_s) == 5
         assert last.metrics.prompt_tokens == 3 and last.worker_id == "w0"
+    async with grpc.aio.insecure_channel(target) as ch:
+        stats = await api_grpc.FastSwitchStub(ch).GetStats(api.StatsRequest(), timeout=5)
+    assert stats.finished == 6 and stats.policy == "fcfs" and stats.mode == "fastswitch"
+    assert [(t.tenant, t.output_tokens, t.finished, t.weight) for t in stats.tenants] == [
+        ("a", 36, 6, 1.0)
+    ]
+    (w,) = stats.workers
+    assert (w.worker_id, w.num_blocks, w.free_blocks, w.running) == ("w0", 32, 32, 0)
+    assert w.steps > 0 and w.mean_step_s == pytest.approx(w.step_s_total / w.steps)
 
 
 async def test_text_prompts_are_tokenized_at_the_edge(server, worker):
