@@ -105,8 +105,7 @@ def test_kv_reuse_copies_only_new_blocks_on_the_second_swap_out():
         priority=0,
     )
     for _ in range(3):
-        w.host.serve(core)
-        core.update_from_output("w0", w.run(core.schedule("w0")))
+        step(core, "w0", w)
 
     def preempt_once():
         hi = core.submit(

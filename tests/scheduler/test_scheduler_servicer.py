@@ -4,15 +4,14 @@ worker speaking the real StepLink stream (no model, no processes)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from sched_fakes import LinkWorker, next_token
 
 from proto import scheduler_pb2 as api
 from proto import scheduler_pb2_grpc as api_grpc
-from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.conversations import ConversationBusy
@@ -36,67 +35,6 @@ from servekit.tokenizer import load_tokenizer
 FINGERPRINT = "test-model"
 VOCAB = 262
 MAX_LEN = 256
-
-
-def next_token(fed: list[int]) -> int:
-    return (
-        int.from_bytes(hashlib.blake2b(str(fed).encode(), digest_size=4).digest(), "little") % 250
-    )
-
-
-class FakeWorker:
-    """Follows plans over the real stream; its "model" hashes every token it was fed."""
-
-    def __init__(self, target: str, worker_id: str = "w0", fingerprint: str = FINGERPRINT):
-        self.target = target
-        self.hello = wk.WorkerHello(
-            worker_id=worker_id,
-            model_fingerprint=fingerprint,
-            num_blocks=32,
-            block_size=4,
-            block_bytes=16,
-            max_model_len=MAX_LEN,
-            device="cpu",
-            vocab_size=VOCAB,
-        )
-        self.fed: dict[int, list[int]] = {}
-        self.last: dict[int, int | None] = {}
-        self.joined = asyncio.Event()
-        self.step_delay_s = 0.0
-
-    def step(self, plan: wk.StepPlan) -> wk.StepResult:
-        for seq in plan.drop:
-            self.fed.pop(seq)
-        for s in plan.start:
-            self.fed[s.seq] = []
-            self.last[s.seq] = s.last_token if s.HasField("last_token") else None
-        out = wk.StepResult(step_id=plan.step_id)
-        for c in plan.prefill:
-            self.fed[c.seq].extend(c.token_ids)
-            if c.sample:
-                tok = self.last[c.seq] = next_token(self.fed[c.seq])
-                out.seqs.append(c.seq)
-                out.tokens.append(tok)
-        for seq in plan.decode:
-            self.fed[seq].append(self.last[seq])
-            tok = self.last[seq] = next_token(self.fed[seq])
-            out.seqs.append(seq)
-            out.tokens.append(tok)
-        return out
-
-    async def run(self) -> None:
-        async with grpc.aio.insecure_channel(self.target) as channel:
-            call = wk_grpc.StepLinkStub(channel).Connect()
-            await call.write(wk.WorkerMessage(hello=self.hello))
-            while True:
-                msg = await call.read()
-                if msg is grpc.aio.EOF or msg.HasField("goodbye"):
-                    return
-                if msg.HasField("accepted"):
-                    self.joined.set()
-                    continue
-                await asyncio.sleep(self.step_delay_s)
-                await call.write(wk.WorkerMessage(result=self.step(msg.plan)))
 
 
 @pytest.fixture
@@ -132,9 +70,9 @@ async def server() -> AsyncIterator[tuple[str, Frontend]]:
 
 
 @pytest.fixture
-async def worker(server) -> AsyncIterator[FakeWorker]:
+async def worker(server) -> AsyncIterator[LinkWorker]:
     target, _ = server
-    fake = FakeWorker(target)
+    fake = LinkWorker(target, fingerprint=FINGERPRINT, vocab_size=VOCAB, max_model_len=MAX_LEN)
     task = asyncio.create_task(fake.run())
     await asyncio.wait_for(fake.joined.wait(), 5)
     yield fake
@@ -280,8 +218,14 @@ async def test_cancel_rpc_ends_the_stream(server, worker):
 async def test_workers_of_another_model_or_a_taken_id_are_refused(server, worker):
     target, _ = server
     for fake, code in (
-        (FakeWorker(target, "w1", fingerprint="other"), grpc.StatusCode.FAILED_PRECONDITION),
-        (FakeWorker(target, "w0"), grpc.StatusCode.ALREADY_EXISTS),
+        (
+            LinkWorker(target, "w1", fingerprint="other", max_model_len=MAX_LEN),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+        (
+            LinkWorker(target, "w0", fingerprint=FINGERPRINT, max_model_len=MAX_LEN),
+            grpc.StatusCode.ALREADY_EXISTS,
+        ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(fake.run(), 5)
@@ -297,9 +241,9 @@ async def test_a_worker_leaving_mid_request_loses_nothing(server, worker):
         pending = asyncio.create_task(collect(stub, request(max_tokens=30)))
         await asyncio.sleep(0.05)
         # w0 dies; w1 joins and recomputes the request from its token ids.
-        replacement = FakeWorker(target, "w1")
+        replacement = LinkWorker(target, "w1", fingerprint=FINGERPRINT, max_model_len=MAX_LEN)
         for task in asyncio.all_tasks():
-            if task.get_coro().__qualname__.startswith("FakeWorker.run") and task is not pending:
+            if task.get_coro().__qualname__.startswith("LinkWorker.run") and task is not pending:
                 task.cancel()
         runner = asyncio.create_task(replacement.run())
         tokens, last = await asyncio.wait_for(pending, 10)
