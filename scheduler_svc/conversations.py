@@ -40,6 +40,10 @@ class ConversationBusy(FailedPrecondition):
 
 
 class Conversations:
+    """Owns every open conversation: its exact history ids, tenant, ttl and whether a turn is in
+    progress. Called by the frontend at the start and end of each turn. Invariant: a conversation
+    has at most one turn in progress and is seen only by its own tenant."""
+
     def __init__(
         self,
         tokenizer: Tokenizer,
@@ -58,17 +62,18 @@ class Conversations:
         return len(self._by_id)
 
     def open(
-        self, conversation_id: str, tenant: str, *, system: str | None, ttl_s: float
+        self, conversation_id: str | None, tenant: str, *, system: str | None, ttl_s: float | None
     ) -> Conversation:
-        """The conversation to continue, or a new one when `conversation_id` is empty.
+        """The conversation to continue, or a new one when `conversation_id` is None; `ttl_s`
+        None keeps its ttl (a new one gets the default).
 
         NotFound for an unknown, expired or other tenant's id; InvalidArgument for a bad ttl;
         ConversationBusy while a turn is in progress; ResourceExhausted when the table is full.
         """
         now = self._clock()
-        if ttl_s < 0:
+        if ttl_s is not None and ttl_s < 0:
             raise InvalidArgument(f"ttl_s must be >= 0, got {ttl_s}")
-        if conversation_id:
+        if conversation_id is not None:
             conv = self._by_id.get(conversation_id)
             if conv is None or conv.tenant != tenant or self._expired(conv, now):
                 raise NotFound(f"conversation {conversation_id!r} (unknown, expired or not yours)")
@@ -76,7 +81,7 @@ class Conversations:
                 raise ConversationBusy(f"conversation {conversation_id} has a turn in progress")
             if system:
                 raise InvalidArgument("system is only accepted on a conversation's first turn")
-            if ttl_s:
+            if ttl_s is not None:
                 conv.ttl_s = ttl_s
             return conv
         self.expire()
@@ -85,7 +90,7 @@ class Conversations:
         conv = Conversation(
             conversation_id="conv-" + secrets.token_hex(12),
             tenant=tenant,
-            ttl_s=ttl_s or self._default_ttl_s,
+            ttl_s=self._default_ttl_s if ttl_s is None else ttl_s,
             last_used_s=now,
             system=system or None,
         )

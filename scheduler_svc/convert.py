@@ -54,11 +54,11 @@ def new_request(msg: api.GenerateRequest) -> NewRequest:
 def new_turn(msg: api.ChatRequest) -> NewTurn:
     """A chat turn; its prompt ids come from the conversation (the frontend fills them)."""
     return NewTurn(
-        conversation_id=msg.conversation_id,
+        conversation_id=msg.conversation_id or None,
         tenant=msg.tenant or "default",
         system=msg.system or None,
         message=msg.message,
-        ttl_s=msg.ttl_s,
+        ttl_s=msg.ttl_s or None,
         request=_new_request(msg, None, None),
     )
 

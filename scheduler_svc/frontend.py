@@ -55,11 +55,11 @@ class NewRequest:
 class NewTurn:
     """One chat turn as the public API received it."""
 
-    conversation_id: str
+    conversation_id: str | None  # None: start a new conversation
     tenant: str
     system: str | None
     message: str
-    ttl_s: float
+    ttl_s: float | None  # None: keep the conversation's (or the default) ttl
     request: NewRequest  # sampling, priority, request id; no prompt
 
 
@@ -93,6 +93,12 @@ class RequestStream:
 
 
 class Frontend:
+    """The scheduler's asyncio layer: validates and tokenizes requests at the edge, owns the
+    request streams and the conversation table, and runs one session per worker (plan, exchange,
+    update). Called by the servicers; calls the core, and pokes the host agent when the core
+    queued host work. Invariant: every core call happens on the event loop thread, and every
+    stream it opened is closed once (a live request whose client left is cancelled)."""
+
     def __init__(
         self,
         core: SchedulerCore,

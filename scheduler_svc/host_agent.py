@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 
 
 class HostAgent:
+    """Owns the channel to the KV store and the tasks running host ops (bounded by
+    `max_in_flight`). Woken by the frontend when the core queued ops; hands each answer back to the
+    core (``on_reserved``, ``on_pinned``, ``on_looked_up``, ``on_host_failed``) and then tells the
+    frontend something changed. Invariant: every task it starts is awaited or cancelled by
+    ``run`` before it returns."""
+
     def __init__(
         self,
         core: SchedulerCore,
