@@ -3,7 +3,7 @@
 A turn's prompt is the history's ids followed by the new message rendered through the model's chat
 template — never a re-tokenisation of the whole text, so the ids (and the KV they index) of earlier
 turns are reused exactly. Plain code, no gRPC; a conversation belongs to one tenant, and another
-tenant's id is simply unknown (KeyError → NOT_FOUND), so ids leak nothing.
+tenant's id is simply unknown (NotFound), so ids leak nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from scheduler_svc.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    invalid_argument,
+)
 from servekit.tokenizer import Tokenizer
 
 
@@ -28,11 +35,15 @@ class Conversation:
     busy: bool = False
 
 
-class ConversationBusy(RuntimeError):
+class ConversationBusy(FailedPrecondition):
     """A turn of this conversation is still being generated."""
 
 
 class Conversations:
+    """Owns every open conversation: its exact history ids, tenant, ttl and whether a turn is in
+    progress. Called by the frontend at the start and end of each turn. Invariant: a conversation
+    has at most one turn in progress and is seen only by its own tenant."""
+
     def __init__(
         self,
         tokenizer: Tokenizer,
@@ -51,33 +62,35 @@ class Conversations:
         return len(self._by_id)
 
     def open(
-        self, conversation_id: str, tenant: str, *, system: str | None, ttl_s: float
+        self, conversation_id: str | None, tenant: str, *, system: str | None, ttl_s: float | None
     ) -> Conversation:
-        """The conversation to continue, or a new one when `conversation_id` is empty.
+        """The conversation to continue, or a new one when `conversation_id` is None; `ttl_s`
+        None keeps its ttl (a new one gets the default).
 
-        KeyError for an unknown, expired or other tenant's id; ValueError for a bad ttl.
+        NotFound for an unknown, expired or other tenant's id; InvalidArgument for a bad ttl;
+        ConversationBusy while a turn is in progress; ResourceExhausted when the table is full.
         """
         now = self._clock()
-        if ttl_s < 0:
-            raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
-        if conversation_id:
+        if ttl_s is not None and ttl_s < 0:
+            raise InvalidArgument(f"ttl_s must be >= 0, got {ttl_s}")
+        if conversation_id is not None:
             conv = self._by_id.get(conversation_id)
             if conv is None or conv.tenant != tenant or self._expired(conv, now):
-                raise KeyError(f"conversation {conversation_id!r} (unknown, expired or not yours)")
+                raise NotFound(f"conversation {conversation_id!r} (unknown, expired or not yours)")
             if conv.busy:
                 raise ConversationBusy(f"conversation {conversation_id} has a turn in progress")
             if system:
-                raise ValueError("system is only accepted on a conversation's first turn")
-            if ttl_s:
+                raise InvalidArgument("system is only accepted on a conversation's first turn")
+            if ttl_s is not None:
                 conv.ttl_s = ttl_s
             return conv
         self.expire()
         if len(self._by_id) >= self._max:
-            raise OverflowError(f"too many open conversations ({self._max})")
+            raise ResourceExhausted(f"too many open conversations ({self._max})")
         conv = Conversation(
             conversation_id="conv-" + secrets.token_hex(12),
             tenant=tenant,
-            ttl_s=ttl_s or self._default_ttl_s,
+            ttl_s=self._default_ttl_s if ttl_s is None else ttl_s,
             last_used_s=now,
             system=system or None,
         )
@@ -87,12 +100,14 @@ class Conversations:
     def begin_turn(self, conv: Conversation, message: str) -> list[int]:
         """Prompt ids of the next turn: history + the message, ready for the model's reply."""
         if not message:
-            raise ValueError("message is empty")
+            raise InvalidArgument("message is empty")
         if conv.turns == 0:
             messages = [("system", conv.system)] if conv.system else []
-            prompt = self._tokenizer.apply_chat_template([*messages, ("user", message)])
+            with invalid_argument():
+                prompt = self._tokenizer.apply_chat_template([*messages, ("user", message)])
         else:
-            rendered = self._tokenizer.apply_chat_template([("user", message)])
+            with invalid_argument():
+                rendered = self._tokenizer.apply_chat_template([("user", message)])
             bos = self._tokenizer.bos_token_id
             if bos is not None and rendered[:1] == [bos]:
                 rendered = rendered[1:]  # the history already starts with it
@@ -114,10 +129,10 @@ class Conversations:
         conv.turns += 1
 
     def end(self, conversation_id: str, tenant: str) -> Conversation:
-        """Deletes a conversation (KeyError if unknown or another tenant's)."""
+        """Deletes a conversation (NotFound if unknown or another tenant's)."""
         conv = self._by_id.get(conversation_id)
         if conv is None or conv.tenant != tenant:
-            raise KeyError(f"conversation {conversation_id!r} (unknown, expired or not yours)")
+            raise NotFound(f"conversation {conversation_id!r} (unknown, expired or not yours)")
         del self._by_id[conversation_id]
         return conv
 

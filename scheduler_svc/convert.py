@@ -6,9 +6,11 @@ import itertools
 
 from proto import scheduler_pb2 as api
 from proto import worker_pb2 as wk
+from scheduler_svc.deltas import Delta
 from scheduler_svc.frontend import NewRequest, NewTurn
 from scheduler_svc.plan import StepOutput, StepPlan, SwapOrder
 from scheduler_svc.request import FinishReason, Request, Sampling
+from scheduler_svc.stats import SchedulerStats, TenantStats, WorkerStats
 from scheduler_svc.workers import WorkerInfo
 from servekit.runs import BlockRun
 
@@ -52,11 +54,11 @@ def new_request(msg: api.GenerateRequest) -> NewRequest:
 def new_turn(msg: api.ChatRequest) -> NewTurn:
     """A chat turn; its prompt ids come from the conversation (the frontend fills them)."""
     return NewTurn(
-        conversation_id=msg.conversation_id,
+        conversation_id=msg.conversation_id or None,
         tenant=msg.tenant or "default",
         system=msg.system or None,
         message=msg.message,
-        ttl_s=msg.ttl_s,
+        ttl_s=msg.ttl_s or None,
         request=_new_request(msg, None, None),
     )
 
@@ -81,6 +83,80 @@ def metrics(req: Request) -> api.RequestMetrics:
     return out
 
 
+def chunk(req: Request, delta: Delta) -> api.GenerateChunk:
+    """One streamed chunk; the last one carries the finish reason and the request's metrics."""
+    out = api.GenerateChunk(
+        request_id=req.request_id,
+        token_ids=delta.token_ids,
+        text=delta.text,
+        worker_id=req.worker_id or "",
+    )
+    if delta.finished:
+        if req.finish_reason is not None:
+            out.finish_reason = FINISH[req.finish_reason]
+        out.metrics.CopyFrom(metrics(req))
+    return out
+
+
+def stats(s: SchedulerStats, *, policy: str, mode: str) -> api.StatsResponse:
+    c = s.counters
+    out = api.StatsResponse(
+        waiting=s.waiting,
+        running=s.running,
+        swapped=s.swapped,
+        finished=c.finished,
+        cancelled=c.cancelled,
+        failed=c.failed,
+        preemptions=c.preemptions,
+        swap_outs=c.swap_outs,
+        swap_ins=c.swap_ins,
+        recomputes=c.recomputes,
+        swap_out_bytes=c.swap_out_bytes,
+        swap_in_bytes=c.swap_in_bytes,
+        reuse_hit_tokens=c.reuse_hit_tokens,
+        swap_bytes_avoided=c.swap_bytes_avoided,
+        retained_lookups=c.retained_lookups,
+        retained_hit_blocks=c.retained_hit_blocks,
+        offloaded_blocks=c.offloaded_blocks,
+        policy=policy,
+        mode=mode,
+    )
+    out.tenants.extend(_tenant(t) for t in s.tenants)
+    out.workers.extend(_worker(w) for w in s.workers)
+    return out
+
+
+def _tenant(t: TenantStats) -> api.TenantStats:
+    return api.TenantStats(
+        tenant=t.tenant,
+        virtual_counter=t.virtual_counter,
+        prompt_tokens=t.prompt_tokens,
+        output_tokens=t.output_tokens,
+        waiting=t.waiting,
+        running=t.running,
+        finished=t.finished,
+        weight=t.weight,
+    )
+
+
+def _worker(w: WorkerStats) -> api.WorkerStats:
+    return api.WorkerStats(
+        worker_id=w.worker_id,
+        device=w.device,
+        num_blocks=w.num_blocks,
+        free_blocks=w.free_blocks,
+        running=w.running,
+        steps=w.steps,
+        mean_step_s=w.mean_step_s,
+        swap_out_bytes=w.swap_out_bytes,
+        swap_in_bytes=w.swap_in_bytes,
+        largest_free_run=w.largest_free_run,
+        step_s_total=w.step_s_total,
+        idle_s_total=w.idle_s_total,
+        forward_s_total=w.forward_s_total,
+    )
+
+
 def worker_info(hello: wk.WorkerHello) -> WorkerInfo:
     return WorkerInfo(
         worker_id=hello.worker_id,
@@ -89,7 +165,7 @@ def worker_info(hello: wk.WorkerHello) -> WorkerInfo:
         block_bytes=hello.block_bytes,
         max_model_len=hello.max_model_len,
         device=hello.device,
-        address=hello.address,
+        address=hello.address or None,
     )
 
 
@@ -134,9 +210,9 @@ def plan_to_proto(plan: StepPlan) -> wk.StepPlan:
             seq=o.seq,
             copies=_copies(o),
             lease_id=o.lease_id,
-            block_hashes=o.block_hashes,
-            tenant=o.tenant,
-            ttl_s=o.ttl_s,
+            block_hashes=[h or b"" for h in o.block_hashes],  # b"": a private block
+            tenant=o.tenant or "",
+            ttl_s=o.ttl_s or 0.0,
         )
     msg.cancel_swap_out.extend(plan.cancel_swap_out)
     return msg

@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 
 from scheduler_svc.conversations import Conversation, Conversations
 from scheduler_svc.core import SchedulerCore
+from scheduler_svc.deltas import Delta, TextDelta
+from scheduler_svc.errors import InvalidArgument, NotFound, Unavailable, invalid_argument
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.request import GenerationLimits, Request, Sampling, TokenEvent
 from scheduler_svc.workers import WorkerInfo
@@ -53,20 +55,22 @@ class NewRequest:
 class NewTurn:
     """One chat turn as the public API received it."""
 
-    conversation_id: str
+    conversation_id: str | None  # None: start a new conversation
     tenant: str
     system: str | None
     message: str
-    ttl_s: float
+    ttl_s: float | None  # None: keep the conversation's (or the default) ttl
     request: NewRequest  # sampling, priority, request id; no prompt
 
 
 class RequestStream:
-    """Events of one request, in order; the last one has ``finished`` set."""
+    """Events of one request, in order; the last one has ``finished`` set. Filled by the
+    frontend's worker sessions, read by one API call as deltas (tokens + detokenised text)."""
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, tokenizer: Tokenizer) -> None:
         self.request = request
         self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self._text = TextDelta(tokenizer)
 
     def put(self, event: TokenEvent) -> None:
         self._queue.put_nowait(event)
@@ -80,8 +84,21 @@ class RequestStream:
             out.append(self._queue.get_nowait())
         return out
 
+    async def next_delta(self) -> Delta:
+        """Waits for the next event, then takes every event already queued with it."""
+        events = [await self.next(), *self.drain_ready()]
+        finished = any(e.finished for e in events)
+        tokens = tuple(t for e in events for t in e.token_ids)
+        return Delta(tokens, self._text.next(self.request.output_ids, finished), finished)
+
 
 class Frontend:
+    """The scheduler's asyncio layer: validates and tokenizes requests at the edge, owns the
+    request streams and the conversation table, and runs one session per worker (plan, exchange,
+    update). Called by the servicers; calls the core, and pokes the host agent when the core
+    queued host work. Invariant: every core call happens on the event loop thread, and every
+    stream it opened is closed once (a live request whose client left is cancelled)."""
+
     def __init__(
         self,
         core: SchedulerCore,
@@ -112,37 +129,42 @@ class Frontend:
     # ---------------------------------------------------------------- requests
 
     def prepare_tenant(self, tenant: str) -> str:
-        """The tenant's name ("" is "default"); ValueError if malformed or not configured."""
+        """The tenant's name ("" is "default"); InvalidArgument if malformed or not configured."""
         tenant = tenant or "default"
         if not _TENANT.match(tenant):
-            raise ValueError(f"tenant must be 1-64 characters of [A-Za-z0-9_.:@-], got {tenant!r}")
+            raise InvalidArgument(
+                f"tenant must be 1-64 characters of [A-Za-z0-9_.:@-], got {tenant!r}"
+            )
         if self._tenants is not None and tenant not in self._tenants:
-            raise ValueError(f"unknown tenant {tenant!r} (configured: {sorted(self._tenants)})")
+            raise InvalidArgument(
+                f"unknown tenant {tenant!r} (configured: {sorted(self._tenants)})"
+            )
         return tenant
 
     def prepare(self, new: NewRequest) -> tuple[list[int], Sampling, GenerationLimits, str]:
-        """Validates and tokenizes; ValueError with the offending value otherwise."""
+        """Validates and tokenizes; InvalidArgument with the offending value otherwise."""
         tenant = self.prepare_tenant(new.tenant)
         if (new.prompt_text is None) == (new.prompt_ids is None):
-            raise ValueError("give exactly one of prompt text or prompt token ids")
+            raise InvalidArgument("give exactly one of prompt text or prompt token ids")
         if new.max_tokens > self._max_tokens_limit:
-            raise ValueError(
+            raise InvalidArgument(
                 f"max_tokens must be <= {self._max_tokens_limit}, got {new.max_tokens}"
             )
-        if new.prompt_text is not None:
-            prompt_ids = self.tokenizer.encode_prompt(new.prompt_text)
-        else:
-            prompt_ids = list(new.prompt_ids or [])
-        validate_generation(
-            prompt_ids,
-            new.max_tokens,
-            vocab_size=self._vocab_size,
-            max_model_len=self._max_model_len,
-        )
-        validate_sampling(new.temperature, new.top_p, new.top_k, new.seed)
+        with invalid_argument():
+            if new.prompt_text is not None:
+                prompt_ids = self.tokenizer.encode_prompt(new.prompt_text)
+            else:
+                prompt_ids = list(new.prompt_ids or [])
+            validate_generation(
+                prompt_ids,
+                new.max_tokens,
+                vocab_size=self._vocab_size,
+                max_model_len=self._max_model_len,
+            )
+            validate_sampling(new.temperature, new.top_p, new.top_k, new.seed)
         for t in new.stop_token_ids:
             if not 0 <= t < self._vocab_size:
-                raise ValueError(
+                raise InvalidArgument(
                     f"stop token id {t} is outside the vocabulary [0, {self._vocab_size})"
                 )
         sampling = Sampling(new.temperature, new.top_p, new.top_k, new.seed)
@@ -154,11 +176,12 @@ class Frontend:
         return prompt_ids, sampling, limits, tenant
 
     async def open(self, new: NewRequest, *, retain_ttl_s: float | None = None) -> RequestStream:
-        """Queues a request. Raises ValueError (bad input) or SchedulingError (cannot fit)."""
+        """Queues a request. Raises Unavailable (no worker, or shutting down), InvalidArgument
+        (bad input) or ResourceExhausted (it cannot fit)."""
         if self._closing:
-            raise ConnectionAbortedError("the scheduler is shutting down")
+            raise Unavailable("the scheduler is shutting down")
         if not self.core.workers:
-            raise ConnectionRefusedError("no worker has joined yet")
+            raise Unavailable("no worker has joined yet")
         prompt_ids, sampling, limits, tenant = self.prepare(new)
         req = self.core.submit(
             prompt_ids=prompt_ids,
@@ -169,7 +192,7 @@ class Frontend:
             request_id=new.request_id,
             retain_ttl_s=retain_ttl_s if retain_ttl_s is not None else self.retain_generate_ttl_s,
         )
-        stream = RequestStream(req)
+        stream = RequestStream(req, self.tokenizer)
         self._streams[req.request_id] = stream
         await self.notify()
         return stream
@@ -214,7 +237,7 @@ class Frontend:
         event = self.core.cancel(request_id)
         if event is None:
             if self.core.get(request_id) is None:
-                raise KeyError(f"request {request_id!r}")
+                raise NotFound(f"request {request_id!r} not found")
             return False
         self._dispatch([event])
         await self.notify()
@@ -222,7 +245,7 @@ class Frontend:
 
     async def set_priority(self, request_id: str, priority: int) -> None:
         if not self.core.set_priority(request_id, priority):
-            raise KeyError(f"request {request_id!r}")
+            raise NotFound(f"request {request_id!r} not found")
         await self.notify()
 
     def _poke_host_agent(self) -> None:
@@ -249,7 +272,8 @@ class Frontend:
     ) -> None:
         """Runs one worker until its stream ends (or this task is cancelled).
 
-        Raises SchedulingError (nothing changed) if a worker of that id has already joined.
+        Raises AlreadyExists or FailedPrecondition (nothing changed) if a worker of that id has
+        already joined or it uses another block size.
         """
         self.core.add_worker(info)
         await joined()

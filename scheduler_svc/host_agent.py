@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 
 
 class HostAgent:
+    """Owns the channel to the KV store and the tasks running host ops (bounded by
+    `max_in_flight`). Woken by the frontend when the core queued ops; hands each answer back to the
+    core (``on_reserved``, ``on_pinned``, ``on_looked_up``, ``on_host_failed``) and then tells the
+    frontend something changed. Invariant: every task it starts is awaited or cancelled by
+    ``run`` before it returns."""
+
     def __init__(
         self,
         core: SchedulerCore,
@@ -81,7 +87,7 @@ class HostAgent:
                 pin = await stub.Pin(
                     kv.PinRequest(
                         blocks=op.blocks,
-                        block_hashes=op.hashes,
+                        block_hashes=_wire(op.hashes),
                         lease_s=self._lease_s,
                         owner=f"seq-{op.seq}",
                     ),
@@ -89,11 +95,15 @@ class HostAgent:
                 )
                 self._core.on_pinned(op.seq, pin.lease_id)
             elif op.kind is HostOpKind.LOOKUP:
-                found = await stub.Lookup(kv.LookupRequest(block_hashes=op.hashes), timeout=t)
+                found = await stub.Lookup(
+                    kv.LookupRequest(block_hashes=_wire(op.hashes)), timeout=t
+                )
                 self._core.on_looked_up(op.seq, list(found.blocks))
             elif op.kind is HostOpKind.FREE:
-                await stub.Free(kv.FreeRequest(blocks=op.blocks, block_hashes=op.hashes), timeout=t)
-            else:
+                await stub.Free(
+                    kv.FreeRequest(blocks=op.blocks, block_hashes=_wire(op.hashes)), timeout=t
+                )
+            elif op.lease_id is not None:
                 await stub.Release(kv.ReleaseRequest(lease_id=op.lease_id), timeout=t)
         except grpc.aio.AioRpcError as err:
             if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
@@ -104,3 +114,8 @@ class HostAgent:
                     extra={"op": op.kind.value, "seq": op.seq, "why": err.code().name},
                 )
         await self._changed()
+
+
+def _wire(hashes: tuple[bytes | None, ...]) -> list[bytes]:
+    """Block hashes as the store's messages carry them (b"": a private block)."""
+    return [h or b"" for h in hashes]

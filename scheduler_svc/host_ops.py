@@ -33,8 +33,9 @@ class HostOp(NamedTuple):
     seq: int
     num_blocks: int = 0
     blocks: tuple[int, ...] = ()
-    lease_id: str = ""
-    hashes: tuple[bytes, ...] = ()  # PIN: expected content (parallel to blocks); LOOKUP, FREE
+    lease_id: str | None = None  # RELEASE
+    # PIN: expected content, parallel to blocks (None: a private block); LOOKUP, FREE: hashes
+    hashes: tuple[bytes | None, ...] = ()
 
 
 def pair_runs(device_ids: Sequence[int], host_ids: Sequence[int]) -> list[RunCopy]:

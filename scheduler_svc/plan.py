@@ -34,10 +34,14 @@ class PrefillChunk(NamedTuple):
     sample: bool
 
 
-class RunCopy(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class RunCopy:
+    """`count` blocks copied between device blocks from `device_start` and host blocks from
+    `host_start` (a dataclass: a NamedTuple's own ``count`` method would shadow the field)."""
+
     device_start: int
     host_start: int
-    count: int  # type: ignore[assignment]
+    count: int
 
 
 class SwapOrder(NamedTuple):
@@ -46,9 +50,11 @@ class SwapOrder(NamedTuple):
     seq: int
     copies: tuple[RunCopy, ...]
     lease_id: str
-    block_hashes: tuple[bytes, ...] = ()
-    tenant: str = ""
-    ttl_s: float = 0.0
+    # Swap-out with retention: each host block's content hash (None: private), the tenant that
+    # owns them and how long they stay (0: until evicted).
+    block_hashes: tuple[bytes | None, ...] = ()
+    tenant: str | None = None
+    ttl_s: float | None = None
 
 
 @dataclass(slots=True)

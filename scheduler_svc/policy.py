@@ -31,6 +31,9 @@ class Policy(Protocol):
 
     def counter(self, tenant: str) -> float: ...
 
+    def weight(self, tenant: str) -> float:
+        """The tenant's share of service (1 unless configured)."""
+
     def outranks(self, a: Request, b: Request, margin: float) -> bool:
         """Whether `a` should preempt `b` (by more than `margin` where that means anything)."""
 
@@ -49,6 +52,9 @@ class FcfsPolicy:
 
     def counter(self, tenant: str) -> float:
         return 0.0
+
+    def weight(self, tenant: str) -> float:
+        return 1.0
 
     def outranks(self, a: Request, b: Request, margin: float) -> bool:
         return False  # arrival order never preempts; only memory pressure does

@@ -90,14 +90,14 @@ class Request:
     host_tokens: int = 0
     # An in-flight swap: its store lease, the host blocks it writes, tokens it covers, and
     # whether its order went to the worker (then device blocks stay until it is reported done).
-    swap_lease: str = ""
+    swap_lease: str | None = None
     swap_host_blocks: list[int] = field(default_factory=list)
     swap_tokens: int = 0
     swap_sent: bool = False
     # Content addresses of the full blocks of prompt + output (a prefix of them, cached), the
-    # hash of each host block (b"" = private), and retention of a finished request's KV.
+    # hash of each host block (None = private), and retention of a finished request's KV.
     hashes: list[bytes] = field(default_factory=list)
-    host_hashes: list[bytes] = field(default_factory=list)
+    host_hashes: list[bytes | None] = field(default_factory=list)
     lookup: LookupState = LookupState.NONE
     offloading: bool = False
     # Its swap-in completed and it has not computed since (rank preemption spares it).
@@ -105,7 +105,7 @@ class Request:
     # Retain the KV when it finishes, with this ttl (0: no expiry); None: free it at once.
     retain_ttl_s: float | None = None
     finish_reason: FinishReason | None = None
-    finish_message: str = ""
+    finish_message: str | None = None
     # Timing and counters, reported in RequestMetrics.
     first_scheduled_s: float | None = None
     token_times: list[float] = field(default_factory=list)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from proto import scheduler_pb2_grpc as api_grpc
 from proto import worker_pb2_grpc as wk_grpc
-from scheduler_svc.core import CoreConfig, SchedulerCore
+from scheduler_svc.config import CoreConfig
+from scheduler_svc.core import SchedulerCore
 from scheduler_svc.frontend import Frontend
 from scheduler_svc.host_agent import HostAgent
 from scheduler_svc.metrics import SchedulerMetrics
@@ -25,7 +26,6 @@ from servekit.service import GrpcService, run
 from servekit.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,20 @@
-"""The scheduler's view of one worker: its device blocks (the scheduler owns their allocation),
-the requests resident on it, and what its next plan must tell it regardless of new work."""
+"""The scheduler's view of its workers: each one's device blocks (the scheduler owns their
+allocation), the requests resident on it, and what its next plan must tell it regardless of new
+work; and the registry of workers that have joined."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from scheduler_svc.block_groups import BlockGroupAllocator
-from scheduler_svc.plan import SeqStart, SwapOrder
-from scheduler_svc.request import Request
+from scheduler_svc.errors import AlreadyExists, FailedPrecondition
+from scheduler_svc.plan import SeqStart, StepPlan, SwapOrder
+from scheduler_svc.request import Request, Status
+from scheduler_svc.stats import WorkerStats
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +25,7 @@ class WorkerInfo:
     block_bytes: int
     max_model_len: int
     device: str = "cpu"
-    address: str = ""
+    address: str | None = None
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -30,6 +37,10 @@ class WorkerInfo:
 
 @dataclass(slots=True)
 class WorkerSlot:
+    """One worker as the scheduler sees it. Invariant: its allocator's owners are exactly the
+    requests in ``running`` (resident here, whatever their status), and each owns blocks for at
+    least the tokens it has computed."""
+
     info: WorkerInfo
     allocator: BlockGroupAllocator
     # Requests whose state lives on this worker, by seq, in admission order.
@@ -58,3 +69,115 @@ class WorkerSlot:
     def take_drops(self) -> list[int]:
         drops, self.pending_drop = self.pending_drop, []
         return drops
+
+    def take_swap_orders(self, plan: StepPlan) -> None:
+        """Moves the swap orders whose host side is ready (and cancellations) into `plan`."""
+        plan.swap_out, self.swap_out_orders = self.swap_out_orders, []
+        for start, order in self.swap_in_orders:
+            plan.start.append(start)
+            plan.swap_in.append(order)
+        self.swap_in_orders = []
+        plan.cancel_swap_out, self.cancel_swap_out = self.cancel_swap_out, []
+        self.swaps_in_flight.update(o.seq for o in plan.swap_out)
+        self.swaps_in_flight.update(o.seq for o in plan.swap_in)
+
+    def blocks_leaving(self) -> int:
+        """Device blocks that come back once the swap-outs in progress are reported done."""
+        return sum(
+            self.allocator.num_blocks_of(r.seq)
+            for r in self.running.values()
+            if r.status == Status.SWAPPING_OUT
+        )
+
+    def stats(self) -> WorkerStats:
+        alloc = self.allocator.stats()
+        return WorkerStats(
+            worker_id=self.worker_id,
+            device=self.info.device,
+            num_blocks=self.info.num_blocks,
+            free_blocks=alloc.num_free,
+            largest_free_run=alloc.largest_free_run,
+            running=len(self.running),
+            steps=self.steps,
+            step_s_total=self.step_s_total,
+            forward_s_total=self.forward_s_total,
+            idle_s_total=self.idle_s_total,
+            swap_out_bytes=self.swap_out_bytes,
+            swap_in_bytes=self.swap_in_bytes,
+        )
+
+    def check_integrity(self) -> None:
+        self.allocator.check_integrity()
+        for seq, req in self.running.items():
+            assert req.seq == seq and req.worker_id == self.worker_id, f"bad residency {seq}"
+            assert not req.is_finished or req.swap_sent or req.offloading, f"{seq} finished"
+            need = self.info.blocks_for(req.num_computed)
+            assert self.allocator.num_blocks_of(seq) >= need, f"request {seq} lacks blocks"
+        for owner in self.allocator.owners():
+            assert owner in self.running, f"blocks owned by non-running {owner}"
+
+
+class WorkerRegistry:
+    """Owns the workers that have joined, by id, and the block size they all share (content
+    addresses depend on it). Called by the core when a worker joins or leaves, and by every part
+    that needs the slot a request is resident on. Invariant: no request is resident on two
+    workers."""
+
+    def __init__(self, growth_allowance: int) -> None:
+        self._growth_allowance = growth_allowance
+        self._slots: dict[str, WorkerSlot] = {}
+        self.block_size: int | None = None
+
+    def add(self, info: WorkerInfo) -> WorkerSlot:
+        """A new worker with an empty allocator. AlreadyExists or FailedPrecondition (nothing
+        changed) for a taken id or another block size."""
+        if info.worker_id in self._slots:
+            raise AlreadyExists(f"worker {info.worker_id!r} has already joined")
+        if self.block_size is not None and info.block_size != self.block_size:
+            raise FailedPrecondition(
+                f"worker {info.worker_id!r} uses {info.block_size}-token blocks; the others "
+                f"use {self.block_size} (content addresses depend on it)"
+            )
+        self.block_size = info.block_size
+        allocator = BlockGroupAllocator(info.num_blocks, growth_allowance=self._growth_allowance)
+        slot = WorkerSlot(info, allocator)
+        self._slots[info.worker_id] = slot
+        log.info("worker joined", extra={"worker": info.worker_id, "blocks": info.num_blocks})
+        return slot
+
+    def pop(self, worker_id: str) -> WorkerSlot | None:
+        return self._slots.pop(worker_id, None)
+
+    def get(self, worker_id: str) -> WorkerSlot | None:
+        return self._slots.get(worker_id)
+
+    def __getitem__(self, worker_id: str) -> WorkerSlot:
+        return self._slots[worker_id]
+
+    def slot_of(self, req: Request | None) -> WorkerSlot | None:
+        """The slot `req` is resident on, if any."""
+        if req is None or req.worker_id is None:
+            return None
+        return self._slots.get(req.worker_id)
+
+    def slots(self) -> dict[str, WorkerSlot]:
+        return self._slots
+
+    def __iter__(self) -> Iterator[WorkerSlot]:
+        return iter(self._slots.values())
+
+    def __bool__(self) -> bool:
+        return bool(self._slots)
+
+    def largest_capacity(self) -> int | None:
+        """The most tokens one worker's KV holds; None before any worker joined."""
+        return max((w.info.capacity_tokens for w in self._slots.values()), default=None)
+
+    def check_integrity(self) -> set[int]:
+        """Checks every slot; returns the seqs resident somewhere."""
+        seen: set[int] = set()
+        for slot in self._slots.values():
+            slot.check_integrity()
+            assert not seen & slot.running.keys(), "a request on two workers"
+            seen.update(slot.running)
+        return seen

@@ -1,4 +1,5 @@
-"""A fake worker and a fake KV store that follow the scheduler core's plans exactly.
+"""The scheduler tests' fakes: a worker and a KV store that follow the core's plans exactly, and
+the helpers that drive the core through its front door (``step``, ``drive``).
 
 The fake worker keeps KV only in its device blocks (one token id per slot) and rebuilds a
 sequence's history from its block table, so a plan that maps the wrong blocks, copies the wrong
@@ -8,10 +9,15 @@ Its "model" hashes the whole history it reads back.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 from dataclasses import dataclass, field
 
+import grpc
+
+from proto import worker_pb2 as wk
+from proto import worker_pb2_grpc as wk_grpc
 from scheduler_svc.core import SchedulerCore
 from scheduler_svc.host_ops import HostOpKind
 from scheduler_svc.plan import StepOutput, StepPlan, SwapOrder
@@ -315,3 +321,67 @@ def drive(core: SchedulerCore, workers: dict[str, FakeWorker], max_steps: int = 
         if not progressed:
             return plans
     raise AssertionError("did not drain")
+
+
+class LinkWorker:
+    """A worker that follows plans over the real StepLink stream (for the servicer tests); its
+    "model" hashes every token it was fed, like FakeWorker's."""
+
+    def __init__(
+        self,
+        target: str,
+        worker_id: str = "w0",
+        *,
+        fingerprint: str,
+        vocab_size: int = 262,
+        max_model_len: int = 256,
+    ):
+        self.target = target
+        self.hello = wk.WorkerHello(
+            worker_id=worker_id,
+            model_fingerprint=fingerprint,
+            num_blocks=32,
+            block_size=4,
+            block_bytes=16,
+            max_model_len=max_model_len,
+            device="cpu",
+            vocab_size=vocab_size,
+        )
+        self.fed: dict[int, list[int]] = {}
+        self.last: dict[int, int | None] = {}
+        self.joined = asyncio.Event()
+        self.step_delay_s = 0.0
+
+    def step(self, plan: wk.StepPlan) -> wk.StepResult:
+        for seq in plan.drop:
+            self.fed.pop(seq)
+        for s in plan.start:
+            self.fed[s.seq] = []
+            self.last[s.seq] = s.last_token if s.HasField("last_token") else None
+        out = wk.StepResult(step_id=plan.step_id)
+        for c in plan.prefill:
+            self.fed[c.seq].extend(c.token_ids)
+            if c.sample:
+                tok = self.last[c.seq] = next_token(self.fed[c.seq])
+                out.seqs.append(c.seq)
+                out.tokens.append(tok)
+        for seq in plan.decode:
+            self.fed[seq].append(self.last[seq])
+            tok = self.last[seq] = next_token(self.fed[seq])
+            out.seqs.append(seq)
+            out.tokens.append(tok)
+        return out
+
+    async def run(self) -> None:
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            call = wk_grpc.StepLinkStub(channel).Connect()
+            await call.write(wk.WorkerMessage(hello=self.hello))
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF or msg.HasField("goodbye"):
+                    return
+                if msg.HasField("accepted"):
+                    self.joined.set()
+                    continue
+                await asyncio.sleep(self.step_delay_s)
+                await call.write(wk.WorkerMessage(result=self.step(msg.plan)))

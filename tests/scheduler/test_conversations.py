@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scheduler_svc.conversations import ConversationBusy, Conversations
+from scheduler_svc.errors import InvalidArgument, NotFound
 from servekit.tokenizer import load_tokenizer
 
 
@@ -19,7 +20,7 @@ class Clock:
 def test_turns_append_exact_ids_and_close_the_reply():
     tok = load_tokenizer("tiny")
     convs = Conversations(tok)
-    conv = convs.open("", "t", system=None, ttl_s=0)
+    conv = convs.open(None, "t", system=None, ttl_s=None)
     p1 = convs.begin_turn(conv, "hi")
     assert p1 == tok.apply_chat_template([("user", "hi")])
     convs.end_turn(conv, p1, [65, 66], ok=True)
@@ -33,18 +34,18 @@ def test_turns_append_exact_ids_and_close_the_reply():
 def test_ttl_busy_and_privacy():
     clock = Clock()
     convs = Conversations(load_tokenizer("tiny"), default_ttl_s=10, clock=clock)
-    conv = convs.open("", "t", system="sys", ttl_s=0)
+    conv = convs.open(None, "t", system="sys", ttl_s=None)
     prompt = convs.begin_turn(conv, "x")
     with pytest.raises(ConversationBusy):
-        convs.open(conv.conversation_id, "t", system=None, ttl_s=0)
+        convs.open(conv.conversation_id, "t", system=None, ttl_s=None)
     clock.now = 100.0
     assert convs.expire() == []  # never expires mid-turn
     convs.end_turn(conv, prompt, [1], ok=True)
-    with pytest.raises(KeyError):
-        convs.open(conv.conversation_id, "other", system=None, ttl_s=0)
+    with pytest.raises(NotFound):
+        convs.open(conv.conversation_id, "other", system=None, ttl_s=None)
     clock.now = 111.0
-    with pytest.raises(KeyError):
-        convs.open(conv.conversation_id, "t", system=None, ttl_s=0)
+    with pytest.raises(NotFound):
+        convs.open(conv.conversation_id, "t", system=None, ttl_s=None)
     assert len(convs) == 1 and convs.expire() and len(convs) == 0
-    with pytest.raises(ValueError):
-        convs.open("", "t", system=None, ttl_s=-1)
+    with pytest.raises(InvalidArgument):
+        convs.open(None, "t", system=None, ttl_s=-1)

@@ -1,78 +1,25 @@
-"""The scheduler core on CPU, with a fake worker that follows plans exactly (no server, no model).
+"""The scheduler core on CPU, with the fake worker of sched_fakes.py (no server, no model).
 
-The fake's "model" is a hash of every token it was fed for a sequence, so a plan that feeds the
-wrong tokens, skips a chunk, or resumes a recomputed request from the wrong place changes the
+The fake's "model" is a hash of every token whose KV it holds for a sequence, so a plan that feeds
+the wrong tokens, skips a chunk, or resumes a recomputed request from the wrong place changes the
 output — the same greedy-invariance property the real engine must keep.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 
 import pytest
+from sched_fakes import FakeWorker, drive, step
 
-from scheduler_svc.core import CapacityError, CoreConfig, SchedulerCore, SchedulingError
-from scheduler_svc.plan import StepOutput, StepPlan
+from scheduler_svc.config import CoreConfig
+from scheduler_svc.core import SchedulerCore
+from scheduler_svc.errors import InvalidArgument, ResourceExhausted
 from scheduler_svc.policy import FcfsPolicy, make_policy
 from scheduler_svc.request import FinishReason, GenerationLimits, Sampling, Status
 from scheduler_svc.workers import WorkerInfo
 
 EOS = 255
-
-
-class FakeWorker:
-    """Executes plans like worker_svc would: drop, start, append, then compute."""
-
-    def __init__(self, info: WorkerInfo) -> None:
-        self.info = info
-        self.fed: dict[int, list[int]] = {}
-        self.blocks: dict[int, list[int]] = {}
-        self.last: dict[int, int | None] = {}
-        self.owner_of_block: dict[int, int] = {}
-
-    @staticmethod
-    def next_token(tokens: list[int]) -> int:
-        digest = hashlib.blake2b(bytes(str(tokens), "ascii"), digest_size=4).digest()
-        return int.from_bytes(digest, "little") % 250  # never EOS
-
-    def run(self, plan: StepPlan) -> StepOutput:
-        for seq in plan.drop:
-            for b in self.blocks.pop(seq, []):
-                del self.owner_of_block[b]
-            self.fed.pop(seq, None)
-            self.last.pop(seq, None)
-        for s in plan.start:
-            assert s.seq not in self.fed, f"seq {s.seq} started twice"
-            self.fed[s.seq] = []
-            self.last[s.seq] = s.last_token
-            self.blocks[s.seq] = []
-            self._append(s.seq, s.blocks)
-        for a in plan.append:
-            self._append(a.seq, a.blocks)
-        sampled: dict[int, int] = {}
-        for chunk in plan.prefill:
-            self.fed[chunk.seq].extend(chunk.token_ids)
-            self._check_room(chunk.seq)
-            if chunk.sample:
-                sampled[chunk.seq] = self.last[chunk.seq] = self.next_token(self.fed[chunk.seq])
-        for seq in plan.decode:
-            last = self.last[seq]
-            assert last is not None, f"decode of seq {seq} without a last token"
-            self.fed[seq].append(last)
-            self._check_room(seq)
-            sampled[seq] = self.last[seq] = self.next_token(self.fed[seq])
-        return StepOutput(step_id=plan.step_id, sampled=sampled)
-
-    def _append(self, seq: int, runs) -> None:
-        for run in runs:
-            for b in range(run.start, run.start + run.count):
-                assert b not in self.owner_of_block, f"block {b} given to two sequences"
-                self.owner_of_block[b] = seq
-                self.blocks[seq].append(b)
-
-    def _check_room(self, seq: int) -> None:
-        assert len(self.fed[seq]) <= len(self.blocks[seq]) * self.info.block_size
 
 
 def make_core(policy: str = "fcfs", **cfg) -> SchedulerCore:
@@ -95,24 +42,6 @@ def submit(core: SchedulerCore, prompt_len: int, max_tokens: int, tenant: str = 
     )
 
 
-def drive(core: SchedulerCore, workers: dict[str, FakeWorker], max_steps: int = 10_000):
-    """Runs every worker until no work is left; returns the plans seen."""
-    plans: list[StepPlan] = []
-    for _ in range(max_steps):
-        progressed = False
-        for wid, worker in workers.items():
-            plan = core.schedule(wid)
-            if plan is None:
-                continue
-            progressed = True
-            plans.append(plan)
-            core.update_from_output(wid, worker.run(plan))
-            core.check_integrity()
-        if not progressed:
-            return plans
-    raise AssertionError("did not drain")
-
-
 def outputs(reqs) -> list[list[int]]:
     return [list(r.output_ids) for r in reqs]
 
@@ -126,7 +55,7 @@ def test_requests_run_to_max_tokens_and_free_everything():
     assert core.workers["w0"].allocator.num_free == 64
     # The worker was told to forget every sequence, and holds nothing.
     assert sorted(itertools.chain.from_iterable(p.drop for p in plans)) == [r.seq for r in reqs]
-    assert w.fed == {} and w.owner_of_block == {}
+    assert w.seqs == {} and w.owner_of_block == {}
     assert core.schedule("w0") is None
 
 
@@ -134,8 +63,7 @@ def test_chunked_prefill_respects_budget_and_keeps_decodes_going():
     core = make_core(max_batched_tokens=8, max_prefill_chunk=8)
     w = add_worker(core, blocks=128)
     short = submit(core, 3, 20, seed=1)
-    plan = core.schedule("w0")
-    core.update_from_output("w0", w.run(plan))
+    step(core, "w0", w)
     long = submit(core, 40, 4, seed=2)
     steps = drive(core, {"w0": w})
     for plan in steps:
@@ -168,8 +96,7 @@ def test_preemption_takes_the_lowest_ranked_request():
     first = submit(core, 8, 16, seed=1)  # 2 blocks, grows to 6
     second = submit(core, 8, 16, seed=2)
     for _ in range(6):
-        plan = core.schedule("w0")
-        core.update_from_output("w0", w.run(plan))
+        step(core, "w0", w)
     assert second.preemptions >= 1 and first.preemptions == 0
     drive(core, {"w0": w})
     assert first.finish_reason is FinishReason.LENGTH
@@ -180,7 +107,7 @@ def test_cancel_frees_blocks_and_drops_on_the_worker():
     core = make_core()
     w = add_worker(core)
     req = submit(core, 10, 50)
-    core.update_from_output("w0", w.run(core.schedule("w0")))
+    step(core, "w0", w)
     assert core.workers["w0"].allocator.num_blocks_of(req.seq) > 0
     event = core.cancel(req.request_id)
     assert event is not None and event.finished and req.finish_reason is FinishReason.CANCELLED
@@ -188,7 +115,7 @@ def test_cancel_frees_blocks_and_drops_on_the_worker():
     plan = core.schedule("w0")
     assert plan is not None and plan.drop == [req.seq] and not plan.decode
     w.run(plan)
-    assert req.seq not in w.fed
+    assert req.seq not in w.seqs
     assert core.cancel(req.request_id) is None  # already finished
     core.check_integrity()
 
@@ -203,6 +130,7 @@ def test_cancel_while_waiting_and_tokens_of_cancelled_requests_are_ignored():
     plan = core.schedule("w0")
     core.cancel(running.request_id)
     events = core.update_from_output("w0", w.run(plan))
+    core.check_integrity()
     assert events == [] and running.output_ids == []
 
 
@@ -216,8 +144,9 @@ def test_worker_leaving_requeues_for_recompute_with_identical_output():
     w0 = add_worker(core, "w0")
     reqs = [submit(core, 6, 10, seed=i) for i in range(4)]
     for _ in range(4):
-        core.update_from_output("w0", w0.run(core.schedule("w0")))
+        step(core, "w0", w0)
     assert core.remove_worker("w0") == 4
+    core.check_integrity()
     assert all(r.status == Status.WAITING and r.num_computed == 0 for r in reqs)
     w1 = add_worker(core, "w1")
     drive(core, {"w1": w1})
@@ -252,17 +181,17 @@ def test_stop_tokens_and_eos():
 def test_bad_submissions():
     core = make_core(max_waiting=1)
     add_worker(core, blocks=4, bs=4)
-    with pytest.raises(CapacityError, match="exceed"):
+    with pytest.raises(ResourceExhausted, match="exceed"):
         submit(core, 10, 10)
     r = submit(core, 2, 2)
-    with pytest.raises(SchedulingError, match="already in use"):
+    with pytest.raises(InvalidArgument, match="already in use"):
         core.submit(
             prompt_ids=[1],
             sampling=Sampling(),
             limits=GenerationLimits(max_tokens=1),
             request_id=r.request_id,
         )
-    with pytest.raises(CapacityError, match="queue is full"):
+    with pytest.raises(ResourceExhausted, match="queue is full"):
         submit(core, 2, 2)
     with pytest.raises(ValueError, match="max_batched_tokens"):
         CoreConfig(max_batched_tokens=0)

@@ -7,7 +7,8 @@ import itertools
 
 from sched_fakes import FakeHost, FakeWorker, drive, step
 
-from scheduler_svc.core import CoreConfig, SchedulerCore
+from scheduler_svc.config import CoreConfig
+from scheduler_svc.core import SchedulerCore
 from scheduler_svc.policy import make_policy
 from scheduler_svc.request import FinishReason, GenerationLimits, Sampling
 

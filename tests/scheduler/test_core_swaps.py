@@ -8,7 +8,8 @@ import itertools
 import pytest
 from sched_fakes import FakeHost, FakeWorker, drive, step
 
-from scheduler_svc.core import CoreConfig, SchedulerCore
+from scheduler_svc.config import CoreConfig
+from scheduler_svc.core import SchedulerCore
 from scheduler_svc.policy import make_policy
 from scheduler_svc.request import FinishReason, GenerationLimits, Sampling, Status
 from scheduler_svc.workers import WorkerInfo
@@ -104,8 +105,7 @@ def test_kv_reuse_copies_only_new_blocks_on_the_second_swap_out():
         priority=0,
     )
     for _ in range(3):
-        w.host.serve(core)
-        core.update_from_output("w0", w.run(core.schedule("w0")))
+        step(core, "w0", w)
 
     def preempt_once():
         hi = core.submit(

@@ -4,88 +4,37 @@ worker speaking the real StepLink stream (no model, no processes)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from sched_fakes import LinkWorker, next_token
 
 from proto import scheduler_pb2 as api
 from proto import scheduler_pb2_grpc as api_grpc
-from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
-from scheduler_svc.core import CoreConfig, SchedulerCore
+from scheduler_svc.config import CoreConfig
+from scheduler_svc.conversations import ConversationBusy
+from scheduler_svc.core import SchedulerCore
+from scheduler_svc.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SchedulerError,
+    Unavailable,
+)
 from scheduler_svc.frontend import Frontend
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.policy import make_policy
-from scheduler_svc.servicer import FastSwitchServicer, StepLinkServicer
+from scheduler_svc.servicer import FastSwitchServicer, StepLinkServicer, status_for
 from servekit.service import GrpcService
 from servekit.tokenizer import load_tokenizer
 
 FINGERPRINT = "test-model"
 VOCAB = 262
 MAX_LEN = 256
-
-
-def next_token(fed: list[int]) -> int:
-    return (
-        int.from_bytes(hashlib.blake2b(str(fed).encode(), digest_size=4).digest(), "little") % 250
-    )
-
-
-class FakeWorker:
-    """Follows plans over the real stream; its "model" hashes every token it was fed."""
-
-    def __init__(self, target: str, worker_id: str = "w0", fingerprint: str = FINGERPRINT):
-        self.target = target
-        self.hello = wk.WorkerHello(
-            worker_id=worker_id,
-            model_fingerprint=fingerprint,
-            num_blocks=32,
-            block_size=4,
-            block_bytes=16,
-            max_model_len=MAX_LEN,
-            device="cpu",
-            vocab_size=VOCAB,
-        )
-        self.fed: dict[int, list[int]] = {}
-        self.last: dict[int, int | None] = {}
-        self.joined = asyncio.Event()
-        self.step_delay_s = 0.0
-
-    def step(self, plan: wk.StepPlan) -> wk.StepResult:
-        for seq in plan.drop:
-            self.fed.pop(seq)
-        for s in plan.start:
-            self.fed[s.seq] = []
-            self.last[s.seq] = s.last_token if s.HasField("last_token") else None
-        out = wk.StepResult(step_id=plan.step_id)
-        for c in plan.prefill:
-            self.fed[c.seq].extend(c.token_ids)
-            if c.sample:
-                tok = self.last[c.seq] = next_token(self.fed[c.seq])
-                out.seqs.append(c.seq)
-                out.tokens.append(tok)
-        for seq in plan.decode:
-            self.fed[seq].append(self.last[seq])
-            tok = self.last[seq] = next_token(self.fed[seq])
-            out.seqs.append(seq)
-            out.tokens.append(tok)
-        return out
-
-    async def run(self) -> None:
-        async with grpc.aio.insecure_channel(self.target) as channel:
-            call = wk_grpc.StepLinkStub(channel).Connect()
-            await call.write(wk.WorkerMessage(hello=self.hello))
-            while True:
-                msg = await call.read()
-                if msg is grpc.aio.EOF or msg.HasField("goodbye"):
-                    return
-                if msg.HasField("accepted"):
-                    self.joined.set()
-                    continue
-                await asyncio.sleep(self.step_delay_s)
-                await call.write(wk.WorkerMessage(result=self.step(msg.plan)))
 
 
 @pytest.fixture
@@ -121,9 +70,9 @@ async def server() -> AsyncIterator[tuple[str, Frontend]]:
 
 
 @pytest.fixture
-async def worker(server) -> AsyncIterator[FakeWorker]:
+async def worker(server) -> AsyncIterator[LinkWorker]:
     target, _ = server
-    fake = FakeWorker(target)
+    fake = LinkWorker(target, fingerprint=FINGERPRINT, vocab_size=VOCAB, max_model_len=MAX_LEN)
     task = asyncio.create_task(fake.run())
     await asyncio.wait_for(fake.joined.wait(), 5)
     yield fake
@@ -164,6 +113,15 @@ async def test_generate_streams_tokens_with_metrics(server, worker):
         assert last.finish_reason == api.FINISH_REASON_LENGTH
         assert last.metrics.ttft_s > 0 and len(last.metrics.tbt_s) == 5
         assert last.metrics.prompt_tokens == 3 and last.worker_id == "w0"
+    async with grpc.aio.insecure_channel(target) as ch:
+        stats = await api_grpc.FastSwitchStub(ch).GetStats(api.StatsRequest(), timeout=5)
+    assert stats.finished == 6 and stats.policy == "fcfs" and stats.mode == "fastswitch"
+    assert [(t.tenant, t.output_tokens, t.finished, t.weight) for t in stats.tenants] == [
+        ("a", 36, 6, 1.0)
+    ]
+    (w,) = stats.workers
+    assert (w.worker_id, w.num_blocks, w.free_blocks, w.running) == ("w0", 32, 32, 0)
+    assert w.steps > 0 and w.mean_step_s == pytest.approx(w.step_s_total / w.steps)
 
 
 async def test_text_prompts_are_tokenized_at_the_edge(server, worker):
@@ -260,8 +218,14 @@ async def test_cancel_rpc_ends_the_stream(server, worker):
 async def test_workers_of_another_model_or_a_taken_id_are_refused(server, worker):
     target, _ = server
     for fake, code in (
-        (FakeWorker(target, "w1", fingerprint="other"), grpc.StatusCode.FAILED_PRECONDITION),
-        (FakeWorker(target, "w0"), grpc.StatusCode.ALREADY_EXISTS),
+        (
+            LinkWorker(target, "w1", fingerprint="other", max_model_len=MAX_LEN),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+        (
+            LinkWorker(target, "w0", fingerprint=FINGERPRINT, max_model_len=MAX_LEN),
+            grpc.StatusCode.ALREADY_EXISTS,
+        ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(fake.run(), 5)
@@ -277,9 +241,9 @@ async def test_a_worker_leaving_mid_request_loses_nothing(server, worker):
         pending = asyncio.create_task(collect(stub, request(max_tokens=30)))
         await asyncio.sleep(0.05)
         # w0 dies; w1 joins and recomputes the request from its token ids.
-        replacement = FakeWorker(target, "w1")
+        replacement = LinkWorker(target, "w1", fingerprint=FINGERPRINT, max_model_len=MAX_LEN)
         for task in asyncio.all_tasks():
-            if task.get_coro().__qualname__.startswith("FakeWorker.run") and task is not pending:
+            if task.get_coro().__qualname__.startswith("LinkWorker.run") and task is not pending:
                 task.cancel()
         runner = asyncio.create_task(replacement.run())
         tokens, last = await asyncio.wait_for(pending, 10)
@@ -349,3 +313,11 @@ async def test_conversations_are_private_and_can_be_ended(server, worker):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await chat_turn(stub, "hi", conv_id, tenant="a")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_every_scheduler_error_has_its_own_status_code():
+    classes = [InvalidArgument, NotFound, ResourceExhausted, Unavailable, FailedPrecondition]
+    codes = {status_for(cls("why")) for cls in [*classes, AlreadyExists]}
+    assert grpc.StatusCode.INTERNAL not in codes and len(codes) == 6
+    assert status_for(ConversationBusy("busy")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_for(SchedulerError("unmapped")) == grpc.StatusCode.INTERNAL

@@ -6,7 +6,8 @@ import itertools
 
 from sched_fakes import FakeWorker, step
 
-from scheduler_svc.core import CoreConfig, SchedulerCore
+from scheduler_svc.config import CoreConfig
+from scheduler_svc.core import SchedulerCore
 from scheduler_svc.policy import VtcPolicy
 from scheduler_svc.request import GenerationLimits, Sampling
 from scheduler_svc.workers import WorkerInfo
@@ -46,10 +47,17 @@ def setup(policy, *, blocks=64, bs=4, **cfg):
     return core, FakeWorker(info)
 
 
-def keep_backlogged(core, tenant, live, prompt, out, depth=6):
+class Live(dict):
+    """tenant -> its unfinished requests, and how many requests were submitted in all."""
+
+    submitted = 0
+
+
+def keep_backlogged(core, tenant, live: Live, prompt, out, depth=6):
     live[tenant] = [r for r in live.get(tenant, []) if not r.is_finished]
     while len(live[tenant]) < depth:
-        n = len(core._requests)
+        n = live.submitted
+        live.submitted += 1
         live[tenant].append(
             core.submit(
                 prompt_ids=[(n * 13 + i) % 200 for i in range(prompt)],
@@ -63,7 +71,7 @@ def keep_backlogged(core, tenant, live, prompt, out, depth=6):
 def test_two_backlogged_tenants_stay_within_the_vtc_bound():
     policy = RecordingVtc()
     core, worker = setup(policy)
-    live: dict[str, list] = {}
+    live = Live()
     l_input, out = 40, 8
     capacity = 64 * 4  # M: tokens the worker's KV holds
     bound = 2 * max(W_PROMPT * l_input, W_OUTPUT * capacity)
@@ -84,7 +92,7 @@ def test_two_backlogged_tenants_stay_within_the_vtc_bound():
 def test_weights_share_service_in_proportion():
     policy = RecordingVtc(tenant_weights={"gold": 2.0, "basic": 1.0})
     core, worker = setup(policy)
-    live: dict[str, list] = {}
+    live = Live()
     for _ in range(1500):
         keep_backlogged(core, "gold", live, prompt=8, out=16)
         keep_backlogged(core, "basic", live, prompt=8, out=16)
@@ -96,7 +104,7 @@ def test_weights_share_service_in_proportion():
 def test_a_tenant_becoming_active_is_lifted_not_credited_for_idling():
     policy = RecordingVtc()
     core, worker = setup(policy)
-    live: dict[str, list] = {}
+    live = Live()
     for _ in range(300):
         keep_backlogged(core, "early", live, prompt=8, out=16)
         step(core, "w0", worker)

@@ -1,0 +1,313 @@
+"""Admission: which requests compute in a worker's next step, and which are preempted for it.
+
+    preemption by rank (every priority_update_interval iterations, rule 3 first)
+    running requests, best-ranked first: decode, or the next prefill chunk (growing their blocks,
+        preempting lower-ranked ones when blocks are short)
+    waiting and swapped requests, best-ranked first, while budget, batch slots and blocks last
+
+Capacity is asked before it is taken: an allocation that does not fit changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from scheduler_svc.plan import BlockAppend, PrefillChunk, SeqStart, StepPlan
+from scheduler_svc.policy import Policy
+from scheduler_svc.request import LookupState, Request, Status
+from scheduler_svc.request_table import RequestTable
+from scheduler_svc.stats import Counters
+from scheduler_svc.swaps import SwapController
+from scheduler_svc.waiting import WaitQueue
+from scheduler_svc.workers import WorkerSlot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionLimits:
+    """The knobs of admission and preemption (from CoreConfig)."""
+
+    max_batched_tokens: int
+    max_num_seqs: int
+    max_prefill_chunk: int
+    swap: bool  # preempt by swap (else recompute)
+    min_swap_tokens: int
+    priority_update_interval: int
+    preempt_margin: float
+
+
+@dataclass(slots=True)
+class Budget:
+    """This step's remaining token budget and batch slots; admission stops at the first misfit."""
+
+    tokens: int
+    seqs: int
+
+    def has_room(self) -> bool:
+        return self.tokens > 0 and self.seqs > 0
+
+    def take(self, n: int) -> None:
+        self.tokens -= n
+        self.seqs -= 1
+
+
+class Admission:
+    """Owns the per-step admission of one worker: the token budget, the decision what runs, grows,
+    starts, resumes or is preempted, and the fairness charge of prompt tokens.
+
+    Called by the core's ``schedule`` once per worker iteration. Invariants: a step never
+    exceeds its token budget or batch slots; a request computes only with blocks for every token
+    it will hold; each prompt token is charged to its tenant once, however often recomputed.
+    """
+
+    def __init__(
+        self,
+        limits: AdmissionLimits,
+        policy: Policy,
+        *,
+        table: RequestTable,
+        waiting: WaitQueue,
+        swaps: SwapController,
+        counters: Counters,
+    ) -> None:
+        self._limits = limits
+        self._policy = policy
+        self._table = table
+        self._waiting = waiting
+        self._swaps = swaps
+        self._counters = counters
+
+    def plan_step(self, slot: WorkerSlot, plan: StepPlan) -> None:
+        """Adds this iteration's preemptions, computes and admissions for `slot` to `plan`."""
+        budget = Budget(self._limits.max_batched_tokens, self._limits.max_num_seqs)
+        if slot.iterations % self._limits.priority_update_interval == 0:
+            self._preempt_for_rank(slot, plan)
+        slot.iterations += 1
+        self._schedule_running(slot, plan, budget)
+        self._admit_waiting(slot, plan, budget)
+
+    # -------------------------------------------------------------- preemption
+
+    def _preempt_for_rank(self, slot: WorkerSlot, plan: StepPlan) -> None:
+        """Preempts the lowest-ranked running requests while the best-ranked waiting one
+        outranks them by more than the margin and lacks slots or blocks (issue: preemptive VTC).
+
+        A request whose swap-in has just completed is spared until it has computed once: its
+        tenant's counter may have moved while it was copied in, and preempting it now would
+        throw that swap-in away for nothing (a thrash, at every iteration when the margin is 0).
+        """
+        head = self._best_waiting(slot)
+        self._maybe_cancel_swap_outs(slot, head)
+        if head is None:
+            return
+        running = sorted(
+            (
+                r
+                for r in slot.running.values()
+                if self._preemptible(slot, r) and not r.just_swapped_in
+            ),
+            key=self._policy.sort_key,
+        )
+        need = self._admission_blocks(slot, head)
+        leaving = slot.blocks_leaving()
+        margin = self._limits.preempt_margin
+        while running:
+            victim = running[-1]
+            slots_short = len(slot.running) >= self._limits.max_num_seqs
+            blocks_short = slot.allocator.num_free + leaving < need
+            if not (slots_short or blocks_short) or not self._policy.outranks(head, victim, margin):
+                return
+            running.pop()
+            leaving += slot.allocator.num_blocks_of(victim.seq)
+            self._preempt(slot, victim, plan)
+
+    def _maybe_cancel_swap_outs(self, slot: WorkerSlot, head: Request | None) -> None:
+        """Rule 3: a request still swapping out that would now run keeps its blocks."""
+        margin = self._limits.preempt_margin
+        for req in list(slot.running.values()):
+            if req.status != Status.SWAPPING_OUT:
+                continue
+            if head is not None and self._policy.outranks(head, req, margin):
+                continue
+            if slot.allocator.num_free < len(slot.running):
+                continue  # memory is still short: let it go
+            req.status = Status.RUNNING
+            if req.swap_sent:
+                slot.cancel_swap_out.append(req.seq)
+            log.debug("swap-out cancelled", extra={"seq": req.seq})
+
+    def _best_waiting(self, slot: WorkerSlot) -> Request | None:
+        best = None
+        for req in self._waiting:
+            if req.num_tokens + 1 > slot.info.capacity_tokens:
+                continue
+            if best is None or self._policy.sort_key(req) < self._policy.sort_key(best):
+                best = req
+        return best
+
+    @staticmethod
+    def _preemptible(slot: WorkerSlot, req: Request) -> bool:
+        """Running here, computing, and no copy in flight on its blocks."""
+        return req.seq in slot.running and req.status == Status.RUNNING and not req.swap_sent
+
+    def _preempt(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:
+        req.preemptions += 1
+        self._counters.preemptions += 1
+        if self._limits.swap and req.num_computed >= max(1, self._limits.min_swap_tokens):
+            self._swaps.begin_swap_out(slot, req, plan)
+        else:
+            self._preempt_recompute(slot, req, plan)
+
+    def _preempt_recompute(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:
+        """Preempts by recompute: drop the worker's state and KV, requeue the token ids."""
+        slot.allocator.free(req.seq)
+        del slot.running[req.seq]
+        plan.drop.append(req.seq)
+        plan.start = [s for s in plan.start if s.seq != req.seq]
+        plan.append = [a for a in plan.append if a.seq != req.seq]
+        self._swaps.requeue_for_recompute(req)
+
+    # ---------------------------------------------------------------- running
+
+    def _schedule_running(self, slot: WorkerSlot, plan: StepPlan, budget: Budget) -> None:
+        ranked = sorted(slot.running.values(), key=self._policy.sort_key)
+        for i, req in enumerate(ranked):
+            if req.seq not in slot.running or req.status != Status.RUNNING:
+                continue  # preempted earlier in this loop, or swapping
+            if not budget.has_room():
+                break
+            n = 1 if req.decode_ready else min(_remaining(req), budget.tokens)
+            while not self._grow(slot, req, req.num_computed + n, plan):
+                if slot.blocks_leaving():
+                    break  # blocks are on their way back from a swap-out (rule 1): wait
+                victim = next(
+                    (v for v in reversed(ranked[i + 1 :]) if self._preemptible(slot, v)), req
+                )
+                if not self._preemptible(slot, victim):
+                    break
+                self._preempt(slot, victim, plan)
+                if victim is req:
+                    break
+            if req.seq not in slot.running or req.status != Status.RUNNING:
+                continue
+            if slot.allocator.num_blocks_of(req.seq) < slot.info.blocks_for(req.num_computed + n):
+                continue  # waits for blocks being swapped out
+            self._add_compute(req, n, plan)
+            budget.take(n)
+
+    def _grow(self, slot: WorkerSlot, req: Request, num_tokens: int, plan: StepPlan) -> bool:
+        """Ensures `req` owns blocks for `num_tokens` tokens; False (nothing changed) if short."""
+        need = slot.info.blocks_for(num_tokens) - slot.allocator.num_blocks_of(req.seq)
+        if need <= 0:
+            return True
+        runs = slot.allocator.allocate(req.seq, need)
+        if runs is None:
+            return False
+        plan.append.append(BlockAppend(req.seq, tuple(runs)))
+        return True
+
+    def _add_compute(self, req: Request, n: int, plan: StepPlan) -> None:
+        req.just_swapped_in = False
+        if req.decode_ready:
+            plan.decode.append(req.seq)
+            req.num_computed += 1
+            return
+        start = req.num_computed
+        stop = start + n
+        plan.prefill.append(
+            PrefillChunk(req.seq, tuple(req.token_at(start, stop)), stop == req.num_tokens)
+        )
+        req.num_computed = stop
+        # Fairness charges each prompt token once, however often it is recomputed.
+        upto = min(stop, len(req.prompt_ids))
+        if upto > req.prompt_charged:
+            self._policy.on_served(req.tenant, upto - req.prompt_charged, 0)
+            self._table.tallies[req.tenant].prompt_tokens += upto - req.prompt_charged
+            req.prompt_charged = upto
+
+    # ---------------------------------------------------------------- waiting
+
+    def _admission_blocks(self, slot: WorkerSlot, req: Request) -> int:
+        if req.status == Status.SWAPPED:
+            return slot.info.blocks_for(req.num_computed)
+        first = min(req.num_tokens, self._limits.max_prefill_chunk, self._limits.max_batched_tokens)
+        return slot.info.blocks_for(first)
+
+    def _admit_waiting(self, slot: WorkerSlot, plan: StepPlan, budget: Budget) -> None:
+        if not self._waiting:
+            return
+        admitted: set[int] = set()
+        just_dropped = set(plan.drop)
+        for req in self._waiting.rank(self._policy.sort_key):
+            if not budget.has_room() or len(slot.running) >= self._limits.max_num_seqs:
+                break
+            if req.seq in just_dropped or req.lookup in (
+                LookupState.PENDING,
+                LookupState.DEFERRED,
+            ):
+                continue
+            if req.num_tokens + 1 > slot.info.capacity_tokens:
+                continue  # fits another worker only
+            ok = (
+                self._resume(slot, req)
+                if req.status == Status.SWAPPED
+                else self._start(slot, req, plan, budget)
+            )
+            if not ok:
+                break  # the best-ranked waiting request does not fit: stop, keep the order
+            admitted.add(req.seq)
+        self._waiting.remove_all(admitted)
+
+    def _expected_blocks(self, slot: WorkerSlot, req: Request) -> int:
+        total = min(len(req.prompt_ids) + req.limits.max_tokens, slot.info.max_model_len)
+        return slot.info.blocks_for(total)
+
+    def _start(self, slot: WorkerSlot, req: Request, plan: StepPlan, budget: Budget) -> bool:
+        n = min(_remaining(req), budget.tokens, self._limits.max_prefill_chunk)
+        runs = slot.allocator.allocate(
+            req.seq,
+            slot.info.blocks_for(req.num_computed + n),
+            expected_total=self._expected_blocks(slot, req),
+        )
+        if runs is None:
+            return False
+        _place(slot, req, Status.RUNNING)
+        plan.start.append(
+            SeqStart(
+                seq=req.seq,
+                sampling=req.sampling,
+                position=0,
+                last_token=None,
+                num_generated=len(req.output_ids),
+                blocks=tuple(runs),
+            )
+        )
+        self._add_compute(req, n, plan)
+        budget.take(n)
+        return True
+
+    def _resume(self, slot: WorkerSlot, req: Request) -> bool:
+        """Swap-in: device blocks now, the SeqStart + SwapIn once the host copy is pinned."""
+        runs = slot.allocator.allocate(
+            req.seq,
+            slot.info.blocks_for(req.num_computed),
+            expected_total=self._expected_blocks(slot, req),
+        )
+        if runs is None:
+            return False
+        _place(slot, req, Status.SWAPPING_IN)
+        self._swaps.begin_swap_in(req)
+        return True
+
+
+def _place(slot: WorkerSlot, req: Request, status: Status) -> None:
+    req.status = status
+    req.worker_id = slot.worker_id
+    req.resident = True
+    slot.running[req.seq] = req
+
+
+def _remaining(req: Request) -> int:
+    return req.num_tokens - req.num_computed

@@ -1,0 +1,40 @@
+"""The scheduler core's configuration, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    max_batched_tokens: int = 512
+    max_num_seqs: int = 64
+    max_prefill_chunk: int = 512
+    growth_allowance: int = 4
+    max_waiting: int = 10_000
+    # Context switching.
+    preemption: str = "recompute"  # "swap" needs a KV store
+    kv_reuse: bool = True
+    min_swap_tokens: int = 32
+    priority_update_interval: int = 4
+    preempt_margin: float = 128.0
+    # Retained KV: finished requests' blocks are offloaded and content-addressed, and new prompts
+    # look up their longest retained prefix (needs swap preemption and kv_reuse).
+    retain: bool = False
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_batched_tokens",
+            "max_num_seqs",
+            "max_prefill_chunk",
+            "max_waiting",
+            "priority_update_interval",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.growth_allowance < 0 or self.min_swap_tokens < 0 or self.preempt_margin < 0:
+            raise ValueError("growth_allowance, min_swap_tokens and preempt_margin must be >= 0")
+        if self.preemption not in ("swap", "recompute"):
+            raise ValueError(f"preemption must be swap or recompute, got {self.preemption!r}")
+        if self.retain and (self.preemption != "swap" or not self.kv_reuse):
+            raise ValueError("retain needs preemption='swap' and kv_reuse")

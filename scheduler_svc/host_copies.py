@@ -1,0 +1,220 @@
+"""Host copies of requests' KV, their content addresses, and the queue of host-memory work.
+
+Host copies: when retention is on, full blocks are content-addressed (``host_hashes[i]`` is a
+hash): they belong to the store's cache once written (evictable, never freed by us); a partial
+last block, and every block without retention, is private (hash None) and freed by us when no
+longer needed. After a swap-in the host copy stays valid (rule 5), so a later swap-out copies only
+the blocks after ``host_tokens``.
+
+    arrive  ──▶ LOOKUP the prompt's block hashes ──▶ hit: SWAPPED at the cached length
+    offload ──▶ lookups of the same prefix wait (DEFERRED) until it is committed, then look up
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from scheduler_svc.host_ops import HostOp, HostOpKind
+from scheduler_svc.prefix_hash import chain_hashes, extend_chain, tenant_salt
+from scheduler_svc.request import LookupState, Request, Status
+from scheduler_svc.stats import Counters
+
+
+class HostCopies:
+    """Owns the tenant salts and content hashing, each request's host-copy bookkeeping
+    (``host_blocks``, ``host_hashes``, ``host_tokens`` and the swap in flight), the offloads in
+    flight by prefix and the lookups deferred behind them, and the queue of HostOps the frontend's
+    host agent runs.
+
+    Called by the core (submit, finish, host ops out), by the swap controller (every copy) and by
+    admission (recompute). Invariants: a request's ``host_hashes`` parallel its ``host_blocks``;
+    only private host blocks are ever freed by id; an offload in flight is counted under the hash
+    of its first block until it ends.
+    """
+
+    def __init__(
+        self,
+        *,
+        retain: bool,
+        secret: bytes,
+        model_fingerprint: str,
+        block_size: Callable[[], int | None],
+        counters: Counters,
+    ) -> None:
+        self.retain = retain
+        self._secret = secret
+        self._fingerprint = model_fingerprint
+        self._block_size = block_size
+        self._counters = counters
+        self._salts: dict[str, bytes] = {}
+        self._ops: list[HostOp] = []
+        # Offloads in flight by the hash of their first block, and the lookups waiting for them.
+        self._offloads_by_root: dict[bytes, int] = {}
+        self._deferred: dict[bytes, list[Request]] = {}
+
+    # ------------------------------------------------------------ the queue
+
+    def queue(self, op: HostOp) -> None:
+        self._ops.append(op)
+
+    def release_lease(self, seq: int, lease_id: str) -> None:
+        self._ops.append(HostOp(HostOpKind.RELEASE, seq, lease_id=lease_id))
+
+    @property
+    def has_ops(self) -> bool:
+        return bool(self._ops)
+
+    def take(self) -> list[HostOp]:
+        ops, self._ops = self._ops, []
+        return ops
+
+    # -------------------------------------------------------------- hashes
+
+    def _salt(self, tenant: str) -> bytes:
+        salt = self._salts.get(tenant)
+        if salt is None:
+            salt = self._salts[tenant] = tenant_salt(self._secret, tenant, self._fingerprint)
+        return salt
+
+    def _bs(self) -> int:
+        bs = self._block_size()
+        assert bs is not None, "no worker has joined: no block size yet"
+        return bs
+
+    def hashes(self, req: Request, num_blocks: int) -> list[bytes]:
+        """Content addresses of the request's first `num_blocks` full blocks (cached)."""
+        bs = self._bs()
+        if len(req.hashes) < num_blocks:
+            tokens = req.token_at(0, num_blocks * bs)
+            extend_chain(req.hashes, tokens, bs, self._salt(req.tenant), num_blocks)
+        return req.hashes[:num_blocks]
+
+    def order_hashes(
+        self, req: Request, first: int, count: int, tokens: int
+    ) -> tuple[bytes | None, ...]:
+        """Hashes for host blocks [first, first+count) of a copy covering `tokens` tokens
+        (None: a private block); empty without retention."""
+        if not self.retain:
+            return ()
+        full = tokens // self._bs()
+        chain = self.hashes(req, min(full, first + count))
+        return tuple(chain[i] if i < full else None for i in range(first, first + count))
+
+    def retained_hashes(self, tenant: str, token_ids: list[int]) -> list[bytes]:
+        """Content addresses of `token_ids`' full blocks for `tenant` (a conversation's KV)."""
+        bs = self._block_size()
+        if bs is None:
+            return []
+        return chain_hashes(token_ids, bs, self._salt(tenant))
+
+    def free_retained(self, tenant: str, token_ids: list[int]) -> int:
+        """Drops the retained blocks of `token_ids` (a deleted conversation); how many asked."""
+        hashes = tuple(self.retained_hashes(tenant, token_ids))
+        if hashes and self.retain:
+            self._ops.append(HostOp(HostOpKind.FREE, 0, hashes=hashes))
+        return len(hashes) if self.retain else 0
+
+    # --------------------------------------------------------- host copies
+
+    def adopt_swap_copy(self, req: Request) -> None:
+        """The copy is committed: its blocks become (the tail of) the host copy."""
+        first = len(req.host_blocks)
+        n = len(req.swap_host_blocks)
+        req.host_blocks.extend(req.swap_host_blocks)
+        req.host_hashes.extend(self.order_hashes(req, first, n, req.swap_tokens) or [None] * n)
+        req.host_tokens = req.swap_tokens
+        self.clear_swap(req)
+
+    def drop_host_blocks(self, req: Request, keep: int) -> None:
+        """Keeps the first `keep` host blocks; frees the private ones after them."""
+        self.free_private(req.seq, req.host_blocks[keep:], req.host_hashes[keep:])
+        del req.host_blocks[keep:]
+        del req.host_hashes[keep:]
+        req.host_tokens = min(req.host_tokens, keep * (self._block_size() or 0))
+
+    def release(self, req: Request) -> None:
+        """Forgets the host copy: private blocks are freed, retained ones stay as cache."""
+        self.drop_host_blocks(req, 0)
+        req.host_tokens = 0
+
+    def free_private(
+        self, seq: int, blocks: list[int], hashes: list[bytes | None] | tuple[bytes | None, ...]
+    ) -> None:
+        private = tuple(b for i, b in enumerate(blocks) if i >= len(hashes) or not hashes[i])
+        if private:
+            self._ops.append(HostOp(HostOpKind.FREE, seq, blocks=private))
+
+    @staticmethod
+    def clear_swap(req: Request) -> None:
+        req.swap_host_blocks = []
+        req.swap_lease = None
+        req.swap_sent = False
+
+    # ------------------------------------------------------ retained lookups
+
+    def begin_lookup(self, req: Request) -> None:
+        """Looks up a new prompt's retained prefix (all full blocks but the one to sample)."""
+        n = (len(req.prompt_ids) - 1) // self._bs()
+        if not self.retain or n <= 0:
+            req.lookup = LookupState.DONE
+            return
+        root = self.hashes(req, 1)[0]
+        if root in self._offloads_by_root:
+            # The previous turn of this conversation is still being offloaded: a lookup now
+            # would miss what a few milliseconds will retain. Look up once it is committed.
+            req.lookup = LookupState.DEFERRED
+            self._deferred.setdefault(root, []).append(req)
+            return
+        req.lookup = LookupState.PENDING
+        self._counters.retained_lookups += 1
+        self._ops.append(HostOp(HostOpKind.LOOKUP, req.seq, hashes=tuple(self.hashes(req, n))))
+
+    def on_looked_up(self, req: Request, host_blocks: list[int]) -> None:
+        """A new prompt's retained prefix: it resumes from the host at that length."""
+        if req.lookup != LookupState.PENDING:
+            return
+        req.lookup = LookupState.DONE
+        if not host_blocks or req.status != Status.WAITING or req.num_computed:
+            return
+        n = len(host_blocks)
+        req.host_blocks = list(host_blocks)
+        req.host_hashes = list(self.hashes(req, n))
+        req.host_tokens = req.num_computed = n * self._bs()
+        req.prompt_charged = req.num_computed  # fairness charges computed work, not cache hits
+        req.cached_prompt_tokens = req.num_computed
+        req.status = Status.SWAPPED
+        self._counters.reuse_hit_tokens += req.num_computed
+        self._counters.retained_hit_blocks += n
+
+    def begin_offload(self, req: Request) -> None:
+        """An offload of `req`'s KV starts: lookups of its prefix wait for it."""
+        req.offloading = True
+        root = self.hashes(req, 1)[0]
+        self._offloads_by_root[root] = self._offloads_by_root.get(root, 0) + 1
+
+    def end_offload(self, req: Request) -> None:
+        """An offload is over (committed, refused, or its worker gone): deferred lookups of the
+        same prefix go ahead."""
+        if not req.offloading:
+            return
+        req.offloading = False
+        root = req.hashes[0]
+        left = self._offloads_by_root[root] - 1
+        if left:
+            self._offloads_by_root[root] = left
+            return
+        del self._offloads_by_root[root]
+        for waiting in self._deferred.pop(root, []):
+            if waiting.lookup == LookupState.DEFERRED and waiting.status == Status.WAITING:
+                waiting.lookup = LookupState.NONE
+                self.begin_lookup(waiting)
+
+    def check_integrity(self, requests: list[Request]) -> None:
+        """Checks the host-copy fields of `requests` and the offload counts."""
+        offloading: dict[bytes, int] = {}
+        for req in requests:
+            assert len(req.host_hashes) == len(req.host_blocks), f"host hashes of {req.seq}"
+            assert req.host_tokens <= req.num_tokens, f"host copy of {req.seq} too long"
+            if req.offloading:
+                offloading[req.hashes[0]] = offloading.get(req.hashes[0], 0) + 1
+        assert offloading == self._offloads_by_root, "offloads in flight miscounted"

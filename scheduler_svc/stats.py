@@ -1,0 +1,69 @@
+"""The scheduler core's counters and its typed stats snapshot (``SchedulerCore.stats()``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Counters:
+    """Totals since the scheduler started; each part of the core adds to its own fields."""
+
+    finished: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    preemptions: int = 0
+    recomputes: int = 0
+    swap_outs: int = 0
+    swap_ins: int = 0
+    swap_out_bytes: int = 0
+    swap_in_bytes: int = 0
+    reuse_hit_tokens: int = 0
+    swap_bytes_avoided: int = 0
+    retained_lookups: int = 0
+    retained_hit_blocks: int = 0
+    offloaded_blocks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TenantStats:
+    tenant: str
+    virtual_counter: float
+    weight: float
+    prompt_tokens: int
+    output_tokens: int
+    waiting: int  # waiting or swapped
+    running: int  # resident on a worker
+    finished: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    worker_id: str
+    device: str
+    num_blocks: int
+    free_blocks: int
+    largest_free_run: int
+    running: int
+    steps: int
+    step_s_total: float
+    forward_s_total: float
+    idle_s_total: float
+    swap_out_bytes: int
+    swap_in_bytes: int
+
+    @property
+    def mean_step_s(self) -> float:
+        return self.step_s_total / self.steps if self.steps else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStats:
+    """A snapshot of the core: queue sizes, a copy of its counters, tenants and workers (sorted)."""
+
+    waiting: int
+    running: int
+    swapped: int
+    counters: Counters  # a copy: later steps do not change it
+    tenants: tuple[TenantStats, ...]
+    workers: tuple[WorkerStats, ...]

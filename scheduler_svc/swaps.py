@@ -1,0 +1,262 @@
+"""The swap controller: moving a request's KV between a worker's device blocks and the host arena.
+
+    preempt ──▶ RESERVE host blocks ──▶ SwapOut ──▶ done: free device blocks ──▶ SWAPPED
+    resume  ──▶ device blocks, PIN host copy (hashes checked) ──▶ SeqStart + SwapIn ──▶ RUNNING
+    finish  ──▶ offload the full blocks the host lacks (content-addressed, retained) ──▶ free
+
+Rules (DESIGN.md): device blocks under a copy are freed only when the worker reports it done (1);
+a swapping-in request is in no forward until done (2); pins and reservations are leases (4); the
+host copy stays valid after a swap-in and only blocks the host lacks move again (5); retained
+blocks are content-addressed per tenant and model (6); KV is a cache — any failure falls back to
+recompute (7).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from scheduler_svc.host_copies import HostCopies
+from scheduler_svc.host_ops import HostOp, HostOpKind, pair_runs
+from scheduler_svc.plan import SeqStart, StepOutput, StepPlan, SwapOrder
+from scheduler_svc.request import LookupState, Request, Status
+from scheduler_svc.request_table import RequestTable
+from scheduler_svc.stats import Counters
+from scheduler_svc.waiting import WaitQueue
+from scheduler_svc.workers import WorkerRegistry, WorkerSlot
+
+log = logging.getLogger(__name__)
+
+
+class SwapController:
+    """Owns every request's transitions through SWAPPING_OUT, SWAPPED and SWAPPING_IN, and the
+    offload of a finished request's KV: it queues the host side (through HostCopies), turns the
+    host agent's answers into swap orders for the next plan, and applies the worker's reports.
+
+    Called by admission (preempt by swap, resume), by the core (finish, host answers, step
+    results) and for recompute. Invariant (rule 1): a request's device blocks are freed only once
+    no copy of them is in flight (``swap_sent`` is clear)."""
+
+    def __init__(
+        self,
+        *,
+        kv_reuse: bool,
+        table: RequestTable,
+        workers: WorkerRegistry,
+        waiting: WaitQueue,
+        host: HostCopies,
+        counters: Counters,
+    ) -> None:
+        self._kv_reuse = kv_reuse
+        self._table = table
+        self._workers = workers
+        self._waiting = waiting
+        self._host = host
+        self._counters = counters
+
+    # ------------------------------------------------------- host answers
+
+    def on_reserved(self, seq: int, lease_id: str, host_blocks: list[int]) -> None:
+        """The store reserved host blocks: the swap-out (or offload) goes in the next plan."""
+        req = self._table.by_seq(seq)
+        slot = self._workers.slot_of(req)
+        wanted = req is not None and (
+            req.status == Status.SWAPPING_OUT or (req.is_finished and req.offloading)
+        )
+        if req is None or slot is None or not wanted or req.swap_lease is not None:
+            self._host.release_lease(seq, lease_id)
+            return
+        first = len(req.host_blocks)
+        device = slot.allocator.block_ids(seq)[first : first + len(host_blocks)]
+        req.swap_lease = lease_id
+        req.swap_host_blocks = list(host_blocks)
+        req.swap_sent = True
+        hashes = self._host.order_hashes(req, first, len(host_blocks), req.swap_tokens)
+        slot.swap_out_orders.append(
+            SwapOrder(
+                seq,
+                tuple(pair_runs(device, host_blocks)),
+                lease_id,
+                hashes,
+                req.tenant,
+                req.retain_ttl_s,
+            )
+        )
+
+    def on_pinned(self, seq: int, lease_id: str) -> None:
+        """The host copy is pinned: SeqStart + SwapIn go in the next plan."""
+        req = self._table.by_seq(seq)
+        slot = self._workers.slot_of(req)
+        if req is None or slot is None or req.status != Status.SWAPPING_IN or req.swap_sent:
+            self._host.release_lease(seq, lease_id)
+            return
+        n = len(req.host_blocks)
+        device = slot.allocator.block_ids(seq)
+        req.swap_lease = lease_id
+        req.swap_sent = True
+        start = SeqStart(
+            seq=seq,
+            sampling=req.sampling,
+            position=req.num_computed,
+            last_token=req.output_ids[-1] if req.decode_ready else None,
+            num_generated=len(req.output_ids),
+            blocks=slot.allocator.groups(seq),
+        )
+        order = SwapOrder(seq, tuple(pair_runs(device[:n], req.host_blocks)), lease_id)
+        slot.swap_in_orders.append((start, order))
+
+    def on_host_failed(self, seq: int, kind: HostOpKind, message: str) -> None:
+        """A reserve, pin or lookup failed (host memory short, evicted, lease lost): a lookup
+        counts as a miss, a swap falls back to recompute."""
+        req = self._table.by_seq(seq)
+        if req is None:
+            return
+        if kind is HostOpKind.LOOKUP:
+            req.lookup = LookupState.DONE
+            return
+        slot = self._workers.slot_of(req)
+        if req.is_finished:  # an offload that could not get host memory: just let it go
+            if slot is not None and req.offloading and not req.swap_sent:
+                self.release_after_swap(slot, req)
+            return
+        log.warning(
+            "host op failed; recomputing", extra={"seq": seq, "op": kind.value, "why": message}
+        )
+        if slot is not None and req.status in (Status.SWAPPING_OUT, Status.SWAPPING_IN):
+            slot.allocator.free(seq)
+            del slot.running[seq]
+            if req.resident:
+                slot.pending_drop.append(seq)
+        elif req.status == Status.SWAPPED:
+            self._waiting.remove(seq)
+        self.requeue_for_recompute(req)
+
+    # ---------------------------------------------------------- transitions
+
+    def requeue_for_recompute(self, req: Request) -> None:
+        """Forgets the request's KV everywhere and queues its token ids to be prefilled again."""
+        self._host.release(req)
+        req.status = Status.WAITING
+        req.worker_id = None
+        req.resident = False
+        req.decode_ready = False
+        req.num_computed = 0
+        req.recomputes += 1
+        self._counters.recomputes += 1
+        self._waiting.append(req)
+
+    def begin_swap_out(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:
+        """Swap-out: host blocks are reserved for what the host lacks; blocks stay until done."""
+        bs = slot.info.block_size
+        keep = req.host_tokens // bs if self._kv_reuse else 0
+        self._host.drop_host_blocks(req, keep)
+        need = slot.info.blocks_for(req.num_computed) - keep
+        req.status = Status.SWAPPING_OUT
+        req.swap_tokens = req.num_computed
+        self._counters.swap_bytes_avoided += keep * slot.info.block_bytes
+        if need == 0:  # the host holds it all already: nothing to copy
+            self._swapped_out(slot, req, plan.drop)
+            return
+        self._host.queue(HostOp(HostOpKind.RESERVE, req.seq, num_blocks=need))
+
+    def begin_swap_in(self, req: Request) -> None:
+        """Swap-in of a request just placed with its device blocks: pin the host copy first."""
+        self._host.queue(
+            HostOp(
+                HostOpKind.PIN,
+                req.seq,
+                blocks=tuple(req.host_blocks),
+                hashes=tuple(req.host_hashes),
+            )
+        )
+        self._counters.swap_ins += 1
+        req.swap_ins += 1
+
+    def begin_offload(self, slot: WorkerSlot, req: Request) -> bool:
+        """A finished request's full blocks the host lacks are copied out and retained (6).
+        False when there is nothing to offload (the caller frees at once)."""
+        bs = slot.info.block_size
+        full = req.num_computed // bs
+        keep = min(req.host_tokens // bs, full)
+        if not self._host.retain or req.retain_ttl_s is None or full <= keep or not req.resident:
+            return False
+        self._host.drop_host_blocks(req, keep)
+        self._host.begin_offload(req)
+        req.swap_tokens = full * bs
+        self._counters.offloaded_blocks += full - keep
+        self._host.queue(HostOp(HostOpKind.RESERVE, req.seq, num_blocks=full - keep))
+        return True
+
+    def _swapped_out(self, slot: WorkerSlot, req: Request, drops: list[int]) -> None:
+        """Rule 1: the copy is done, so the device blocks go back and the worker forgets it
+        (`drops`: the plan that must carry the drop before the blocks are given again)."""
+        self._host.adopt_swap_copy(req)
+        req.swap_outs += 1
+        self._counters.swap_outs += 1
+        slot.allocator.free(req.seq)
+        del slot.running[req.seq]
+        drops.append(req.seq)
+        req.resident = False
+        req.worker_id = None
+        req.status = Status.SWAPPED
+        self._waiting.append(req)
+
+    def release_after_swap(self, slot: WorkerSlot, req: Request) -> None:
+        """A finished request whose copy is over: free its device blocks now (rule 1)."""
+        slot.allocator.free(req.seq)
+        slot.running.pop(req.seq, None)
+        slot.pending_drop.append(req.seq)
+        self._host.clear_swap(req)
+        self._host.end_offload(req)
+        req.resident = False
+        self._host.release(req)
+        self._table.release_seq(req)
+
+    # --------------------------------------------------------- worker results
+
+    def apply(self, slot: WorkerSlot, output: StepOutput) -> None:
+        """Applies the swap completions and cancellations a worker reported."""
+        for seq in output.swap_out_done:
+            slot.swaps_in_flight.discard(seq)
+            req = self._table.by_seq(seq)
+            if req is not None:
+                self._swap_out_done(slot, req, output.committed.get(seq))
+        for seq in output.swap_out_cancelled:
+            slot.swaps_in_flight.discard(seq)
+            req = self._table.by_seq(seq)
+            if req is None:
+                continue
+            if req.is_finished:
+                self.release_after_swap(slot, req)
+            else:
+                self._host.clear_swap(req)
+        for seq in output.swap_in_done:
+            slot.swaps_in_flight.discard(seq)
+            req = self._table.by_seq(seq)
+            if req is None:
+                continue
+            self._host.clear_swap(req)
+            if req.is_finished:
+                self.release_after_swap(slot, req)
+                continue
+            req.status = Status.RUNNING
+            req.just_swapped_in = True
+            if not self._kv_reuse:
+                self._host.release(req)
+
+    def _swap_out_done(
+        self, slot: WorkerSlot, req: Request, committed: tuple[int, ...] | None
+    ) -> None:
+        if committed is not None:  # duplicates of retained blocks were replaced
+            req.swap_host_blocks = list(committed)
+        if req.status == Status.SWAPPING_OUT:
+            self._swapped_out(slot, req, slot.pending_drop)
+        elif req.offloading:
+            self.release_after_swap(slot, req)  # retained: the store's cache now
+        elif req.status == Status.RUNNING:
+            self._host.adopt_swap_copy(req)  # cancelled too late, but the host copy is valid
+        else:  # finished while copying: the blocks may go, and its private copy too
+            hashes = self._host.order_hashes(
+                req, len(req.host_blocks), len(req.swap_host_blocks), req.swap_tokens
+            )
+            self._host.free_private(req.seq, req.swap_host_blocks, hashes)
+            self.release_after_swap(slot, req)
