@@ -3,12 +3,30 @@ that ``GetWorkerStats`` answers with."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from proto import worker_pb2 as wk
 from worker_svc.device_pool import DevicePool
 from worker_svc.executor import StepExecutor
-from worker_svc.telemetry import Telemetry
+from worker_svc.plan import StepResult
+from worker_svc.telemetry import GpuTelemetry, Telemetry
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """One snapshot of the worker (``GetWorkerStats``). ``gpu``: the telemetry read now, or
+    None, and then ``gpu_unavailable`` says why ("not available: <why>")."""
+
+    worker_id: str
+    device: str
+    num_blocks: int
+    live_seqs: int
+    steps: int
+    swap_out_bytes: int
+    swap_in_bytes: int
+    gpu: GpuTelemetry | None = None
+    gpu_unavailable: str | None = None
 
 
 class StepMetrics:
@@ -32,7 +50,7 @@ class StepMetrics:
         )
         self._copied = 0.0  # the part of the swap engine's copy_seconds already counted
 
-    def on_step(self, result: wk.StepResult) -> None:
+    def on_step(self, result: StepResult) -> None:
         executor = self._executor
         self._steps.inc()
         self._step_s.observe(result.timing.step_s)
@@ -45,9 +63,9 @@ class StepMetrics:
 
 def stats_snapshot(
     worker_id: str, executor: StepExecutor, pool: DevicePool, telemetry: Telemetry
-) -> wk.WorkerStatsResponse:
+) -> WorkerStats:
     """The worker's counters and, where there is a GPU, its telemetry, read now."""
-    out = wk.WorkerStatsResponse(
+    return WorkerStats(
         worker_id=worker_id,
         device=str(pool.pool.device),
         num_blocks=pool.pool.num_blocks,
@@ -55,12 +73,6 @@ def stats_snapshot(
         steps=executor.steps,
         swap_out_bytes=executor.swap_out_bytes,
         swap_in_bytes=executor.swap_in_bytes,
-        gpu=telemetry.unavailable or "",
+        gpu=telemetry.read(),
+        gpu_unavailable=telemetry.unavailable,
     )
-    gpu = telemetry.read()
-    if gpu is not None:
-        out.gpu = gpu.name
-        out.gpu_util = gpu.utilization
-        out.gpu_mem_used = gpu.memory_used
-        out.gpu_mem_total = gpu.memory_total
-    return out

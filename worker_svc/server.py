@@ -19,7 +19,6 @@ from functools import partial
 
 import torch
 
-from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
 from servekit.logs import setup_logging
 from servekit.names import SwapLayout
@@ -31,7 +30,8 @@ from worker_svc.executor import StepExecutor
 from worker_svc.link import LinkRejected, SchedulerLink
 from worker_svc.loader import load_model
 from worker_svc.metrics import StepMetrics, stats_snapshot
-from worker_svc.servicer import WorkerServicer
+from worker_svc.plan import WorkerHello
+from worker_svc.servicer import SERVICE_NAME, WorkerServicer
 from worker_svc.store_client import connect_store
 from worker_svc.telemetry import Telemetry
 
@@ -76,12 +76,8 @@ async def serve(cfg: WorkerConfig) -> int:
         executor = StepExecutor(Engine(model, spec, pool.pool), swaps)
         metrics = StepMetrics(service.registry, executor)
         snapshot = partial(stats_snapshot, cfg.worker_id, executor, pool, telemetry)
-        service.add(
-            wk_grpc.add_WorkerServicer_to_server,
-            WorkerServicer(snapshot),
-            "fastswitch.worker.v1.Worker",
-        )
-        hello = wk.WorkerHello(
+        service.add(wk_grpc.add_WorkerServicer_to_server, WorkerServicer(snapshot), SERVICE_NAME)
+        hello = WorkerHello(
             worker_id=cfg.worker_id,
             model_fingerprint=spec.fingerprint,
             num_blocks=pool.pool.num_blocks,

@@ -70,6 +70,7 @@ import torch
 
 from servekit.names import SwapLayout
 from worker_svc.kv_pool import KVPool
+from worker_svc.plan import RunCopy
 
 __all__ = [
     "Direction",
@@ -86,14 +87,6 @@ log = logging.getLogger(__name__)
 class Direction(StrEnum):
     OUT = "out"  # device -> host
     IN = "in"  # host -> device
-
-
-class RunCopy(NamedTuple):
-    """``count`` blocks from device block ``device_start`` to/from host block ``host_start``."""
-
-    device_start: int
-    host_start: int
-    count: int  # type: ignore[assignment]
 
 
 class SwapFailure(NamedTuple):
