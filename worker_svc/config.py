@@ -19,13 +19,17 @@ _FALSE = {"", "0", "false", "no", "off"}
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
+    """Everything one worker process is started with. ``kvstore`` None: no KV store (and no
+    swaps); ``device_kv_blocks`` None: sized by the device pool; ``threads`` None: torch's
+    default; ``advertise``: the address the scheduler hands out (``--listen`` if not given)."""
+
     listen: str
     metrics_port: int
     metrics_host: str
     log_level: str
     deployment_id: str
     scheduler: str
-    kvstore: str
+    kvstore: str | None
     model: str
     device: str
     dtype: str
@@ -34,7 +38,7 @@ class WorkerConfig:
     block_size: int
     worker_id: str
     advertise: str
-    threads: int
+    threads: int | None
     swap_layout: str = SwapLayout.GROUP
     swap_sync: bool = False
 
@@ -140,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         log_level=args.log_level,
         deployment_id=args.deployment_id,
         scheduler=args.scheduler,
-        kvstore=args.kvstore,
+        kvstore=args.kvstore or None,
         model=args.model,
         device=args.device,
         dtype=args.dtype,
@@ -149,7 +153,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         block_size=args.block_size,
         worker_id=args.worker_id,
         advertise=args.advertise or args.listen,
-        threads=args.threads,
+        threads=args.threads if args.threads > 0 else None,
         swap_layout=args.swap_layout or mode.swap_layout.value,
         swap_sync=_flag("--swap-sync", args.swap_sync) or mode.swap_sync,
     )

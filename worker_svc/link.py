@@ -145,7 +145,7 @@ class SchedulerLink:
         loop = asyncio.get_running_loop()
         leases = await loop.run_in_executor(self._thread, self._executor.reset)
         if leases and self._store is not None:
-            await settle_swaps(self._store, StepOutcome(StepResult(step_id=0), releases=leases))
+            await release_leases(self._store, list(leases))
 
 
 async def settle_swaps(
@@ -197,20 +197,24 @@ async def settle_swaps(
                 committed.append(CommittedBlocks(w.seq, tuple(answer.blocks)))
     _log_release_failures(releases, answers[len(commits) :])
     if abandoned:  # a reservation left half-committed: give its blocks back now
-        answers = await asyncio.gather(
-            *(
-                store.Release(kv.ReleaseRequest(lease_id=lease), timeout=timeout_s)
-                for lease in abandoned
-            ),
-            return_exceptions=True,
-        )
-        _log_release_failures(abandoned, answers)
+        await release_leases(store, abandoned, timeout_s=timeout_s)
     return replace(
         result,
         swap_out_done=result.swap_out_done + tuple(done),
         errors=result.errors + tuple(errors),
         committed=result.committed + tuple(committed),
     )
+
+
+async def release_leases(
+    store: kv_grpc.KVStoreStub, leases: list[str], *, timeout_s: float = 5.0
+) -> None:
+    """Ends ``leases`` concurrently; a failed release is only logged (it expires on its own)."""
+    answers = await asyncio.gather(
+        *(store.Release(kv.ReleaseRequest(lease_id=lease), timeout=timeout_s) for lease in leases),
+        return_exceptions=True,
+    )
+    _log_release_failures(leases, answers)
 
 
 def _log_release_failures(leases: list[str], answers: list[object]) -> None:

@@ -38,7 +38,8 @@ class RunCopy(NamedTuple):
 
     device_start: int
     host_start: int
-    count: int  # type: ignore[assignment]  # shadows tuple.count(), as BlockRun's does
+    # Shadows tuple.count() on purpose, as servekit.runs.BlockRun's does: the proto's name.
+    count: int  # type: ignore[assignment]
 
 
 class PrefillChunk(NamedTuple):

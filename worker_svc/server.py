@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 async def serve(cfg: WorkerConfig) -> int:
     """The whole life of one worker process; returns the exit status."""
-    if cfg.threads > 0:
+    if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     spec, model = load_model(cfg.model, device=device, dtype=torch_dtype(cfg.dtype))
@@ -63,7 +63,7 @@ async def serve(cfg: WorkerConfig) -> int:
         cleanup.callback(telemetry.close)
         service.install_signal_handlers()
         store, swaps = None, None
-        if cfg.kvstore:
+        if cfg.kvstore is not None:
             store, swaps = await connect_store(
                 cfg.kvstore,
                 worker_id=cfg.worker_id,
