@@ -18,24 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 
 from servekit.modelspec import ModelSpec
 from worker_svc.kv_pool import KVPool
 from worker_svc.model import ChunkInput, DecodeInput, LlamaModel, build_step_batch
+from worker_svc.plan import PrefillChunk
 from worker_svc.sampling import Sampler, SamplingParams
 
 __all__ = ["Engine", "PrefillChunk", "SamplingParams", "SeqState"]
-
-
-class PrefillChunk(NamedTuple):
-    """Prompt tokens of ``seq`` for its next positions; ``sample`` asks for the next token."""
-
-    seq: int
-    token_ids: Sequence[int]
-    sample: bool
 
 
 @dataclass(slots=True)

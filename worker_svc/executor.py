@@ -41,63 +41,76 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from proto import worker_pb2 as wk
-from worker_svc.engine import Engine, PrefillChunk, SamplingParams
-from worker_svc.swap_engine import Direction, RunCopy, SwapEngine
+from servekit.runs import BlockRun
+from worker_svc.engine import Engine, SamplingParams
+from worker_svc.plan import (
+    RunCopy,
+    SeqError,
+    StepPlan,
+    StepResult,
+    StepTiming,
+)
+from worker_svc.swap_engine import Direction, SwapCompletions, SwapEngine
 
 log = logging.getLogger(__name__)
 
 NO_STORE = "this worker was started without a KV store: no swaps"
 
 
-def _block_ids(runs: Iterable[wk.Run]) -> list[int]:
-    return [b for r in runs for b in range(r.start, r.start + r.count)]
+def _block_ids(runs: Iterable[BlockRun]) -> list[int]:
+    return [b for r in runs for b in r.blocks()]
 
 
-def _sampling(s: wk.WorkerSampling) -> SamplingParams:
-    return SamplingParams(
-        temperature=s.temperature,
-        top_p=s.top_p or 1.0,
-        top_k=s.top_k,
-        seed=s.seed if s.HasField("seed") else None,
-    )
-
-
-def _runs(copies: Iterable[wk.RunCopy]) -> list[RunCopy]:
-    return [RunCopy(c.device_start, c.host_start, c.count) for c in copies]
+def _host_blocks(copies: Iterable[RunCopy]) -> tuple[int, ...]:
+    return tuple(b for r in copies for b in range(r.host_start, r.host_start + r.count))
 
 
 class SwapOutWritten(NamedTuple):
     """A finished swap-out: commit ``host_blocks`` under ``lease_id``, then report ``seq``."""
 
     seq: int
-    lease_id: str
+    lease_id: str | None
     host_blocks: tuple[int, ...]  # in copy order
-    block_hashes: tuple[bytes, ...]  # parallel to host_blocks, or empty (private blocks)
-    tenant: str = ""  # charged for the retained blocks
-    ttl_s: float = 0.0  # retention hint
+    block_hashes: tuple[bytes | None, ...]  # parallel to host_blocks (None: private), or empty
+    tenant: str | None = None  # charged for the retained blocks
+    ttl_s: float | None = None  # retention hint
 
 
 @dataclass(frozen=True, slots=True)
 class StepOutcome:
     """``result`` is final except for the sequences in ``commits`` (see the module docstring)."""
 
-    result: wk.StepResult
+    result: StepResult
     commits: tuple[SwapOutWritten, ...] = ()
     releases: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
-class _StoreWork:
+class _StepWork:
+    """What one step gathers before its result is built."""
+
+    failed: dict[int, str] = field(default_factory=dict)  # seq -> why
+    sampled: dict[int, int] = field(default_factory=dict)  # seq -> token
+    cancelled: list[int] = field(default_factory=list)
+    swapped_in: list[int] = field(default_factory=list)
     commits: list[SwapOutWritten] = field(default_factory=list)
     releases: list[str] = field(default_factory=list)
 
-    def release(self, lease_id: str) -> None:
-        if lease_id:
+    def release(self, lease_id: str | None) -> None:
+        if lease_id is not None:
             self.releases.append(lease_id)
 
 
 class StepExecutor:
+    """Runs the scheduler's step plans on one worker: owns the engine (each sequence's
+    execution state) and the bookkeeping of the swaps in flight (which lease each holds).
+
+    Called by the scheduler link, one ``run`` at a time on its step thread; ``reset`` after the
+    link is lost. It never allocates: every block id, copy and token comes in the plan. Each
+    swap submitted is reported exactly once, done, cancelled or failed, and its lease is
+    handed back (in ``releases`` or ``commits``) exactly once (see the module docstring).
+    """
+
     def __init__(self, engine: Engine, swaps: SwapEngine | None = None) -> None:
         self.engine = engine
         self.swaps = swaps
@@ -105,12 +118,12 @@ class StepExecutor:
         self.swap_out_bytes = 0
         self.swap_in_bytes = 0
         self._outs: dict[int, SwapOutWritten] = {}  # swap-outs in flight, by seq
-        self._ins: dict[int, str] = {}  # swap-ins in flight: seq -> pin lease
+        self._ins: dict[int, str | None] = {}  # swap-ins in flight: seq -> pin lease
 
     def reset(self) -> tuple[str, ...]:
         """Forgets every sequence (the scheduler went away; it will recompute them). Waits for
         the swaps in flight and returns the leases they held, for the caller to release."""
-        leases: list[str] = []
+        leases: list[str | None] = []
         if self.swaps is not None:
             self.swaps.wait_all()
             self.swaps.poll()
@@ -119,45 +132,38 @@ class StepExecutor:
             self._ins.clear()
         e = self.engine
         self.engine = Engine(e.model, e.spec, e.pool)
-        return tuple(lease for lease in leases if lease)
+        return tuple(lease for lease in leases if lease is not None)
 
-    def run(self, plan: wk.StepPlan) -> StepOutcome:
+    def run(self, plan: StepPlan) -> StepOutcome:
         t0 = time.perf_counter()
-        result = wk.StepResult(step_id=plan.step_id)
-        failed: dict[int, str] = {}
-        work = _StoreWork()
-        self._apply_table_changes(plan, failed)
-        swap_wait_s = self._start_swaps(plan, failed, result, work)
-        prefills = [
-            PrefillChunk(c.seq, list(c.token_ids), c.sample)
-            for c in plan.prefill
-            if c.seq not in failed
-        ]
-        decodes = [s for s in plan.decode if s not in failed]
+        work = _StepWork()
+        self._apply_table_changes(plan, work)
+        swap_wait_s = self._start_swaps(plan, work)
         t1 = time.perf_counter()
-        if prefills or decodes:
-            try:
-                sampled = self.engine.execute(prefills, decodes)
-            except ValueError as err:
-                log.error("step failed", extra={"step": plan.step_id, "why": str(err)})
-                for seq in [c.seq for c in prefills] + decodes:
-                    failed[seq] = f"step {plan.step_id} failed: {err}"
-                sampled = {}
-            result.seqs.extend(sampled.keys())
-            result.tokens.extend(sampled.values())
+        self._forward(plan, work)
         t2 = time.perf_counter()
-        self._collect_swaps(result, failed, work)
-        for seq, message in failed.items():
-            result.errors.add(seq=seq, message=message)
+        done = self._collect_swaps(work)
+        for seq in work.failed:
             if self.engine.has_seq(seq):
                 self.engine.drop_seq(seq)
         self.steps += 1
-        result.timing.swap_wait_s = swap_wait_s
-        result.timing.forward_s = t2 - t1
-        result.timing.step_s = time.perf_counter() - t0
+        result = StepResult(
+            step_id=plan.step_id,
+            seqs=tuple(work.sampled),
+            tokens=tuple(work.sampled.values()),
+            swap_in_done=tuple(work.swapped_in),
+            swap_out_cancelled=tuple(work.cancelled),
+            errors=tuple(SeqError(seq, message) for seq, message in work.failed.items()),
+            swap_out_bytes=done.out_bytes,
+            swap_in_bytes=done.in_bytes,
+            swap_copies=done.copies,
+            timing=StepTiming(
+                forward_s=t2 - t1, step_s=time.perf_counter() - t0, swap_wait_s=swap_wait_s
+            ),
+        )
         return StepOutcome(result, tuple(work.commits), tuple(work.releases))
 
-    def _apply_table_changes(self, plan: wk.StepPlan, failed: dict[int, str]) -> None:
+    def _apply_table_changes(self, plan: StepPlan, work: _StepWork) -> None:
         engine = self.engine
         for seq in plan.drop:
             if engine.has_seq(seq):
@@ -166,29 +172,28 @@ class StepExecutor:
             try:
                 engine.start_seq(
                     s.seq,
-                    _sampling(s.sampling),
+                    SamplingParams(*s.sampling),
                     position=s.position,
-                    last_token=s.last_token if s.HasField("last_token") else None,
+                    last_token=s.last_token,
                     num_generated=s.num_generated,
                 )
                 engine.append_blocks(s.seq, _block_ids(s.blocks))
             except ValueError as err:
-                failed[s.seq] = str(err)
+                work.failed[s.seq] = str(err)
         for a in plan.append:
             try:
                 engine.append_blocks(a.seq, _block_ids(a.blocks))
             except ValueError as err:
-                failed[a.seq] = str(err)
+                work.failed[a.seq] = str(err)
 
-    def _start_swaps(
-        self, plan: wk.StepPlan, failed: dict[int, str], result: wk.StepResult, work: _StoreWork
-    ) -> float:
+    def _start_swaps(self, plan: StepPlan, work: _StepWork) -> float:
         """Submits swap-ins, then swap-outs, then cancels; returns the seconds the step spent
         here (sync mode: the copies themselves; async: handing them to the copy thread)."""
         swaps = self.swaps
+        failed = work.failed
         if swaps is None:
-            for order in [*plan.swap_in, *plan.swap_out]:
-                failed[order.seq] = NO_STORE
+            for seq in [o.seq for o in plan.swap_in] + [o.seq for o in plan.swap_out]:
+                failed[seq] = NO_STORE
             return 0.0
         started = time.perf_counter()
         for sin in plan.swap_in:
@@ -196,7 +201,7 @@ class StepExecutor:
                 work.release(sin.lease_id)
                 continue
             try:
-                swaps.submit_in(sin.seq, _runs(sin.copies))
+                swaps.submit_in(sin.seq, sin.copies)
                 self._ins[sin.seq] = sin.lease_id
             except ValueError as err:
                 failed[sin.seq] = str(err)
@@ -205,43 +210,55 @@ class StepExecutor:
             if sout.seq in failed:
                 work.release(sout.lease_id)
                 continue
-            runs = _runs(sout.copies)
             try:
-                swaps.submit_out(sout.seq, runs)
+                swaps.submit_out(sout.seq, sout.copies)
             except ValueError as err:
                 failed[sout.seq] = str(err)
                 work.release(sout.lease_id)
                 continue
-            blocks = tuple(b for r in runs for b in range(r.host_start, r.host_start + r.count))
+            blocks = tuple(
+                b for r in sout.copies for b in range(r.host_start, r.host_start + r.count)
+            )
             self._outs[sout.seq] = SwapOutWritten(
-                sout.seq, sout.lease_id, blocks, tuple(sout.block_hashes), sout.tenant, sout.ttl_s
+                sout.seq, sout.lease_id, blocks, sout.block_hashes, sout.tenant, sout.ttl_s
             )
         for seq in plan.cancel_swap_out:
             if swaps.cancel_out(seq):
-                result.swap_out_cancelled.append(seq)
+                work.cancelled.append(seq)
                 work.release(self._outs.pop(seq).lease_id)
         return time.perf_counter() - started
 
-    def _collect_swaps(
-        self, result: wk.StepResult, failed: dict[int, str], work: _StoreWork
-    ) -> None:
-        """Moves the swaps finished so far into the result (swap-outs via ``work.commits``)."""
-        if self.swaps is None:
+    def _forward(self, plan: StepPlan, work: _StepWork) -> None:
+        """One forward over the prefills and decodes of sequences not failed so far; a fault of
+        the forward fails every sequence in it."""
+        failed = work.failed
+        prefills = [c for c in plan.prefill if c.seq not in failed]
+        decodes = [s for s in plan.decode if s not in failed]
+        if not prefills and not decodes:
             return
+        try:
+            work.sampled = self.engine.execute(prefills, decodes)
+        except ValueError as err:
+            log.error("step failed", extra={"step": plan.step_id, "why": str(err)})
+            for seq in [c.seq for c in prefills] + decodes:
+                failed[seq] = f"step {plan.step_id} failed: {err}"
+
+    def _collect_swaps(self, work: _StepWork) -> SwapCompletions:
+        """Moves the swaps finished so far into ``work`` (swap-outs via ``work.commits``)."""
+        if self.swaps is None:
+            return SwapCompletions()
         done = self.swaps.poll()
         for seq in done.swapped_out:
             work.commits.append(self._outs.pop(seq))
         for seq in done.swapped_in:
-            result.swap_in_done.append(seq)
+            work.swapped_in.append(seq)
             work.release(self._ins.pop(seq))
         for f in done.failed:
-            failed[f.seq] = f.message
+            work.failed[f.seq] = f.message
             if f.direction is Direction.OUT:
                 work.release(self._outs.pop(f.seq).lease_id)
             else:
                 work.release(self._ins.pop(f.seq))
-        result.swap_out_bytes = done.out_bytes
-        result.swap_in_bytes = done.in_bytes
-        result.swap_copies = done.copies
         self.swap_out_bytes += done.out_bytes
         self.swap_in_bytes += done.in_bytes
+        return done

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import grpc
 
@@ -25,7 +26,9 @@ from proto import kvstore_pb2 as kv
 from proto import kvstore_pb2_grpc as kv_grpc
 from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
+from worker_svc.convert import hello_to_proto, plan_from_proto, result_to_proto
 from worker_svc.executor import StepExecutor, StepOutcome
+from worker_svc.plan import CommittedBlocks, SeqError, StepResult, WorkerHello
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +44,23 @@ class LinkRejected(RuntimeError):
 
 
 class SchedulerLink:
+    """The worker's one connection to the scheduler (see the module docstring).
+
+    Owned by ``server.serve``; ``run`` is its only task. Owns the step thread: the executor's
+    ``run`` and ``reset`` happen there, one at a time, in the order the plans arrive, and
+    every plan is answered by exactly one result, in order. ``on_state(True)`` once the
+    scheduler has accepted the worker, ``on_state(False)`` whenever the stream is lost;
+    ``on_step`` sees each result after it was sent.
+    """
+
     def __init__(
         self,
         scheduler: str,
-        hello: wk.WorkerHello,
+        hello: WorkerHello,
         executor: StepExecutor,
         *,
         on_state: Callable[[bool], None],
-        on_step: Callable[[wk.StepResult], None] | None = None,
+        on_step: Callable[[StepResult], None] | None = None,
         store: kv_grpc.KVStoreStub | None = None,
         max_backoff_s: float = 2.0,
     ) -> None:
@@ -90,7 +102,7 @@ class SchedulerLink:
             call = wk_grpc.StepLinkStub(channel).Connect()
             stopper = loop.create_task(stop.wait())
             try:
-                await call.write(wk.WorkerMessage(hello=self._hello))
+                await call.write(wk.WorkerMessage(hello=hello_to_proto(self._hello)))
                 sent = time.perf_counter()
                 while True:
                     reader = loop.create_task(call.read())
@@ -110,12 +122,17 @@ class SchedulerLink:
                         self._on_state(True)
                         continue
                     received = time.perf_counter()
-                    outcome = await loop.run_in_executor(self._thread, self._executor.run, msg.plan)
+                    plan = plan_from_proto(msg.plan)
+                    outcome = await loop.run_in_executor(self._thread, self._executor.run, plan)
                     settling = time.perf_counter()
                     result = await settle_swaps(self._store, outcome)
-                    result.timing.step_s += time.perf_counter() - settling
-                    result.timing.idle_s = received - sent
-                    await call.write(wk.WorkerMessage(result=result))
+                    timing = replace(
+                        result.timing,
+                        step_s=result.timing.step_s + time.perf_counter() - settling,
+                        idle_s=received - sent,
+                    )
+                    result = replace(result, timing=timing)
+                    await call.write(wk.WorkerMessage(result=result_to_proto(result)))
                     sent = time.perf_counter()
                     if self._on_step is not None:
                         self._on_step(result)
@@ -128,13 +145,13 @@ class SchedulerLink:
         loop = asyncio.get_running_loop()
         leases = await loop.run_in_executor(self._thread, self._executor.reset)
         if leases and self._store is not None:
-            await settle_swaps(self._store, StepOutcome(wk.StepResult(), releases=leases))
+            await release_leases(self._store, list(leases))
 
 
 async def settle_swaps(
     store: kv_grpc.KVStoreStub | None, outcome: StepOutcome, *, timeout_s: float = 5.0
-) -> wk.StepResult:
-    """Completes ``outcome.result`` with the KV store: commits every finished swap-out and then
+) -> StepResult:
+    """``outcome.result`` completed with the KV store: commits every finished swap-out and then
     reports it in ``swap_out_done`` (or in ``errors`` when the commit fails, e.g. an expired
     lease: the scheduler recomputes it) and releases ``outcome.releases``. All calls run
     concurrently; a failed release is only logged (the lease expires on its own)."""
@@ -144,15 +161,17 @@ async def settle_swaps(
     if store is None:
         raise RuntimeError("swaps finished on a worker without a KV store")
     commits = [w for w in outcome.commits if w.host_blocks]
-    result.swap_out_done.extend(w.seq for w in outcome.commits if not w.host_blocks)
+    done = [w.seq for w in outcome.commits if not w.host_blocks]
+    errors: list[SeqError] = []
+    committed: list[CommittedBlocks] = []
     calls = [
         store.Commit(
             kv.CommitRequest(
-                lease_id=w.lease_id,
+                lease_id=w.lease_id or "",
                 blocks=w.host_blocks,
-                block_hashes=w.block_hashes,
-                tenant=w.tenant,
-                ttl_s=w.ttl_s,
+                block_hashes=[h or b"" for h in w.block_hashes],
+                tenant=w.tenant or "",
+                ttl_s=w.ttl_s or 0.0,
             ),
             timeout=timeout_s,
         )
@@ -167,26 +186,35 @@ async def settle_swaps(
     for w, answer in zip(commits, answers, strict=False):
         if isinstance(answer, grpc.aio.AioRpcError):
             message = f"commit of swapped-out KV failed: {answer.code().name}: {answer.details()}"
-            result.errors.add(seq=w.seq, message=message)
-            if answer.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: the lease is gone
-                abandoned.append(w.lease_id)
+            errors.append(SeqError(w.seq, message))
+            if w.lease_id is not None and answer.code() != grpc.StatusCode.NOT_FOUND:
+                abandoned.append(w.lease_id)  # (NOT_FOUND: the lease is gone)
         elif isinstance(answer, BaseException):
             raise answer
         else:
-            result.swap_out_done.append(w.seq)
+            done.append(w.seq)
             if tuple(answer.blocks) != w.host_blocks:  # duplicates of retained blocks
-                result.committed.add(seq=w.seq, blocks=answer.blocks)
+                committed.append(CommittedBlocks(w.seq, tuple(answer.blocks)))
     _log_release_failures(releases, answers[len(commits) :])
     if abandoned:  # a reservation left half-committed: give its blocks back now
-        answers = await asyncio.gather(
-            *(
-                store.Release(kv.ReleaseRequest(lease_id=lease), timeout=timeout_s)
-                for lease in abandoned
-            ),
-            return_exceptions=True,
-        )
-        _log_release_failures(abandoned, answers)
-    return result
+        await release_leases(store, abandoned, timeout_s=timeout_s)
+    return replace(
+        result,
+        swap_out_done=result.swap_out_done + tuple(done),
+        errors=result.errors + tuple(errors),
+        committed=result.committed + tuple(committed),
+    )
+
+
+async def release_leases(
+    store: kv_grpc.KVStoreStub, leases: list[str], *, timeout_s: float = 5.0
+) -> None:
+    """Ends ``leases`` concurrently; a failed release is only logged (it expires on its own)."""
+    answers = await asyncio.gather(
+        *(store.Release(kv.ReleaseRequest(lease_id=lease), timeout=timeout_s) for lease in leases),
+        return_exceptions=True,
+    )
+    _log_release_failures(leases, answers)
 
 
 def _log_release_failures(leases: list[str], answers: list[object]) -> None:

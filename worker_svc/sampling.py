@@ -76,12 +76,7 @@ class Sampler:
         rows = [i for i, p in enumerate(params) if not p.greedy]
         if not rows:
             return tokens
-        uniforms = [
-            sampling_uniform(params[i].seed, indices[i])  # type: ignore[arg-type]
-            if params[i].seed is not None
-            else self._rng.random()
-            for i in rows
-        ]
+        uniforms = [self._uniform(params[i].seed, indices[i]) for i in rows]
         picked = _sample_rows(
             logits[rows] if len(rows) < len(params) else logits,
             temperatures=[params[i].temperature for i in rows],
@@ -92,6 +87,9 @@ class Sampler:
         for i, token in zip(rows, picked, strict=True):
             tokens[i] = token
         return tokens
+
+    def _uniform(self, seed: int | None, index: int) -> float:
+        return sampling_uniform(seed, index) if seed is not None else self._rng.random()
 
 
 def _sample_rows(

@@ -8,13 +8,19 @@ import grpc
 
 from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
+from worker_svc.convert import stats_to_proto
+from worker_svc.metrics import WorkerStats
+
+SERVICE_NAME = "fastswitch.worker.v1.Worker"
 
 
 class WorkerServicer(wk_grpc.WorkerServicer):
-    def __init__(self, snapshot: Callable[[], wk.WorkerStatsResponse]) -> None:
+    """Answers ``GetWorkerStats`` from ``snapshot`` (read on the event loop, per call)."""
+
+    def __init__(self, snapshot: Callable[[], WorkerStats]) -> None:
         self._snapshot = snapshot
 
     async def GetWorkerStats(
         self, request: wk.WorkerStatsRequest, context: grpc.aio.ServicerContext
     ) -> wk.WorkerStatsResponse:
-        return self._snapshot()
+        return stats_to_proto(self._snapshot())

@@ -64,12 +64,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, SupportsInt
 
 import torch
 
 from servekit.names import SwapLayout
 from worker_svc.kv_pool import KVPool
+from worker_svc.plan import RunCopy
 
 __all__ = [
     "Direction",
@@ -84,19 +85,16 @@ log = logging.getLogger(__name__)
 
 
 class Direction(StrEnum):
+    """Which way a job copies."""
+
     OUT = "out"  # device -> host
     IN = "in"  # host -> device
 
 
-class RunCopy(NamedTuple):
-    """``count`` blocks from device block ``device_start`` to/from host block ``host_start``."""
-
-    device_start: int
-    host_start: int
-    count: int  # type: ignore[assignment]
-
-
 class SwapFailure(NamedTuple):
+    """A job that raised while copying: ``seq``'s swap in ``direction`` is over, and its
+    destination blocks may be partly written (the caller treats them as garbage)."""
+
     seq: int
     direction: Direction
     message: str
@@ -149,7 +147,15 @@ class _Views:
 
 class SwapEngine:
     """Copies block runs between ``pool`` and ``host`` (uint8 ``[num_host_blocks, block_bytes]``
-    on the CPU, e.g. the mapped arena). See the module docstring for the contract."""
+    on the CPU, e.g. the mapped arena). See the module docstring for the contract.
+
+    Owns the copy thread (async), the side stream (CUDA async) and the pinning of ``host``
+    (CUDA); it holds views of both sides and no block ownership. Called by the step executor
+    (``submit_*``, ``cancel_out``, ``poll``, on the step thread) and by its owner at shutdown
+    (``close``, before the pool and the arena are freed). Invariant: every job submitted is
+    reported by ``poll`` exactly once (done or failed) unless ``cancel_out`` returned True or
+    ``close`` dropped it before it started, and nothing was written for those.
+    """
 
     def __init__(
         self,
@@ -413,6 +419,6 @@ class SwapEngine:
         self._pinned_ptr = ptr
 
 
-def _check_cuda(code: object, what: str) -> None:
-    if int(code) != 0:  # type: ignore[call-overload]
+def _check_cuda(code: SupportsInt, what: str) -> None:
+    if int(code) != 0:
         raise RuntimeError(f"cudaHost{what.capitalize()} of the host arena failed: error {code}")

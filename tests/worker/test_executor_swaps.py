@@ -18,13 +18,13 @@ from kvstore_svc.servicer import SERVICE_NAME, KVStoreServicer
 from kvstore_svc.store import Store
 from proto import kvstore_pb2 as kv
 from proto import kvstore_pb2_grpc as kv_grpc
-from proto import worker_pb2 as wk
 from servekit import shm
 from servekit.service import GrpcService
-from worker_svc.engine import Engine, PrefillChunk, SamplingParams
+from worker_svc.engine import Engine, SamplingParams
 from worker_svc.executor import StepExecutor, StepOutcome, SwapOutWritten
 from worker_svc.kv_pool import KVPool
 from worker_svc.link import settle_swaps
+from worker_svc.plan import BlockRun, PrefillChunk, RunCopy, SeqStart, StepPlan, SwapIn, SwapOut
 from worker_svc.swap_engine import SwapEngine, SwapLayout
 
 from .helpers import new_pool, prompt_of
@@ -36,12 +36,11 @@ MODES = [(layout, sync) for layout in SwapLayout for sync in (False, True)]
 MODE_IDS = [f"{layout}-{'sync' if sync else 'async'}" for layout, sync in MODES]
 
 
-def rc(device_start: int, host_start: int, count: int) -> wk.RunCopy:
-    return wk.RunCopy(device_start=device_start, host_start=host_start, count=count)
+rc = RunCopy
 
 
-def runs(*pairs: tuple[int, int]) -> list[wk.Run]:
-    return [wk.Run(start=s, count=n) for s, n in pairs]
+def runs(*pairs: tuple[int, int]) -> tuple[BlockRun, ...]:
+    return tuple(BlockRun(s, n) for s, n in pairs)
 
 
 class Driver:
@@ -53,7 +52,8 @@ class Driver:
 
     def run(self, **fields: Any) -> StepOutcome:
         self.step += 1
-        return self.executor.run(wk.StepPlan(step_id=self.step, **fields))
+        plan = StepPlan(step_id=self.step, **{k: tuple(v) for k, v in fields.items()})
+        return self.executor.run(plan)
 
     def decode(self, seq: int, n: int) -> list[int]:
         out = []
@@ -115,10 +115,10 @@ def reference(tiny: Any) -> list[int]:
     return out
 
 
-def prefill_and_decode(d: Driver, seq: int, blocks: list[wk.Run]) -> list[int]:
+def prefill_and_decode(d: Driver, seq: int, blocks: tuple[BlockRun, ...]) -> list[int]:
     first = d.run(
-        start=[wk.SeqStart(seq=seq, blocks=blocks)],
-        prefill=[wk.PrefillChunk(seq=seq, token_ids=PROMPT, sample=True)],
+        start=[SeqStart(seq=seq, blocks=blocks)],
+        prefill=[PrefillChunk(seq, PROMPT, True)],
     ).result
     assert not first.errors, first.errors
     return [first.tokens[0], *d.decode(seq, BEFORE - 1)]
@@ -139,8 +139,8 @@ def test_swap_out_and_in_elsewhere_continues_identically(
     out = d.run(
         drop=[5],
         swap_out=[
-            wk.SwapOut(
-                seq=5, copies=[rc(3, 10, 2), rc(8, 2, 1)], lease_id="R1", block_hashes=hashes
+            SwapOut(
+                seq=5, copies=(rc(3, 10, 2), rc(8, 2, 1)), lease_id="R1", block_hashes=tuple(hashes)
             )
         ],
     )
@@ -157,7 +157,7 @@ def test_swap_out_and_in_elsewhere_continues_identically(
     # Swap in to device blocks 12 | 20, 21 (split differently from the host extents).
     into = d.run(
         start=[
-            wk.SeqStart(
+            SeqStart(
                 seq=5,
                 position=position,
                 last_token=tokens[-1],
@@ -165,9 +165,7 @@ def test_swap_out_and_in_elsewhere_continues_identically(
                 blocks=runs((12, 1), (20, 2), (6, 1)),  # + one fresh block
             )
         ],
-        swap_in=[
-            wk.SwapIn(seq=5, copies=[rc(12, 10, 1), rc(20, 11, 1), rc(21, 2, 1)], lease_id="P1")
-        ],
+        swap_in=[SwapIn(seq=5, copies=(rc(12, 10, 1), rc(20, 11, 1), rc(21, 2, 1)), lease_id="P1")],
     )
     if sync:
         assert into.result.timing.swap_wait_s > 0
@@ -185,7 +183,7 @@ def test_cancel_before_the_copy_starts(make_setup: Any) -> None:
     # The engine's lock held: the copy thread cannot take the job before the cancel.
     with s.swaps._lock:
         out = d.run(
-            swap_out=[wk.SwapOut(seq=5, copies=[rc(0, 0, 3)], lease_id="R1")],
+            swap_out=[SwapOut(seq=5, copies=(rc(0, 0, 3),), lease_id="R1")],
             cancel_swap_out=[5],
             decode=[5],  # rule 3: it runs again on the blocks it kept
         )
@@ -202,7 +200,7 @@ def test_cancel_too_late_reports_done(make_setup: Any) -> None:
     d = s.driver
     prefill_and_decode(d, 5, runs((0, 3)))
     out = d.run(
-        swap_out=[wk.SwapOut(seq=5, copies=[rc(0, 4, 3)], lease_id="R1")], cancel_swap_out=[5]
+        swap_out=[SwapOut(seq=5, copies=(rc(0, 4, 3),), lease_id="R1")], cancel_swap_out=[5]
     )
     assert list(out.result.swap_out_cancelled) == []
     assert [w.seq for w in out.commits] == [5] and out.releases == ()
@@ -213,12 +211,12 @@ def test_bad_orders_are_seq_errors_and_release_leases(make_setup: Any) -> None:
     d = s.driver
     prefill_and_decode(d, 5, runs((0, 3)))
     out = d.run(
-        start=[wk.SeqStart(seq=7, blocks=runs((99, 1)))],  # fails: its swap-in is not started
+        start=[SeqStart(seq=7, blocks=runs((99, 1)))],  # fails: its swap-in is not started
         swap_in=[
-            wk.SwapIn(seq=6, copies=[rc(30, 0, 1)], lease_id="P6"),  # past the pool
-            wk.SwapIn(seq=7, copies=[rc(5, 0, 1)], lease_id="P7"),
+            SwapIn(seq=6, copies=(rc(30, 0, 1),), lease_id="P6"),  # past the pool
+            SwapIn(seq=7, copies=(rc(5, 0, 1),), lease_id="P7"),
         ],
-        swap_out=[wk.SwapOut(seq=5, copies=[rc(0, 15, 3)], lease_id="R5")],  # past the arena
+        swap_out=[SwapOut(seq=5, copies=(rc(0, 15, 3),), lease_id="R5")],  # past the arena
     )
     errors = {e.seq: e.message for e in out.result.errors}
     assert set(errors) == {5, 6, 7}
@@ -230,7 +228,7 @@ def test_bad_orders_are_seq_errors_and_release_leases(make_setup: Any) -> None:
 def test_without_a_store_swaps_are_errors(tiny: Any) -> None:
     spec, model = tiny
     d = Driver(StepExecutor(Engine(model, spec, new_pool(spec, model, 8, BLOCK))))
-    out = d.run(swap_out=[wk.SwapOut(seq=1, copies=[rc(0, 0, 1)], lease_id="R1")])
+    out = d.run(swap_out=[SwapOut(seq=1, copies=(rc(0, 0, 1),), lease_id="R1")])
     assert [e.seq for e in out.result.errors] == [1]
     assert "without a KV store" in out.result.errors[0].message
     assert out.releases == () and out.commits == ()
@@ -241,8 +239,8 @@ def test_reset_waits_and_returns_leases(make_setup: Any) -> None:
     d = s.driver
     prefill_and_decode(d, 5, runs((0, 3)))
     with s.swaps._lock:
-        d.run(swap_out=[wk.SwapOut(seq=5, copies=[rc(0, 0, 3)], lease_id="R1")])
-        d.run(swap_in=[wk.SwapIn(seq=9, copies=[rc(10, 5, 1)], lease_id="P9")])
+        d.run(swap_out=[SwapOut(seq=5, copies=(rc(0, 0, 3),), lease_id="R1")])
+        d.run(swap_in=[SwapIn(seq=9, copies=(rc(10, 5, 1),), lease_id="P9")])
     assert sorted(d.executor.reset()) == ["P9", "R1"]
     assert s.swaps.in_flight == 0 and d.executor.engine.num_seqs == 0
     assert d.run().commits == ()
@@ -287,12 +285,12 @@ async def kvstore(tiny: Any) -> AsyncIterator[StoreUnderTest]:
         store.check_integrity()
 
 
-def copies_into(extents: Sequence[kv.Extent], device_start: int) -> list[wk.RunCopy]:
+def copies_into(extents: Sequence[kv.Extent], device_start: int) -> tuple[RunCopy, ...]:
     out, d = [], device_start
     for e in extents:
         out.append(rc(d, e.start, e.count))
         d += e.count
-    return out
+    return tuple(out)
 
 
 async def test_commit_before_done_then_pin_swap_in_release(
@@ -306,11 +304,11 @@ async def test_commit_before_done_then_pin_swap_in_release(
     out = d.run(
         drop=[5],
         swap_out=[
-            wk.SwapOut(
+            SwapOut(
                 seq=5,
                 copies=copies_into(res.extents, 0),
                 lease_id=res.lease_id,
-                block_hashes=hashes,
+                block_hashes=tuple(hashes),
             )
         ],
     )
@@ -323,7 +321,7 @@ async def test_commit_before_done_then_pin_swap_in_release(
 
     into = d.run(
         start=[
-            wk.SeqStart(
+            SeqStart(
                 seq=5,
                 position=len(PROMPT) + BEFORE - 1,
                 last_token=tokens[-1],
@@ -332,9 +330,9 @@ async def test_commit_before_done_then_pin_swap_in_release(
             )
         ],
         swap_in=[
-            wk.SwapIn(
+            SwapIn(
                 seq=5,
-                copies=[rc(10 + i, b, 1) for i, b in enumerate(host_blocks)],
+                copies=tuple(rc(10 + i, b, 1) for i, b in enumerate(host_blocks)),
                 lease_id=pin.lease_id,
             )
         ],
@@ -357,8 +355,8 @@ async def test_commit_failure_is_a_seq_error(make_setup: Any, kvstore: StoreUnde
     kvstore.store.expire()
     out = d.run(
         swap_out=[
-            wk.SwapOut(seq=5, copies=copies_into(expiring.extents, 0), lease_id=expiring.lease_id),
-            wk.SwapOut(seq=6, copies=copies_into(kept.extents, 4), lease_id=kept.lease_id),
+            SwapOut(seq=5, copies=copies_into(expiring.extents, 0), lease_id=expiring.lease_id),
+            SwapOut(seq=6, copies=copies_into(kept.extents, 4), lease_id=kept.lease_id),
         ],
     )
     result = await settle_swaps(kvstore.stub, out)
@@ -374,7 +372,7 @@ async def test_cancelled_reservation_is_released(make_setup: Any, kvstore: Store
     res = await kvstore.stub.Reserve(kv.ReserveRequest(num_blocks=3))
     with s.swaps._lock:
         out = d.run(
-            swap_out=[wk.SwapOut(seq=5, copies=copies_into(res.extents, 0), lease_id=res.lease_id)],
+            swap_out=[SwapOut(seq=5, copies=copies_into(res.extents, 0), lease_id=res.lease_id)],
             cancel_swap_out=[5],
         )
     result = await settle_swaps(kvstore.stub, out)
@@ -408,14 +406,12 @@ def test_cuda_round_trip_pinned_arena(reference: list[int], sync: bool) -> None:
                 assert host.is_pinned()
                 d = Driver(StepExecutor(Engine(model, spec, pool), swaps))
                 tokens = prefill_and_decode(d, 5, runs((3, 2), (8, 1)))
-                out = d.run(
-                    drop=[5], swap_out=[wk.SwapOut(seq=5, copies=[rc(3, 10, 2), rc(8, 2, 1)])]
-                )
+                out = d.run(drop=[5], swap_out=[SwapOut(seq=5, copies=(rc(3, 10, 2), rc(8, 2, 1)))])
                 assert d.until_swaps_done(out, "out").commits[0].host_blocks == (10, 11, 2)
                 pool.tensor[[3, 4, 8]] = 0
                 into = d.run(
                     start=[
-                        wk.SeqStart(
+                        SeqStart(
                             seq=5,
                             position=len(PROMPT) + BEFORE - 1,
                             last_token=tokens[-1],
@@ -423,7 +419,7 @@ def test_cuda_round_trip_pinned_arena(reference: list[int], sync: bool) -> None:
                             blocks=runs((12, 1), (20, 2), (6, 1)),  # + one fresh block
                         )
                     ],
-                    swap_in=[wk.SwapIn(seq=5, copies=[rc(12, 10, 1), rc(20, 11, 1), rc(21, 2, 1)])],
+                    swap_in=[SwapIn(seq=5, copies=(rc(12, 10, 1), rc(20, 11, 1), rc(21, 2, 1)))],
                 )
                 assert list(d.until_swaps_done(into, "in").result.swap_in_done) == [5]
                 tokens += d.decode(5, AFTER)

@@ -1,0 +1,49 @@
+"""The worker's config: flag defaults, the empty flags that mean "none", mode defaults and
+validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from servekit.names import SwapLayout
+from worker_svc.config import WorkerConfig, build_parser, config_from_args
+
+
+def config(*argv: str) -> WorkerConfig:
+    return config_from_args(build_parser().parse_args(["--scheduler", "127.0.0.1:1", *argv]))
+
+
+def test_defaults_mean_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FASTSWITCH_KVSTORE", "FASTSWITCH_THREADS", "FASTSWITCH_ADVERTISE"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = config("--listen", "127.0.0.1:7")
+    assert cfg.kvstore is None and cfg.threads is None and cfg.device_kv_blocks is None
+    assert cfg.advertise == "127.0.0.1:7"
+    assert (cfg.swap_layout, cfg.swap_sync) == (SwapLayout.GROUP, False)
+
+
+def test_given_values_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTSWITCH_THREADS", "3")
+    cfg = config("--kvstore", "unix:///tmp/kv.sock", "--device-kv-blocks", "64")
+    assert (cfg.kvstore, cfg.threads, cfg.device_kv_blocks) == ("unix:///tmp/kv.sock", 3, 64)
+
+
+def test_the_baseline_mode_sets_the_swap_defaults() -> None:
+    cfg = config("--mode", "vllm-baseline")
+    assert (cfg.swap_layout, cfg.swap_sync) == (SwapLayout.PER_LAYER, True)
+    assert config("--mode", "vllm-baseline", "--swap-layout", "group").swap_layout == "group"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (("--block-size", "12"), "power of two"),
+        (("--device-kv-blocks", "0"), "--device-kv-blocks"),
+        (("--device-kv-fraction", "1.5"), "--device-kv-fraction"),
+        (("--dtype", "int8"), "--dtype"),
+        (("--swap-layout", "diagonal"), "--swap-layout"),
+    ],
+)
+def test_bad_values_name_the_flag(argv: tuple[str, ...], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        config(*argv)
