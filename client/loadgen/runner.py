@@ -17,7 +17,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from client import AsyncChat, AsyncClient, FastSwitchError, Stats
+from client import AsyncChat, AsyncClient, FastSwitchError, SamplingOptions, Stats
 from client.loadgen.stats import RequestRecord, Status, percentile
 from client.loadgen.workloads import Session, Turn, Workload
 
@@ -146,8 +146,7 @@ class Runner:
             try:
                 await api.generate(
                     prompt_token_ids=[ord(c) for c in f"warm-up request {k}"],
-                    max_tokens=4,
-                    ignore_eos=True,
+                    options=SamplingOptions(max_tokens=4, ignore_eos=True),
                     tenant=WARMUP_TENANT,
                     timeout_s=self._cfg.request_timeout_s,
                 )
@@ -238,6 +237,7 @@ class Runner:
         """Sends one request and fills in ``rec``; returns the reply's token ids. A
         CancelledError leaves ``rec`` CANCELLED and propagates."""
         reply: list[int] = []
+        sampling = SamplingOptions(max_tokens=rec.max_tokens, ignore_eos=True)
         async with self._gate:
             rec.sent_s = self._now()
             self._inflight[rec.tenant].add(rec.request_id)
@@ -245,19 +245,17 @@ class Runner:
                 if chat is None:
                     stream = api.generate_stream(
                         prompt_token_ids=prompt,
-                        max_tokens=rec.max_tokens,
+                        options=sampling,
                         tenant=rec.tenant,
                         priority=rec.priority,
-                        ignore_eos=True,
                         request_id=rec.request_id,
                         timeout_s=self._cfg.request_timeout_s,
                     )
                 else:
                     stream = chat.send_stream(
                         bytes(turn.message).decode("ascii"),
-                        max_tokens=rec.max_tokens,
+                        options=sampling,
                         priority=rec.priority,
-                        ignore_eos=True,
                         request_id=rec.request_id,
                         timeout_s=self._cfg.request_timeout_s,
                     )
