@@ -174,6 +174,7 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
             offloaded_blocks=c.offloaded_blocks,
             policy=self._policy,
             mode=self._mode,
+            max_model_len=self._frontend._max_model_len,
         )
         queued = core.tenants()
         weight = getattr(core.policy, "weight", lambda _t: 1.0)
