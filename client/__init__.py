@@ -4,6 +4,8 @@
 
     async with AsyncClient("127.0.0.1:50051") as c:
         result = await c.generate("Hello", max_tokens=16, tenant="alice")
+        greedy = SamplingOptions(max_tokens=64, stop=(2,))  # or one options object
+        result = await c.generate("Hello", options=greedy)
         async for chunk in c.generate_stream("Hello"):
             ...
         chat = c.chat(tenant="alice")
@@ -28,6 +30,7 @@ from client.errors import (
     Unavailable,
     Unimplemented,
 )
+from client.options import SamplingOptions
 from client.results import (
     FinishReason,
     GenerationChunk,
@@ -59,6 +62,7 @@ __all__ = [
     "NotFound",
     "RequestMetrics",
     "ResourceExhausted",
+    "SamplingOptions",
     "Stats",
     "TenantStats",
     "Unavailable",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import grpc
 
 from client.errors import Cancelled, from_rpc_error
+from client.options import GenerateArgs, SamplingArgs, SamplingOptions, TurnArgs, resolve
 from client.results import GenerationChunk, GenerationResult, Stats
 from client.stream import GenerationStream, collect, task_is_cancelling
 from proto import scheduler_pb2 as pb
@@ -16,46 +17,10 @@ from proto import scheduler_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 
-_UINT64_MAX = (1 << 64) - 1
 _CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
 )
-
-
-def sampling_params(
-    *,
-    max_tokens: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    seed: int | None,
-    stop: Sequence[int] | None,
-    ignore_eos: bool,
-) -> pb.SamplingParams:
-    """Builds ``SamplingParams``; ValueError for what the client can tell is wrong before any RPC.
-
-    Ranges of temperature / top_p / top_k are the server's to judge (INVALID_ARGUMENT).
-    """
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
-        raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
-    if seed is not None and not 0 <= seed <= _UINT64_MAX:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed!r}")
-    stop_ids = list(stop or ())
-    bad = [t for t in stop_ids if isinstance(t, bool) or not isinstance(t, int)]
-    if bad:
-        raise ValueError(f"stop must be a list of token ids (ints), got {bad[0]!r}")
-    params = pb.SamplingParams(
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        max_tokens=max_tokens,
-        stop_token_ids=stop_ids,
-        ignore_eos=ignore_eos,
-    )
-    if seed is not None:
-        params.seed = seed
-    return params
 
 
 class AsyncClient:
@@ -104,77 +69,39 @@ class AsyncClient:
         self,
         prompt: str | None = None,
         prompt_token_ids: Sequence[int] | None = None,
-        *,
-        max_tokens: int = 16,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        stop: Sequence[int] | None = None,
-        tenant: str = "default",
-        priority: int = 0,
-        ignore_eos: bool = False,
-        request_id: str | None = None,
-        timeout_s: float | None = None,
+        **kw: Unpack[GenerateArgs],
     ) -> GenerationResult:
-        """Generates one completion and returns it whole.
-
-        Exactly one of ``prompt`` (text) and ``prompt_token_ids`` is given (ValueError otherwise,
-        before any RPC). ``stop`` lists stop token ids. Cancelling the awaiting task cancels the
-        request on the server.
-        """
-        stream = self.generate_stream(
-            prompt,
-            prompt_token_ids,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            stop=stop,
-            tenant=tenant,
-            priority=priority,
-            ignore_eos=ignore_eos,
-            request_id=request_id,
-            timeout_s=timeout_s,
-        )
-        return await collect(stream, request_id=request_id or "")
+        """Generates one completion and returns it whole; the arguments are
+        :meth:`generate_stream`'s. Cancelling the awaiting task cancels the request on the
+        server."""
+        stream = self.generate_stream(prompt, prompt_token_ids, **kw)
+        return await collect(stream, request_id=kw.get("request_id") or "")
 
     def generate_stream(
         self,
         prompt: str | None = None,
         prompt_token_ids: Sequence[int] | None = None,
         *,
-        max_tokens: int = 16,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        stop: Sequence[int] | None = None,
+        options: SamplingOptions | None = None,
         tenant: str = "default",
         priority: int = 0,
-        ignore_eos: bool = False,
         request_id: str | None = None,
         timeout_s: float | None = None,
+        **sampling: Unpack[SamplingArgs],
     ) -> GenerationStream:
-        """Like :meth:`generate`, streamed: ``async for chunk in c.generate_stream(...)``.
+        """One completion, streamed: ``async for chunk in c.generate_stream(...)``.
 
-        The arguments are checked now; the RPC starts on the first iteration. Breaking out of the
-        loop cancels it.
+        Exactly one of ``prompt`` (text) and ``prompt_token_ids`` is given. Sampling is
+        ``options`` updated by the :class:`~client.SamplingOptions` fields given as keywords
+        (``max_tokens=16``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop`` token ids,
+        ``ignore_eos``). The arguments are checked now (ValueError, before any RPC); the RPC
+        starts on the first iteration. Breaking out of the loop cancels it.
         """
         if (prompt is None) == (prompt_token_ids is None):
             raise ValueError("give exactly one of prompt and prompt_token_ids")
         request = pb.GenerateRequest(
             request_id=request_id or "",
-            sampling=sampling_params(
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                seed=seed,
-                stop=stop,
-                ignore_eos=ignore_eos,
-            ),
+            sampling=resolve(options, sampling).to_proto(),
             tenant=tenant,
             priority=priority,
         )
@@ -286,53 +213,24 @@ class AsyncChat:
     async def __aexit__(self, *exc: object) -> None:
         await self.end()
 
-    async def send(
-        self,
-        message: str,
-        *,
-        max_tokens: int = 16,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        stop: Sequence[int] | None = None,
-        priority: int = 0,
-        ignore_eos: bool = False,
-        request_id: str | None = None,
-        timeout_s: float | None = None,
-    ) -> GenerationResult:
-        """One turn: sends ``message`` and returns the whole reply."""
-        stream = self.send_stream(
-            message,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            stop=stop,
-            priority=priority,
-            ignore_eos=ignore_eos,
-            request_id=request_id,
-            timeout_s=timeout_s,
-        )
-        return await collect(stream, request_id=request_id or "")
+    async def send(self, message: str, **kw: Unpack[TurnArgs]) -> GenerationResult:
+        """One turn: sends ``message`` and returns the whole reply; the arguments are
+        :meth:`send_stream`'s."""
+        stream = self.send_stream(message, **kw)
+        return await collect(stream, request_id=kw.get("request_id") or "")
 
     def send_stream(
         self,
         message: str,
         *,
-        max_tokens: int = 16,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        stop: Sequence[int] | None = None,
+        options: SamplingOptions | None = None,
         priority: int = 0,
-        ignore_eos: bool = False,
         request_id: str | None = None,
         timeout_s: float | None = None,
+        **sampling: Unpack[SamplingArgs],
     ) -> GenerationStream:
-        """One turn, streamed. The turn stays open until the stream ends or is closed."""
+        """One turn, streamed; sampling as in :meth:`AsyncClient.generate_stream`. The turn
+        stays open until the stream ends or is closed."""
         if self._ended:
             raise RuntimeError("the conversation has ended")
         if self._turn_open:
@@ -342,15 +240,7 @@ class AsyncChat:
             tenant=self.tenant,
             system=(self.system or "") if self._conversation_id is None else "",
             message=message,
-            sampling=sampling_params(
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                seed=seed,
-                stop=stop,
-                ignore_eos=ignore_eos,
-            ),
+            sampling=resolve(options, sampling).to_proto(),
             priority=priority,
             request_id=request_id or "",
             ttl_s=self.ttl_s or 0.0,

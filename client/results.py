@@ -199,6 +199,7 @@ class Stats:
     retained_lookups: int = 0  # prompts looked up in the retained KV
     retained_hit_blocks: int = 0
     offloaded_blocks: int = 0  # blocks offloaded at finish, to be retained
+    max_model_len: int | None = None  # the model's context in tokens (None: not reported)
 
     @classmethod
     def from_proto(cls, s: pb.StatsResponse) -> Stats:
@@ -224,6 +225,7 @@ class Stats:
             retained_lookups=s.retained_lookups,
             retained_hit_blocks=s.retained_hit_blocks,
             offloaded_blocks=s.offloaded_blocks,
+            max_model_len=s.max_model_len or None,
         )
 
     def tenant(self, name: str) -> TenantStats | None:

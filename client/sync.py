@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from client.aio import AsyncChat, AsyncClient
+from client.options import GenerateArgs, TurnArgs
 from client.results import GenerationChunk, GenerationResult, Stats
 from client.stream import GenerationStream
 
@@ -59,73 +60,20 @@ class Client:
         self,
         prompt: str | None = None,
         prompt_token_ids: Sequence[int] | None = None,
-        *,
-        max_tokens: int = 16,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        stop: Sequence[int] | None = None,
-        tenant: str = "default",
-        priority: int = 0,
-        ignore_eos: bool = False,
-        request_id: str | None = None,
-        timeout_s: float | None = None,
+        **kw: Unpack[GenerateArgs],
     ) -> GenerationResult:
         """See :meth:`AsyncClient.generate`."""
-        return self._run(
-            self._async.generate(
-                prompt,
-                prompt_token_ids,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                seed=seed,
-                stop=stop,
-                tenant=tenant,
-                priority=priority,
-                ignore_eos=ignore_eos,
-                request_id=request_id,
-                timeout_s=timeout_s,
-            )
-        )
+        return self._run(self._async.generate(prompt, prompt_token_ids, **kw))
 
     def generate_stream(
         self,
         prompt: str | None = None,
         prompt_token_ids: Sequence[int] | None = None,
-        *,
-        max_tokens: int = 16,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        stop: Sequence[int] | None = None,
-        tenant: str = "default",
-        priority: int = 0,
-        ignore_eos: bool = False,
-        request_id: str | None = None,
-        timeout_s: float | None = None,
+        **kw: Unpack[GenerateArgs],
     ) -> Iterator[GenerationChunk]:
         """See :meth:`AsyncClient.generate_stream`; a plain iterator. Leaving it early (``break``,
         ``close()``) cancels the request."""
-        stream = self._async.generate_stream(
-            prompt,
-            prompt_token_ids,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            stop=stop,
-            tenant=tenant,
-            priority=priority,
-            ignore_eos=ignore_eos,
-            request_id=request_id,
-            timeout_s=timeout_s,
-        )
-        return self._iterate(stream)
+        return self._iterate(self._async.generate_stream(prompt, prompt_token_ids, **kw))
 
     def cancel(self, request_id: str, *, timeout_s: float | None = None) -> bool:
         """See :meth:`AsyncClient.cancel`."""
@@ -198,68 +146,13 @@ class Chat:
     def __exit__(self, *exc: object) -> None:
         self.end()
 
-    def send(
-        self,
-        message: str,
-        *,
-        max_tokens: int = 16,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        stop: Sequence[int] | None = None,
-        priority: int = 0,
-        ignore_eos: bool = False,
-        request_id: str | None = None,
-        timeout_s: float | None = None,
-    ) -> GenerationResult:
+    def send(self, message: str, **kw: Unpack[TurnArgs]) -> GenerationResult:
         """See :meth:`AsyncChat.send`."""
-        return self._client._run(
-            self._chat.send(
-                message,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                seed=seed,
-                stop=stop,
-                priority=priority,
-                ignore_eos=ignore_eos,
-                request_id=request_id,
-                timeout_s=timeout_s,
-            )
-        )
+        return self._client._run(self._chat.send(message, **kw))
 
-    def send_stream(
-        self,
-        message: str,
-        *,
-        max_tokens: int = 16,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        stop: Sequence[int] | None = None,
-        priority: int = 0,
-        ignore_eos: bool = False,
-        request_id: str | None = None,
-        timeout_s: float | None = None,
-    ) -> Iterator[GenerationChunk]:
+    def send_stream(self, message: str, **kw: Unpack[TurnArgs]) -> Iterator[GenerationChunk]:
         """See :meth:`AsyncChat.send_stream`; a plain iterator."""
-        stream = self._chat.send_stream(
-            message,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            stop=stop,
-            priority=priority,
-            ignore_eos=ignore_eos,
-            request_id=request_id,
-            timeout_s=timeout_s,
-        )
-        return self._client._iterate(stream)
+        return self._client._iterate(self._chat.send_stream(message, **kw))
 
     def end(self, *, timeout_s: float | None = None) -> int:
         """See :meth:`AsyncChat.end`."""

@@ -215,7 +215,7 @@ class WorkerStats(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., device: _Optional[str] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., running: _Optional[int] = ..., steps: _Optional[int] = ..., mean_step_s: _Optional[float] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., largest_free_run: _Optional[int] = ..., step_s_total: _Optional[float] = ..., idle_s_total: _Optional[float] = ..., forward_s_total: _Optional[float] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("waiting", "running", "swapped", "finished", "preemptions", "swap_outs", "swap_ins", "recomputes", "swap_out_bytes", "swap_in_bytes", "reuse_hit_tokens", "swap_bytes_avoided", "tenants", "workers", "policy", "mode", "cancelled", "failed", "retained_lookups", "retained_hit_blocks", "offloaded_blocks")
+    __slots__ = ("waiting", "running", "swapped", "finished", "preemptions", "swap_outs", "swap_ins", "recomputes", "swap_out_bytes", "swap_in_bytes", "reuse_hit_tokens", "swap_bytes_avoided", "tenants", "workers", "policy", "mode", "cancelled", "failed", "retained_lookups", "retained_hit_blocks", "offloaded_blocks", "max_model_len")
     WAITING_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     SWAPPED_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +237,7 @@ class StatsResponse(_message.Message):
     RETAINED_LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     RETAINED_HIT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     OFFLOADED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     waiting: int
     running: int
     swapped: int
@@ -258,4 +259,5 @@ class StatsResponse(_message.Message):
     retained_lookups: int
     retained_hit_blocks: int
     offloaded_blocks: int
-    def __init__(self, waiting: _Optional[int] = ..., running: _Optional[int] = ..., swapped: _Optional[int] = ..., finished: _Optional[int] = ..., preemptions: _Optional[int] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., recomputes: _Optional[int] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., reuse_hit_tokens: _Optional[int] = ..., swap_bytes_avoided: _Optional[int] = ..., tenants: _Optional[_Iterable[_Union[TenantStats, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., policy: _Optional[str] = ..., mode: _Optional[str] = ..., cancelled: _Optional[int] = ..., failed: _Optional[int] = ..., retained_lookups: _Optional[int] = ..., retained_hit_blocks: _Optional[int] = ..., offloaded_blocks: _Optional[int] = ...) -> None: ...
+    max_model_len: int
+    def __init__(self, waiting: _Optional[int] = ..., running: _Optional[int] = ..., swapped: _Optional[int] = ..., finished: _Optional[int] = ..., preemptions: _Optional[int] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., recomputes: _Optional[int] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., reuse_hit_tokens: _Optional[int] = ..., swap_bytes_avoided: _Optional[int] = ..., tenants: _Optional[_Iterable[_Union[TenantStats, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., policy: _Optional[str] = ..., mode: _Optional[str] = ..., cancelled: _Optional[int] = ..., failed: _Optional[int] = ..., retained_lookups: _Optional[int] = ..., retained_hit_blocks: _Optional[int] = ..., offloaded_blocks: _Optional[int] = ..., max_model_len: _Optional[int] = ...) -> None: ...

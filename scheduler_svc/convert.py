@@ -98,7 +98,9 @@ def chunk(req: Request, delta: Delta) -> api.GenerateChunk:
     return out
 
 
-def stats(s: SchedulerStats, *, policy: str, mode: str) -> api.StatsResponse:
+def stats(
+    s: SchedulerStats, *, policy: str, mode: str, max_model_len: int
+) -> api.StatsResponse:
     c = s.counters
     out = api.StatsResponse(
         waiting=s.waiting,
@@ -120,6 +122,7 @@ def stats(s: SchedulerStats, *, policy: str, mode: str) -> api.StatsResponse:
         offloaded_blocks=c.offloaded_blocks,
         policy=policy,
         mode=mode,
+        max_model_len=max_model_len,
     )
     out.tenants.extend(_tenant(t) for t in s.tenants)
     out.workers.extend(_worker(w) for w in s.workers)

@@ -128,6 +128,11 @@ class Frontend:
 
     # ---------------------------------------------------------------- requests
 
+    @property
+    def max_model_len(self) -> int:
+        """The model's context: prompt + output tokens of one request at most."""
+        return self._max_model_len
+
     def prepare_tenant(self, tenant: str) -> str:
         """The tenant's name ("" is "default"); InvalidArgument if malformed or not configured."""
         tenant = tenant or "default"

@@ -123,7 +123,12 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
     async def GetStats(
         self, request: api.StatsRequest, context: grpc.aio.ServicerContext
     ) -> api.StatsResponse:
-        return convert.stats(self._frontend.core.stats(), policy=self._policy, mode=self._mode)
+        return convert.stats(
+            self._frontend.core.stats(),
+            policy=self._policy,
+            mode=self._mode,
+            max_model_len=self._frontend.max_model_len,
+        )
 
 
 class StepLinkServicer(wk_grpc.StepLinkServicer):

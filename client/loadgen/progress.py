@@ -42,6 +42,12 @@ class ProgressBar:
         self._stream.write("\r" + line + " " * pad)
         self._stream.flush()
 
+    def message(self, text: str) -> None:
+        """Prints a line of its own above the bar (redrawn on the next update)."""
+        self._stream.write("\r" + text.ljust(self._width) + "\n")
+        self._stream.flush()
+        self._width = 0
+
     def close(self) -> None:
         if self._width:
             self._stream.write("\n")

@@ -10,7 +10,7 @@ from typing import Any
 
 from client.loadgen.runner import RunResult
 from client.loadgen.stats import Percentiles, RequestRecord
-from client.loadgen.summary import Summary
+from client.loadgen.summary import ServerDelta, Summary
 from client.loadgen.workloads import Workload
 
 MAX_TENANT_ROWS = 16
@@ -82,9 +82,8 @@ def format_table(
             "",
             f"  scheduler: {srv.preemptions} preemptions, {srv.swap_outs} swap-outs, "
             f"{srv.swap_ins} swap-ins, {srv.recomputes} recomputes; swapped "
-            f"{_mib(srv.swap_out_bytes)} out, {_mib(srv.swap_in_bytes)} in; "
-            f"{srv.reuse_hit_tokens} reused KV tokens ({_mib(srv.swap_bytes_avoided)} of swap "
-            f"avoided); {s.cached_prompt_tokens} prompt tokens from retained KV",
+            f"{_mib(srv.swap_out_bytes)} out, {_mib(srv.swap_in_bytes)} in",
+            _reuse_line(s, srv),
         ]
         lines += [
             f"  {w.worker_id}: {w.device}, {w.steps} steps, mean step "
@@ -99,6 +98,29 @@ def format_table(
         for code, n in sorted(s.errors.items())
     ]
     return "\n".join(lines)
+
+
+def _reuse_line(s: Summary, srv: ServerDelta) -> str:
+    """The two kinds of KV reuse, each named for what it counts: prompt tokens a turn took from
+    retained KV (the server's counter, and the requests' own metrics), and swap-out bytes not
+    copied again because the host still held those blocks from an earlier swap-out."""
+    if srv.reuse_hit_tokens or srv.retained_lookups or s.cached_prompt_tokens:
+        retained = (
+            f"{srv.reuse_hit_tokens} prompt tokens taken from retained KV "
+            f"({srv.retained_hit_blocks} blocks hit in {srv.retained_lookups} lookups; "
+            f"{s.cached_prompt_tokens} cached prompt tokens in the requests' metrics)"
+        )
+    else:
+        retained = "no prompt tokens taken from retained KV (no retained-KV lookups)"
+    if srv.offloaded_blocks:
+        retained += f", {srv.offloaded_blocks} blocks offloaded at finish to be retained"
+    resumed = (
+        f"{_mib(srv.swap_bytes_avoided)} of swap-out not copied (blocks the host already held "
+        "from an earlier swap-out)"
+        if srv.swap_bytes_avoided
+        else "no swap-out skipped"
+    )
+    return f"  KV reuse: {retained}; {resumed}"
 
 
 def _tenant_rows(s: Summary) -> list[str]:
@@ -137,6 +159,7 @@ def record_json(r: RequestRecord) -> dict[str, Any]:
         "status": str(r.status),
         "error": r.error,
         "scheduled_s": r.scheduled_s,
+        "issued_s": r.issued_s,
         "sent_s": r.sent_s,
         "end_s": r.end_s,
         "prompt_tokens": r.prompt_tokens,

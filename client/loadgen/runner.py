@@ -1,11 +1,18 @@
 """Runs a :class:`~client.loadgen.workloads.Workload` against a scheduler through the SDK.
 
-Open loop: each session starts at its arrival time whatever the server's state; at most
-``concurrency`` requests are in flight (later arrivals wait for a slot, and that wait counts in
-their latency). Bounded: no request starts after ``duration_s`` or beyond ``max_requests``;
+Open loop: each session starts at its arrival time whatever the server's state, and by default
+nothing queues in the client: a fairness benchmark must show the server's order, not a
+first-come-first-served queue of its own. Optional caps: ``concurrency`` requests in flight in
+all, ``tenant_concurrency`` per tenant (one tenant's backlog then cannot hold another's
+requests); a request that waits for a slot counts that wait in its latency.
+Bounded: no request starts after ``duration_s`` or beyond ``max_requests``;
 requests still running ``drain_timeout_s`` after the duration are cancelled. :meth:`Runner.stop`
 (Ctrl-C) or too many consecutive failures end the run early; either way the result holds every
 request issued so far.
+
+Two warnings (each said once through ``on_warning`` as it first happens, and as a note of the
+result): requests issued later than their scheduled arrival by more than ``warn_after_s`` (the
+load generator cannot keep up), and requests that waited that long in the client for a slot.
 """
 
 from __future__ import annotations
@@ -14,11 +21,11 @@ import asyncio
 import contextlib
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from client import AsyncChat, AsyncClient, FastSwitchError, Stats
-from client.loadgen.stats import RequestRecord, Status, percentile
+from client import AsyncChat, AsyncClient, FastSwitchError, SamplingOptions, Stats
+from client.loadgen.stats import RequestRecord, Status, late, percentile, queued
 from client.loadgen.workloads import Session, Turn, Workload
 
 WARMUP_TENANT = "lg-warmup"
@@ -31,7 +38,8 @@ class TargetError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     target: str
-    concurrency: int = 256
+    concurrency: int | None = None  # requests in flight in all (None: no cap)
+    tenant_concurrency: int | None = None  # requests in flight per tenant (None: no cap)
     request_timeout_s: float = 300.0
     drain_timeout_s: float = 10.0
     max_consecutive_failures: int = 20
@@ -39,12 +47,14 @@ class RunConfig:
     warmup_requests: int = 2
     use_chat: bool = False
     update_running_priorities: bool = True
+    warn_after_s: float = 0.05  # behind schedule / waiting in the client by more: a warning
 
     def __post_init__(self) -> None:
-        for name in ("concurrency", "max_consecutive_failures"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("request_timeout_s", "connect_timeout_s"):
+        for name in ("concurrency", "tenant_concurrency", "max_consecutive_failures"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        for name in ("request_timeout_s", "connect_timeout_s", "warn_after_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.drain_timeout_s < 0 or self.warmup_requests < 0:
@@ -77,6 +87,16 @@ class Live:
     tbt_mean_s: float | None
 
 
+async def probe_max_model_len(target: str, timeout_s: float = 5.0) -> int | None:
+    """The model's context as the scheduler reports it; None when it is unreachable or does
+    not say (an older server)."""
+    async with AsyncClient(target, timeout_s=timeout_s) as api:
+        try:
+            return (await api.stats()).max_model_len
+        except FastSwitchError:
+            return None
+
+
 class Runner:
     def __init__(
         self,
@@ -84,11 +104,14 @@ class Runner:
         cfg: RunConfig,
         *,
         on_progress: Callable[[Live], None] | None = None,
+        on_warning: Callable[[str], None] | None = None,
         progress_interval_s: float = 0.25,
     ) -> None:
         self._w = workload
         self._cfg = cfg
         self._on_progress = on_progress
+        self._on_warning = on_warning
+        self._warned: set[str] = set()
         self._interval = progress_interval_s
         self._run_id = uuid.uuid4().hex[:8]
         self._records: list[RequestRecord] = []
@@ -99,7 +122,8 @@ class Runner:
         self._stopped: str | None = None
         self._notes: list[str] = []
         self._stopping = asyncio.Event()  # asyncio primitives bind to a loop on first use
-        self._gate = asyncio.Semaphore(cfg.concurrency)
+        self._gate = None if cfg.concurrency is None else asyncio.Semaphore(cfg.concurrency)
+        self._tenant_gates: dict[str, asyncio.Semaphore] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0
 
@@ -119,6 +143,7 @@ class Runner:
             self._t0 = self._loop.time()
             await self._main(api)
             wall_s = self._now()
+            self._notes.extend(self._warning_notes())
             after, stats_error = None, None
             try:
                 after = await api.stats(timeout_s=self._cfg.connect_timeout_s)
@@ -146,8 +171,7 @@ class Runner:
             try:
                 await api.generate(
                     prompt_token_ids=[ord(c) for c in f"warm-up request {k}"],
-                    max_tokens=4,
-                    ignore_eos=True,
+                    options=SamplingOptions(max_tokens=4, ignore_eos=True),
                     tenant=WARMUP_TENANT,
                     timeout_s=self._cfg.request_timeout_s,
                 )
@@ -216,8 +240,15 @@ class Runner:
                     scheduled_s=scheduled,
                     prompt_tokens=len(prompt),
                     max_tokens=turn.max_tokens,
+                    issued_s=self._now(),
                 )
                 self._records.append(rec)
+                if rec.lag_s > self._cfg.warn_after_s:
+                    self._warn_once(
+                        "late",
+                        f"{rec.request_id} was issued {rec.lag_s * 1e3:.0f} ms "
+                        "after its scheduled arrival: the load generator is falling behind",
+                    )
                 reply = await self._request(api, chat, rec, prompt, turn)
                 if rec.status is not Status.OK:
                     return
@@ -235,58 +266,116 @@ class Runner:
         prompt: list[int],
         turn: Turn,
     ) -> list[int]:
-        """Sends one request and fills in ``rec``; returns the reply's token ids. A
-        CancelledError leaves ``rec`` CANCELLED and propagates."""
+        """Sends one request once it has a slot and fills in ``rec``; returns the reply's token
+        ids. A CancelledError leaves ``rec`` CANCELLED (``end_s`` set, also while it waited for
+        a slot) and propagates."""
         reply: list[int] = []
-        async with self._gate:
-            rec.sent_s = self._now()
-            self._inflight[rec.tenant].add(rec.request_id)
-            try:
-                if chat is None:
-                    stream = api.generate_stream(
-                        prompt_token_ids=prompt,
-                        max_tokens=rec.max_tokens,
-                        tenant=rec.tenant,
-                        priority=rec.priority,
-                        ignore_eos=True,
-                        request_id=rec.request_id,
-                        timeout_s=self._cfg.request_timeout_s,
+        try:
+            async with self._slot(rec.tenant):
+                rec.sent_s = self._now()
+                if (wait := rec.queued_s or 0.0) > self._cfg.warn_after_s:
+                    self._warn_once(
+                        "queued",
+                        f"{rec.request_id} waited {wait:.2f} s in the client "
+                        "for a concurrency slot: the server sees the client's queue order",
                     )
-                else:
-                    stream = chat.send_stream(
-                        bytes(turn.message).decode("ascii"),
-                        max_tokens=rec.max_tokens,
-                        priority=rec.priority,
-                        ignore_eos=True,
-                        request_id=rec.request_id,
-                        timeout_s=self._cfg.request_timeout_s,
-                    )
-                async with stream:
-                    async for chunk in stream:
-                        rec.add_tokens(len(chunk.token_ids), self._now())
-                        reply.extend(chunk.token_ids)
-                        if chunk.metrics is not None:
-                            rec.server = chunk.metrics
-                rec.status = Status.OK
-                self._failures_in_a_row = 0
-            except FastSwitchError as err:
-                rec.status, rec.error = Status.FAILED, f"{err.code.name}: {err.details}"[:300]
-                self._failed(err)
-            finally:
-                rec.end_s = self._now()
-                self._inflight[rec.tenant].discard(rec.request_id)
-                if rec.ttft_s is not None and rec.status is Status.OK:
-                    self._recent_ttft.append(rec.ttft_s)
-                    if rec.output_tokens > 1:
-                        self._recent_tbt.append(sum(rec.tbt_s) / (rec.output_tokens - 1))
+                self._inflight[rec.tenant].add(rec.request_id)
+                await self._stream(api, chat, rec, prompt, turn, reply)
+        finally:
+            rec.end_s = self._now()
+            self._inflight[rec.tenant].discard(rec.request_id)
+        if rec.ttft_s is not None and rec.status is Status.OK:
+            self._recent_ttft.append(rec.ttft_s)
+            if rec.output_tokens > 1:
+                self._recent_tbt.append(sum(rec.tbt_s) / (rec.output_tokens - 1))
         return reply
+
+    async def _stream(
+        self,
+        api: AsyncClient,
+        chat: AsyncChat | None,
+        rec: RequestRecord,
+        prompt: list[int],
+        turn: Turn,
+        reply: list[int],
+    ) -> None:
+        """The RPC of one request: Generate with the whole prompt, or the turn's message on the
+        conversation. Server failures mark ``rec`` FAILED; the tokens go to ``reply``."""
+        sampling = SamplingOptions(max_tokens=rec.max_tokens, ignore_eos=True)
+        timeout_s = self._cfg.request_timeout_s
+        try:
+            if chat is None:
+                stream = api.generate_stream(
+                    prompt_token_ids=prompt,
+                    options=sampling,
+                    tenant=rec.tenant,
+                    priority=rec.priority,
+                    request_id=rec.request_id,
+                    timeout_s=timeout_s,
+                )
+            else:
+                message = bytes(turn.message).decode("ascii")
+                stream = chat.send_stream(
+                    message,
+                    options=sampling,
+                    priority=rec.priority,
+                    request_id=rec.request_id,
+                    timeout_s=timeout_s,
+                )
+            async with stream:
+                async for chunk in stream:
+                    rec.add_tokens(len(chunk.token_ids), self._now())
+                    reply.extend(chunk.token_ids)
+                    if chunk.metrics is not None:
+                        rec.server = chunk.metrics
+            rec.status = Status.OK
+            self._failures_in_a_row = 0
+        except FastSwitchError as err:
+            rec.status, rec.error = Status.FAILED, f"{err.code.name}: {err.details}"[:300]
+            self._failed(err)
 
     def _failed(self, err: FastSwitchError) -> None:
         self._failures_in_a_row += 1
         if self._cfg.use_chat and err.code.name == "UNIMPLEMENTED":
-            self.stop(f"the server does not serve Chat ({err}); run without --use-chat")
+            self.stop(f"the server does not serve Chat ({err}); run with --no-chat")
         elif self._failures_in_a_row >= self._cfg.max_consecutive_failures:
             self.stop(f"the target failed {self._failures_in_a_row} requests in a row ({err})")
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, tenant: str) -> AsyncIterator[None]:
+        """A slot under the caps (the tenant's first, so that a tenant at its cap holds none
+        of the shared ones); no wait at all without caps."""
+        async with contextlib.AsyncExitStack() as stack:
+            if (n := self._cfg.tenant_concurrency) is not None:
+                gate = self._tenant_gates.setdefault(tenant, asyncio.Semaphore(n))
+                await stack.enter_async_context(gate)
+            if self._gate is not None:
+                await stack.enter_async_context(self._gate)
+            yield
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            if self._on_warning is not None:
+                self._on_warning(message)
+
+    def _warning_notes(self) -> list[str]:
+        """What the live warnings were about, over the whole run."""
+        limit, notes = self._cfg.warn_after_s, []
+        if (behind := late(self._records, limit)).requests:
+            notes.append(
+                f"WARNING: {behind.requests} requests were issued more than {limit * 1e3:g} ms "
+                f"behind their scheduled arrival (at most {behind.longest_s * 1e3:.0f} ms): "
+                "the load generator could not keep up, so the offered load was lower than asked"
+            )
+        if (waited := queued(self._records, limit)).requests:
+            notes.append(
+                f"WARNING: {waited.requests} requests waited in the client for a concurrency slot "
+                f"(longest {waited.longest_s:.2f} s): the server saw the client's first-come-"
+                "first-served queue, not the workload (raise --concurrency or leave it off; "
+                "--tenant-concurrency caps each tenant on its own)"
+            )
+        return notes
 
     async def _priorities(self, api: AsyncClient) -> None:
         """Moves the requests in flight to their tenant's new level when it changes."""

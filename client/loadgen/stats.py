@@ -2,8 +2,11 @@
 service and Jain's fairness index. Plain code: no server, no clock.
 
 Times in a :class:`RequestRecord` are seconds since the run's start. TTFT and end-to-end latency
-count from the request's *scheduled* arrival, so time spent waiting for a client-side
-concurrency slot is included (an open-loop benchmark must not hide its own backlog).
+count from the request's *scheduled* arrival, so time the load generator lost -- issuing late, or
+waiting for a client-side concurrency slot -- is included (an open-loop benchmark must not hide
+its own backlog)::
+
+    scheduled_s --lag_s--> issued_s --queued_s--> sent_s --> token_times ... end_s
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from client import RequestMetrics
 
@@ -37,6 +41,7 @@ class RequestRecord:
     scheduled_s: float
     prompt_tokens: int
     max_tokens: int
+    issued_s: float | None = None  # the runner got to it (None: the record predates it)
     sent_s: float | None = None
     token_times: list[float] = field(default_factory=list)
     end_s: float | None = None
@@ -64,7 +69,22 @@ class RequestRecord:
 
     @property
     def wait_s(self) -> float | None:
+        """Scheduled arrival -> call made: ``lag_s + queued_s``."""
         return None if self.sent_s is None else self.sent_s - self.scheduled_s
+
+    @property
+    def lag_s(self) -> float:
+        """How late the runner issued it (0 when on time)."""
+        return 0.0 if self.issued_s is None else max(0.0, self.issued_s - self.scheduled_s)
+
+    @property
+    def queued_s(self) -> float | None:
+        """Time spent waiting in the client for a concurrency slot: until it was sent, or
+        until the run ended it still waiting (None: not known yet)."""
+        until = self.sent_s if self.sent_s is not None else self.end_s
+        if until is None or self.issued_s is None:
+            return None
+        return until - self.issued_s
 
     def add_tokens(self, n: int, now: float) -> None:
         """n tokens arrived at ``now``: a chunk's gap is shared evenly among its tokens."""
@@ -75,6 +95,28 @@ class RequestRecord:
             return
         last = self.token_times[-1]
         self.token_times.extend(last + (now - last) * (k + 1) / n for k in range(n))
+
+
+class Overdue(NamedTuple):
+    """Requests past a threshold and the longest of their delays (seconds; 0 when none)."""
+
+    requests: int
+    longest_s: float
+
+
+def late(records: Iterable[RequestRecord], threshold_s: float) -> Overdue:
+    """Requests issued more than ``threshold_s`` after their scheduled arrival."""
+    return _overdue([r.lag_s for r in records], threshold_s)
+
+
+def queued(records: Iterable[RequestRecord], threshold_s: float) -> Overdue:
+    """Requests that waited more than ``threshold_s`` in the client for a slot."""
+    return _overdue([q for r in records if (q := r.queued_s) is not None], threshold_s)
+
+
+def _overdue(delays: Sequence[float], threshold_s: float) -> Overdue:
+    over = [d for d in delays if d > threshold_s]
+    return Overdue(len(over), max(over, default=0.0))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -20,7 +20,9 @@ from client.loadgen.stats import (
     Status,
     Weights,
     jain_index,
+    late,
     percentile,
+    queued,
     service,
     service_timeline,
     slo_attainment,
@@ -69,8 +71,11 @@ class ServerDelta:
     recomputes: int
     swap_out_bytes: int
     swap_in_bytes: int
-    reuse_hit_tokens: int
-    swap_bytes_avoided: int
+    reuse_hit_tokens: int  # prompt tokens taken from retained KV (conversation turns)
+    swap_bytes_avoided: int  # swap-out bytes not copied: the host already held those blocks
+    retained_lookups: int  # prompts looked up in the retained KV
+    retained_hit_blocks: int
+    offloaded_blocks: int  # blocks copied out at a request's finish, to be retained
     workers: tuple[WorkerDelta, ...]
 
 
@@ -86,6 +91,9 @@ _COUNTERS = (
     "swap_in_bytes",
     "reuse_hit_tokens",
     "swap_bytes_avoided",
+    "retained_lookups",
+    "retained_hit_blocks",
+    "offloaded_blocks",
 )
 
 
@@ -120,7 +128,11 @@ class Summary:
     ttft: Percentiles  # client, from the scheduled arrival
     tbt: Percentiles  # client, every gap between consecutive tokens
     e2e: Percentiles
-    client_wait: Percentiles  # scheduled arrival -> call made (client concurrency limit)
+    client_wait: Percentiles  # scheduled arrival -> call made (issued late + queued)
+    behind_schedule: int  # requests issued more than warn_after_s after their arrival
+    max_lag_s: float
+    client_queued: int  # requests that waited more than warn_after_s for a client slot
+    max_client_queue_s: float
     server_ttft: Percentiles
     server_tbt: Percentiles
     server_queue: Percentiles
@@ -150,6 +162,7 @@ def summarize(
     before: Stats | None = None,
     after: Stats | None = None,
     fairness_window_s: float | None = None,
+    warn_after_s: float = 0.05,
 ) -> Summary:
     """The figures of a run. Fairness is judged on the service received by
     ``fairness_window_s`` (normally the end of arrivals: after it, tenants stop being
@@ -166,6 +179,7 @@ def summarize(
     per_tenant = _tenants(records, names, weights, window, before, after)
     services = [t.window_service for t in per_tenant]
     attainment = None if slo.ttft_s is None and slo.tbt_s is None else slo_attainment(records, slo)
+    behind, waited = late(records, warn_after_s), queued(records, warn_after_s)
     return Summary(
         wall_s=wall_s,
         issued=len(records),
@@ -178,6 +192,10 @@ def summarize(
         tbt=Percentiles.of([g for r in records for g in r.tbt_s]),
         e2e=Percentiles.of([e for r in ok if (e := r.e2e_s) is not None]),
         client_wait=Percentiles.of([w for r in records if (w := r.wait_s) is not None]),
+        behind_schedule=behind.requests,
+        max_lag_s=behind.longest_s,
+        client_queued=waited.requests,
+        max_client_queue_s=waited.longest_s,
         server_ttft=Percentiles.of([m.ttft_s for m in metrics]),
         server_tbt=Percentiles.of([g for m in metrics for g in m.tbt_s]),
         server_queue=Percentiles.of([m.queue_s for m in metrics]),

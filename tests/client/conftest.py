@@ -41,6 +41,7 @@ class FakeFastSwitch(pb_grpc.FastSwitchServicer):
         self.priorities: dict[str, int] = {}
         self.conversations: dict[str, list[str]] = {}
         self.ended: list[str] = []
+        self.max_model_len = 2048  # 0: an older server that does not report it
 
     async def Generate(self, request, context):
         self.generate_requests.append(request)
@@ -137,6 +138,7 @@ class FakeFastSwitch(pb_grpc.FastSwitchServicer):
             preemptions=4,
             policy="vtc",
             mode="fastswitch",
+            max_model_len=self.max_model_len,
             tenants=[
                 pb.TenantStats(tenant="alice", virtual_counter=12.5, output_tokens=30),
                 pb.TenantStats(tenant="bob", virtual_counter=10.0, prompt_tokens=8),

@@ -187,6 +187,14 @@ async def test_cancel_set_priority_and_stats(fake_server):
     assert alice is not None and alice.virtual_counter == 12.5 and alice.output_tokens == 30
     assert stats.tenant("carol") is None
     assert stats.workers[0].worker_id == "worker-0" and stats.workers[0].num_blocks == 64
+    assert stats.max_model_len == 2048
+
+
+async def test_stats_without_a_context_length(fake_server):
+    address, fake = fake_server
+    fake.max_model_len = 0  # an older scheduler
+    async with AsyncClient(address, timeout_s=5) as c:
+        assert (await c.stats()).max_model_len is None
 
 
 async def test_chat_conversation_id(fake_server):

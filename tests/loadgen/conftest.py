@@ -6,6 +6,8 @@ carries finish_reason LENGTH and metrics. Knobs on the fake:
   fail_after   requests after this many are aborted with UNAVAILABLE (a target failing mid-run)
   hang         streams never end (until the client cancels)
   chat_served  Chat answers like Generate (conversation ids conv-N); else UNIMPLEMENTED
+  max_model_len      the context GetStats reports (0: not reported, an older server)
+  swap_bytes_avoided swap-out bytes not copied again, per finished request (GetStats)
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class FakeScheduler(pb_grpc.FastSwitchServicer):
         self.fail_after: int | None = None
         self.hang = False
         self.chat_served = False
+        self.max_model_len = 0
+        self.swap_bytes_avoided = 0
         self.requests: list[pb.GenerateRequest] = []
         self.chats: list[pb.ChatRequest] = []
         self.priorities: list[tuple[str, int]] = []
@@ -96,6 +100,8 @@ class FakeScheduler(pb_grpc.FastSwitchServicer):
             finished=self.finished,
             preemptions=2 * self.finished,
             swap_out_bytes=1024 * self.finished,
+            swap_bytes_avoided=self.swap_bytes_avoided * self.finished,
+            max_model_len=self.max_model_len,
             policy="vtc",
             mode="fastswitch",
             workers=[pb.WorkerStats(worker_id="worker-0", device="cpu", num_blocks=64)],

@@ -143,3 +143,75 @@ def test_progress_line(capsys):
     bar.update(live)
     bar.close()
     assert capsys.readouterr().err.startswith("\r[")
+
+
+MULTITURN = ["--workload", "multiturn", "--duration", "0.3", "--rate", "10", "--turns", "2"]
+MULTITURN += ["--prompt-len", "4", "--output-len", "2", "--think-time", "0", "--no-progress"]
+MULTITURN += ["--warmup", "0", "--max-requests", "4"]
+
+
+def test_multiturn_uses_chat_by_default(lg_fake, tmp_path):
+    addr, fake = lg_fake
+    fake.chat_served = True
+    out = tmp_path / "r.json"
+    assert main(["--target", addr, *MULTITURN, "--json", str(out)]) == 0
+    assert fake.chats and not fake.requests
+    assert any(c.conversation_id for c in fake.chats)  # later turns continue a conversation
+    doc = json.loads(out.read_text())
+    assert doc["params"]["run"]["use_chat"] is True
+    assert doc["params"]["resolved"]["tenants"] == 4
+    assert {r["tenant"] for r in doc["requests"]} <= {f"tenant-{i}" for i in range(4)}
+    fake.chats.clear()
+    assert main(["--target", addr, *MULTITURN, "--use-chat"]) == 0 and fake.chats
+
+
+@pytest.mark.parametrize("flag", ["--no-chat", "--use-generate"])
+def test_multiturn_without_chat_sends_the_history_with_generate(lg_fake, flag):
+    addr, fake = lg_fake
+    assert main(["--target", addr, *MULTITURN, flag]) == 0
+    assert fake.requests and not fake.chats
+
+
+def test_the_context_comes_from_the_server_unless_given(lg_fake, tmp_path):
+    addr, fake = lg_fake
+    out = tmp_path / "r.json"
+
+    def resolved(*extra: str) -> dict:
+        assert main(["--target", addr, *QUICK, "--json", str(out), *extra]) == 0
+        return json.loads(out.read_text())["params"]["resolved"]
+
+    fake.max_model_len = 512
+    got = resolved()
+    assert (got["max_model_len"], got["max_model_len_from"]) == (512, "server")
+    assert got["max_prompt_tokens"] == 384  # 3/4 of the server's context
+    got = resolved("--max-model-len", "4096")
+    assert (got["max_model_len"], got["max_model_len_from"]) == (4096, "--max-model-len")
+    fake.max_model_len = 0  # an older server does not say
+    got = resolved()
+    assert (got["max_model_len"], got["max_model_len_from"]) == (2048, "default")
+
+
+def test_kv_reuse_line_names_what_each_number_counts(lg_fake, capsys):
+    addr, fake = lg_fake
+    fake.swap_bytes_avoided = 1 << 20  # per finished request
+    assert main(["--target", addr, *QUICK]) == 0
+    text = capsys.readouterr().out
+    [line] = [ln for ln in text.splitlines() if "KV reuse:" in ln]
+    assert "no prompt tokens taken from retained KV" in line
+    assert "of swap-out not copied (blocks the host already held" in line
+    assert "reused KV tokens (" not in text
+
+
+def test_warnings_are_printed_once_and_noted(lg_fake, capsys, tmp_path):
+    addr, fake = lg_fake
+    fake.token_delay_s = 0.02
+    out = tmp_path / "r.json"
+    args = ["--target", addr, *QUICK, "--duration", "0.5", "--concurrency", "1"]
+    assert main([*args, "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("fastswitch-bench: warning:") == 1
+    assert "for a concurrency slot" in captured.err
+    assert "note: WARNING:" in captured.out and "waited in the client" in captured.out
+    doc = json.loads(out.read_text())
+    assert any("waited in the client" in n for n in doc["run"]["notes"])
+    assert doc["summary"]["client_queued"] >= 1 and doc["summary"]["max_client_queue_s"] > 0.05
