@@ -15,14 +15,8 @@ import sys
 from collections.abc import Sequence
 from types import FrameType, ModuleType
 
-from fastswitch.launcher import (
-    LOG_LEVELS,
-    MODES,
-    POLICIES,
-    SERVICES,
-    Deployment,
-    DeploymentError,
-)
+from fastswitch.deploy import SERVICES, Deployment, DeploymentConfig, DeploymentError
+from servekit.names import LOG_LEVELS, MODES, POLICIES
 
 _SERVICE_MODULES = {s: f"{s}_svc.server" for s in SERVICES}
 
@@ -153,16 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _deployment(args: argparse.Namespace) -> Deployment:
     return Deployment(
-        model=args.model,
-        workers=args.workers,
-        port=args.port,
-        host_kv_gib=args.host_kv_gib,
-        device_kv_blocks=args.device_kv_blocks,
-        policy=args.policy,
-        mode=args.mode,
-        log_level=args.log_level,
-        verbose=args.verbose,
-        start_timeout_s=args.start_timeout,
+        DeploymentConfig(
+            model=args.model,
+            workers=args.workers,
+            port=args.port,
+            host_kv_gib=args.host_kv_gib,
+            device_kv_blocks=args.device_kv_blocks,
+            policy=args.policy,
+            mode=args.mode,
+            log_level=args.log_level,
+            verbose=args.verbose,
+            start_timeout_s=args.start_timeout,
+        )
     )
 
 

@@ -1,10 +1,9 @@
-"""The launcher without the real services: flag mapping, ports, and the start/stop life cycle of a
-Deployment whose children are small dummy gRPC servers (health, and GetStats on the scheduler)."""
+"""The deploy package without the real services: flag mapping, ports, and the start/stop life
+cycle of a Deployment whose children are small dummy gRPC servers (health, and GetStats on the
+scheduler)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import sys
 import textwrap
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fastswitch.cli import main as cli_main
-from fastswitch.launcher import (
+from fastswitch.deploy import (
     Deployment,
     DeploymentConfig,
     DeploymentError,
@@ -89,7 +88,7 @@ def _dummies(tmp_path: Path, behaviour: dict[str, str]) -> tuple[Callable, list,
 
 def _assert_clean(d: Deployment, run_dir: Path | None) -> None:
     assert d.alive_pids() == []
-    assert all(c.proc.returncode is not None for c in d._children)
+    assert all(c.proc.returncode is not None for c in d.children.values())
     if run_dir is not None:
         assert not run_dir.exists()
 
@@ -211,8 +210,8 @@ def test_start_wait_and_ordered_stop(tmp_path):
         assert len(d.alive_pids()) == 4
         assert {p.name for p in run_dir.iterdir()} >= {"kvstore.log", "worker-1.log"}
         assert d.wait(timeout_s=0.2) is None
-        worker0 = next(c for c in d._children if c.spec.name == "worker-0")
-        os.kill(worker0.proc.pid, signal.SIGKILL)
+        assert list(d.children) == ["kvstore", "scheduler", "worker-0", "worker-1"]
+        d.child("worker-0").kill()
         assert d.wait(timeout_s=10) == "worker-0"
     _assert_clean(d, run_dir)
     # scheduler first, then the workers (worker-1 ignored SIGTERM and was killed), then the store
