@@ -19,6 +19,8 @@ Parts, by job:
 * :mod:`~fastswitch.deploy.config` -- :class:`DeploymentConfig` (frozen), the errors;
 * :mod:`~fastswitch.deploy.flags` -- config + layout -> each service's flags;
 * :mod:`~fastswitch.deploy.ports` -- free ports, a port's availability;
+* :mod:`~fastswitch.deploy.placement` -- the device of each worker;
+* :mod:`~fastswitch.deploy.preflight` -- one-line refusals before any child starts;
 * :mod:`~fastswitch.deploy.children` -- one child: spawn, watch, log tail, stop, shm sweep;
 * :mod:`~fastswitch.deploy.deployment` -- :class:`Deployment`, the orchestration;
 * :mod:`~fastswitch.deploy.bridge` -- asyncio start-up run from blocking code;
@@ -27,7 +29,7 @@ Parts, by job:
 """
 
 from fastswitch.deploy.children import Child
-from fastswitch.deploy.config import DeploymentConfig, DeploymentError
+from fastswitch.deploy.config import DeploymentConfig, DeploymentError, StartRefused
 from fastswitch.deploy.deployment import Deployment
 from fastswitch.deploy.flags import (
     SERVICES,
@@ -48,6 +50,7 @@ __all__ = [
     "DeploymentConfig",
     "DeploymentError",
     "Layout",
+    "StartRefused",
     "child_specs",
     "free_port",
     "free_ports",

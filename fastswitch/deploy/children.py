@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastswitch.deploy.config import DeploymentError
@@ -31,6 +32,7 @@ class Child:
     proc: subprocess.Popen[bytes]
     log_path: Path | None
     pidfd: int | None = None
+    log_offset: int = 0  # where this run's part of an appended log starts
 
     @property
     def name(self) -> str:
@@ -73,7 +75,9 @@ class Child:
         if self.log_path is None:
             return f"(output of {self.spec.name} went to stderr)"
         try:
-            text = self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                text = f.read().decode(errors="replace")
         except FileNotFoundError:
             return f"(no log for {self.spec.name})"
         tail = "\n".join(text.splitlines()[-lines:])
@@ -85,23 +89,31 @@ class Child:
             self.pidfd = None
 
 
-def spawn(spec: ChildSpec, command: CommandBuilder, log_path: Path | None) -> Child:
-    """Starts one child in its own process group, its output in `log_path` (None: this stderr).
+def spawn(
+    spec: ChildSpec, command: CommandBuilder, log_path: Path | None, deployment_id: str
+) -> Child:
+    """Starts one child in its own process group, its output appended to `log_path` after a
+    header line naming the deployment (None: to this stderr).
 
     DeploymentError when the command cannot be executed.
     """
     cmd = command(spec.service, spec.flags)
+    offset = 0
     try:
         if log_path is None:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=2, process_group=0)
         else:
-            with open(log_path, "wb") as out:
+            with open(log_path, "ab") as out:
+                stamp = datetime.now(UTC).isoformat(timespec="seconds")
+                out.write(f"=== {spec.name} of deployment {deployment_id}, {stamp} ===\n".encode())
+                out.flush()
+                offset = out.tell()
                 proc = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, process_group=0
                 )
     except OSError as err:
         raise DeploymentError(f"cannot start {spec.name} ({cmd[0]}): {err}") from err
-    return Child(spec, proc, log_path, _pidfd(proc.pid))
+    return Child(spec, proc, log_path, _pidfd(proc.pid), offset)
 
 
 def terminate(children: list[Child], timeout_s: float) -> None:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from client import AsyncClient, DeadlineExceeded, Unavailable
 from fastswitch.deploy.bridge import run_sync
 from fastswitch.deploy.children import Child, spawn, sweep_shared_memory, terminate
-from fastswitch.deploy.config import DeploymentConfig, DeploymentError
+from fastswitch.deploy.config import DeploymentConfig, DeploymentError, StartRefused
 from fastswitch.deploy.flags import (
     SERVICES,
     ChildSpec,
@@ -26,7 +26,8 @@ from fastswitch.deploy.flags import (
     child_specs,
     serve_command,
 )
-from fastswitch.deploy.ports import free_ports, port_is_free
+from fastswitch.deploy.ports import free_ports
+from fastswitch.deploy.preflight import check_model, check_ports, check_store, place
 from servekit.service import wait_healthy
 
 T = TypeVar("T")
@@ -88,8 +89,16 @@ class Deployment:
 
     @property
     def kvstore_address(self) -> str:
-        """The KV store's (Unix socket) address, for its stats."""
-        return self._require_layout().unix("kvstore")
+        """The KV store's address (its Unix socket, or the external store's), for its stats."""
+        return self._require_layout().kvstore_address
+
+    @property
+    def log_dir(self) -> Path | None:
+        """Where the children's logs are: the config's log_dir (kept after stop), else the
+        runtime dir (removed on stop); None with ``verbose`` (they go to this stderr)."""
+        if self.config.verbose:
+            return None
+        return self.config.log_dir or self.run_dir
 
     @property
     def children(self) -> dict[str, Child]:
@@ -179,42 +188,66 @@ class Deployment:
     # ------------------------------------------------------------------ start
 
     def _make_layout(self) -> Layout:
+        """Checks what can be checked before any child starts (StartRefused, one line), then
+        decides every address, port and device."""
         cfg = self.config
-        names = ["kvstore", "scheduler", *(f"worker-{i}" for i in range(cfg.workers))]
-        ports = free_ports(len(names) + (cfg.port == 0))
-        port = ports.pop() if cfg.port == 0 else cfg.port
-        if cfg.port != 0 and not port_is_free(port):
-            raise DeploymentError(
-                f"port {port} on 127.0.0.1 is in use; pick another (--port 0: any)"
-            )
+        check_model(cfg.model)
+        devices = place(cfg)
+        names = [
+            *(() if cfg.kvstore else ("kvstore",)),
+            "scheduler",
+            *(f"worker-{i}" for i in range(cfg.workers)),
+        ]
+        metrics = self._metrics_ports(names)
+        port = cfg.port or free_ports(1, cfg.host)[0]
+        wanted = {"the public API": cfg.port} if cfg.port else {}
+        if cfg.metrics_port:
+            wanted |= {f"{name} metrics": p for name, p in metrics.items()}
+        check_ports(cfg.host, wanted)
+        if cfg.kvstore:
+            check_store(cfg.kvstore, cfg.start_timeout_s)
         run_dir = Path(tempfile.mkdtemp(prefix="fastswitch-"))
         layout = Layout(
             run_dir=run_dir,
             deployment_id=uuid.uuid4().hex[:12],
             port=port,
-            metrics_ports=dict(zip(names, ports, strict=True)),
+            metrics_ports=metrics,
+            host=cfg.host,
+            kvstore=cfg.kvstore,
+            devices=devices,
         )
         longest = len(layout.unix(f"worker-{cfg.workers - 1}")) - len("unix://")
         if longest > _MAX_UNIX_PATH:
             shutil.rmtree(run_dir)
-            raise DeploymentError(
+            raise StartRefused(
                 f"runtime dir {run_dir} is too long for Unix sockets; set TMPDIR to a shorter path"
             )
         return layout
+
+    def _metrics_ports(self, names: list[str]) -> dict[str, int]:
+        """Free ports, or from the base: scheduler B, store B+1, worker i B+2+i."""
+        base = self.config.metrics_port
+        if not base:
+            return dict(zip(names, free_ports(len(names), self.config.host), strict=True))
+        fixed = {"scheduler": base, "kvstore": base + 1}
+        return {n: fixed.get(n) or base + 2 + int(n.removeprefix("worker-")) for n in names}
 
     async def _bring_up(self) -> None:
         cfg = self.config
         layout = self._require_layout()
         deadline = time.monotonic() + cfg.start_timeout_s
-        kv, scheduler, *workers = child_specs(cfg, layout)
-        await self._ready([self._spawn(kv)], deadline)
-        await self._ready([self._spawn(s) for s in (scheduler, *workers)], deadline)
+        specs = child_specs(cfg, layout)
+        if specs[0].service == "kvstore":
+            await self._ready([self._spawn(specs.pop(0))], deadline)
+        await self._ready([self._spawn(s) for s in specs], deadline)
         await self._guarded(self._wait_joined(cfg.workers, deadline))
 
     def _spawn(self, spec: ChildSpec) -> Child:
-        run_dir = self._require_layout().run_dir
-        log_path = None if self.config.verbose else run_dir / f"{spec.name}.log"
-        child = spawn(spec, self._command, log_path)
+        log_dir = self.log_dir
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = None if log_dir is None else log_dir / f"{spec.name}.log"
+        child = spawn(spec, self._command, log_path, self.deployment_id)
         self._children.append(child)
         return child
 
