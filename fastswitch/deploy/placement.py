@@ -20,8 +20,8 @@ def worker_devices(
 ) -> tuple[str, ...]:
     """One device per worker, or () to leave each worker its own choice.
 
-    ``devices`` empty: worker i on ``cuda:i`` when CUDA is present (ValueError when there are
-    fewer devices than workers: list them, repeats allowed), else (). One entry: every worker's.
+    ``devices`` empty: worker i on ``cuda:i`` when CUDA is present (``cuda:(i mod count)`` when
+    there are more workers than devices: they share), else (). One entry: every worker's.
     N entries: worker i on the i-th. ValueError for a malformed name or a wrong count.
     """
     bad = [d for d in devices if not _DEVICE.fullmatch(d)]
@@ -38,9 +38,4 @@ def worker_devices(
     count = cuda_count()
     if count == 0:
         return ()
-    if workers > count:
-        raise ValueError(
-            f"{workers} workers but {count} CUDA devices: list a device per worker "
-            "(--devices cuda:0,cuda:0,... shares one)"
-        )
-    return tuple(f"cuda:{i}" for i in range(workers))
+    return tuple(f"cuda:{i % count}" for i in range(workers))

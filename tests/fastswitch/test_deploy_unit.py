@@ -290,8 +290,7 @@ def test_missing_executable_is_a_deployment_error():
 def test_worker_i_on_cuda_i_when_cuda_is_present():
     assert worker_devices((), 3, lambda: 4) == ("cuda:0", "cuda:1", "cuda:2")
     assert worker_devices((), 2, lambda: 0) == ()  # no CUDA: each worker's own choice (CPU)
-    with pytest.raises(ValueError, match="3 workers but 2 CUDA devices"):
-        worker_devices((), 3, lambda: 2)
+    assert worker_devices((), 3, lambda: 2) == ("cuda:0", "cuda:1", "cuda:0")  # they share
 
 
 def test_devices_given_are_one_for_all_or_one_per_worker():
