@@ -23,7 +23,7 @@ import sys
 import grpc
 
 from client import AsyncClient
-from fastswitch.launcher import Deployment
+from fastswitch.deploy import Deployment
 from proto import scheduler_pb2 as api
 from proto import scheduler_pb2_grpc as api_grpc
 

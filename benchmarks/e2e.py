@@ -2,9 +2,9 @@
 
 Each *variant* is a deployment (a launcher mode plus extra flags); every repeat runs the same
 workload and seed against a fresh deployment of every variant, the variant order reversed on
-odd repeats (drift of a shared machine then does not always favour one side). The load is
-driven by ``fastswitch-bench``'s own runner and summary (``client.loadgen``); after each run the
-workers' Prometheus counters give the time spent on swap copies.
+odd repeats (drift of a shared machine then does not always favour one side): the launcher's
+own variant loop (``fastswitch.deploy.variants``, which ``fastswitch-bench compare`` uses too).
+After each run the workers' Prometheus counters give the time spent on swap copies.
 """
 
 from __future__ import annotations
@@ -13,24 +13,18 @@ import statistics
 import sys
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from client.loadgen.cli import run_once, summarize_run
 from client.loadgen.runner import RunConfig, RunResult
 from client.loadgen.stats import Slo
 from client.loadgen.summary import Summary
 from client.loadgen.workloads import Workload
-from fastswitch.launcher import Deployment
-
-
-@dataclass(frozen=True, slots=True)
-class Variant:
-    label: str
-    mode: str  # the launcher's mode: fastswitch | vllm-baseline
-    scheduler_args: tuple[str, ...] = ()
-    worker_args: tuple[str, ...] = ()
+from fastswitch.deploy import Deployment, DeploymentConfig
+from fastswitch.deploy.compare import ratio
+from fastswitch.deploy.variants import Variant
+from fastswitch.deploy.variants import run_variants as _run_variants
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +35,18 @@ class DeploySpec:
     scheduler_args: tuple[str, ...] = ()  # every variant's, before its own
     worker_args: tuple[str, ...] = ()
     workers: int = 1
+
+    def base(self) -> DeploymentConfig:
+        return DeploymentConfig(
+            model=self.model,
+            workers=self.workers,
+            port=0,
+            host_kv_gib=self.host_kv_gib,
+            device_kv_blocks=self.device_kv_blocks,
+            log_level="warning",
+            extra_scheduler_args=self.scheduler_args,
+            extra_worker_args=self.worker_args,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,33 +97,17 @@ def run_variants(
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> list[VariantRun]:
     runs: list[VariantRun] = []
-    for r in range(repeats):
-        for v in variants if r % 2 == 0 else variants[::-1]:
-            dep = Deployment(
-                model=deploy.model,
-                workers=deploy.workers,
-                port=0,
-                host_kv_gib=deploy.host_kv_gib,
-                device_kv_blocks=deploy.device_kv_blocks,
-                mode=v.mode,
-                log_level="warning",
-                extra_scheduler_args=(*deploy.scheduler_args, *v.scheduler_args),
-                extra_worker_args=(*deploy.worker_args, *v.worker_args),
-            )
-            try:
-                dep.start()
-                result = run_once(workload, replace(cfg, target=dep.address), progress=False)
-                swap = scrape_swap_time(dep)
-            finally:
-                dep.stop()
-            if result.stopped:
-                raise RuntimeError(f"{v.label}: the run stopped early: {result.stopped}")
-            summary = summarize_run(workload, result, slo)
-            runs.append(VariantRun(v.label, r, result, summary, swap))
-            log(
-                f"[{r + 1}/{repeats}] {v.label}: {summary.finished} finished, "
-                f"{summary.failed} failed, {summary.cancelled} cancelled in {summary.wall_s:.1f} s"
-            )
+    for run in _run_variants(
+        workload, cfg, deploy.base(), variants, scrape_swap_time, repeats=repeats, slo=slo
+    ):
+        if run.result.stopped:
+            raise RuntimeError(f"{run.label}: the run stopped early: {run.result.stopped}")
+        summary = run.summary
+        runs.append(VariantRun(run.label, run.repeat, run.result, summary, run.measured))
+        log(
+            f"[{run.repeat + 1}/{repeats}] {run.label}: {summary.finished} finished, "
+            f"{summary.failed} failed, {summary.cancelled} cancelled in {summary.wall_s:.1f} s"
+        )
     return runs
 
 
@@ -167,13 +157,6 @@ def format_table(
             cells += f"{'-' if x is None else f'{x:.2f}x':>{max(10, len(h) + 2)}}"
         lines.append(f"  {row.label:<{w0}}{cells}")
     return "\n".join(lines)
-
-
-def ratio(first: float | None, other: float | None, better: str | None) -> float | None:
-    if better is None or first is None or other is None:
-        return None
-    num, den = (other, first) if better == "lower" else (first, other)
-    return num / den if den > 0 else None
 
 
 def _fmt(v: float | None, fmt: str) -> str:

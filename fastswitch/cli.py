@@ -15,14 +15,9 @@ import sys
 from collections.abc import Sequence
 from types import FrameType, ModuleType
 
-from fastswitch.launcher import (
-    LOG_LEVELS,
-    MODES,
-    POLICIES,
-    SERVICES,
-    Deployment,
-    DeploymentError,
-)
+from fastswitch.deploy import SERVICES, Deployment, DeploymentError, StartRefused
+from fastswitch.options import add_deployment_args, add_service_args, config_from_args
+from servekit.config import package_version
 
 _SERVICE_MODULES = {s: f"{s}_svc.server" for s in SERVICES}
 
@@ -58,53 +53,23 @@ class _StopSignals:
             signal.signal(sig, old)  # type: ignore[arg-type]
 
 
-def _deployment_args(
-    p: argparse.ArgumentParser, *, port: int, workers: int, kv_blocks: int | None = None
-) -> None:
-    p.add_argument(
-        "--model", default="tiny", help="'tiny' (embedded) or a Hugging Face model directory"
-    )
-    p.add_argument(
-        "--workers", type=int, default=workers, help="worker processes (default %(default)s)"
-    )
-    p.add_argument(
-        "--port",
-        type=int,
-        default=port,
-        help="scheduler's public port on 127.0.0.1; 0 picks a free one (default %(default)s)",
-    )
-    p.add_argument(
-        "--host-kv-gib", type=float, default=0.25, help="host KV arena size (default %(default)s)"
-    )
-    small = f"; {kv_blocks} here, small so that context switches happen" if kv_blocks else ""
-    p.add_argument(
-        "--device-kv-blocks",
-        type=int,
-        default=kv_blocks,
-        help=f"device KV blocks per worker (default: the worker's choice{small})",
-    )
-    p.add_argument("--policy", choices=POLICIES, default="vtc", help="scheduling policy")
-    p.add_argument("--mode", choices=MODES, default="fastswitch", help="context-switch mode")
-    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    p.add_argument("--verbose", action="store_true", help="children log to this stderr")
-    p.add_argument(
-        "--start-timeout", type=float, default=120.0, help="seconds to wait for the start"
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastswitch", description="Fairness-aware LLM serving with cheap context switches."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser(
         "up",
         help="start a KV store, N workers and the scheduler here; Ctrl-C stops them",
         description="Start a KV store, N workers and the scheduler on this machine, print the "
-        "address and metrics ports, and run until Ctrl-C or SIGTERM.",
+        "address, metrics ports and log directory, and run until Ctrl-C or SIGTERM. Every flag "
+        "also reads FASTSWITCH_<FLAG> from the environment (e.g. FASTSWITCH_WORKERS=2). A bad "
+        "model, a taken port or an unreachable store exits 2 with one line on stderr.",
     )
-    _deployment_args(up, port=50051, workers=1)
+    add_deployment_args(up, port=50051, workers=1)
+    add_service_args(up)
     up.set_defaults(handler=_cmd_up)
 
     serve = sub.add_parser(
@@ -116,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "run",
-        help="offline run over a dataset (see fastswitch run --help)",
+        help="generate from one prompt in this process, no servers (see fastswitch run --help)",
         add_help=False,
     )
 
@@ -126,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start a deployment, send a short concurrent workload from a few tenants "
         "through the SDK, print latency percentiles and per-tenant service, then stop.",
     )
-    _deployment_args(demo, port=0, workers=2, kv_blocks=48)
+    add_deployment_args(demo, port=0, workers=2, kv_blocks=48, environ={})
     demo.add_argument("--tenants", type=int, default=3)
     demo.add_argument("--requests", type=int, default=24)
     demo.add_argument("--max-tokens", type=int, default=32)
@@ -143,53 +108,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args_list[1], args_list[2:])
     if args_list and args_list[0] == "run":
         return _run(args_list[1:])
-    parser = build_parser()
     try:
-        args = parser.parse_args(args_list)
+        args = build_parser().parse_args(args_list)
+    except ValueError as err:  # a malformed FASTSWITCH_* boolean
+        return _fail(str(err), code=2)
     except SystemExit as done:  # --help, or a usage error already printed
         return _exit_code(done)
     return int(args.handler(args))
 
 
-def _deployment(args: argparse.Namespace) -> Deployment:
-    return Deployment(
-        model=args.model,
-        workers=args.workers,
-        port=args.port,
-        host_kv_gib=args.host_kv_gib,
-        device_kv_blocks=args.device_kv_blocks,
-        policy=args.policy,
-        mode=args.mode,
-        log_level=args.log_level,
-        verbose=args.verbose,
-        start_timeout_s=args.start_timeout,
-    )
+def _deployment(args: argparse.Namespace, *, keep_logs: bool = False) -> Deployment:
+    return Deployment(config_from_args(args, keep_logs=keep_logs))
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     try:
-        dep = _deployment(args)
+        dep = _deployment(args, keep_logs=True)
     except ValueError as err:
         return _fail(str(err), code=2)
     with _StopSignals() as signals:
         try:
             dep.start()
-            print(f"FastSwitch is up at {dep.address}  (policy {args.policy}, mode {args.mode})")
-            ports = ", ".join(f"{name} {port}" for name, port in dep.metrics_ports.items())
-            print(f"metrics (http://127.0.0.1:PORT/metrics): {ports}")
-            if not args.verbose:
-                print(f"logs: {dep.run_dir}")
-            print("Ctrl-C or SIGTERM stops it.", flush=True)
+            _print_up(dep)
             gone = dep.wait()
             return _fail(f"{gone} exited unexpectedly; stopping the deployment")
         except _Stop:
             print("stopping...", file=sys.stderr, flush=True)
             return 0
+        except StartRefused as err:  # before any child started: one line
+            return _fail(str(err), code=2)
         except DeploymentError as err:
             return _fail(str(err))
         finally:
             signals.hold()
             dep.stop()
+            if dep.config.log_dir is not None and dep.config.log_dir.exists():
+                print(f"logs kept in {dep.config.log_dir}", file=sys.stderr, flush=True)
+
+
+def _print_up(dep: Deployment) -> None:
+    cfg = dep.config
+    print(f"FastSwitch is up at {dep.address}  (policy {cfg.policy}, mode {cfg.mode})")
+    ports = ", ".join(f"{name} {port}" for name, port in dep.metrics_ports.items())
+    print(f"metrics (http://{cfg.host}:PORT/metrics): {ports}")
+    if dep.log_dir is not None:
+        kept = " (kept after stop)" if cfg.log_dir is not None else ""
+        print(f"logs: {dep.log_dir}{kept}")
+    print("Ctrl-C or SIGTERM stops it.", flush=True)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -234,7 +199,9 @@ def _run(argv: list[str]) -> int:
     if offline is None:
         return _fail("`fastswitch run` is not available (fastswitch.offline is missing)")
     parser = argparse.ArgumentParser(
-        prog="fastswitch run", description="Offline run: serve a dataset in-process and report."
+        prog="fastswitch run",
+        description="Offline run: generate from one prompt in this process (no servers) and "
+        "print the reply.",
     )
     offline.add_run_arguments(parser)
     try:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kvstore_svc.arena import arena_bytes_for_gib, check_deployment_id
+from servekit.config import package_version
 from servekit.names import LOG_LEVELS
 
 _HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})")
@@ -74,6 +75,7 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         prog="fastswitch serve kvstore",
         description="FastSwitch KV store: owns the node's shared host arena (metadata over gRPC).",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     p.add_argument("--listen", default=default("listen", d.listen), help="host:port or unix:///p")
     p.add_argument(
         "--metrics-port",

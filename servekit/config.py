@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 
 from servekit.names import LOG_LEVELS
 
@@ -17,8 +18,17 @@ def env_default(flag: str, default: object, environ: Mapping[str, str] | None = 
     return env.get(key, default)
 
 
+def package_version() -> str:
+    """The installed ``fastswitch`` package's version ("unknown" in a tree never installed)."""
+    try:
+        return version("fastswitch")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def add_common_flags(parser: argparse.ArgumentParser, *, listen: str, metrics_port: int) -> None:
     """--listen, --metrics-port, --log-level, --deployment-id (all with env fallbacks)."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument(
         "--listen",
         default=env_default("--listen", listen),

@@ -186,10 +186,10 @@ def run_main(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args and args[0] == "compare":
-            from client.loadgen.compare import compare_main
-
-            return compare_main(args[1:])
+        if args and args[0] == "compare":  # starts deployments: the launcher's (fastswitch.bench)
+            return fail(
+                "compare needs the launcher: run it as `fastswitch-bench compare`", EXIT_USAGE
+            )
         return run_main(args[1:] if args and args[0] == "run" else args)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)

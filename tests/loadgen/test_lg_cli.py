@@ -11,10 +11,10 @@ import threading
 import pytest
 from polling import eventually_sync
 
-from client.loadgen.cli import main
 from client.loadgen.progress import ProgressBar, render
 from client.loadgen.runner import Live
-from fastswitch.launcher import free_port
+from fastswitch.bench import main
+from fastswitch.deploy import free_port
 
 QUICK = ["--workload", "fairness", "--duration", "0.3", "--rate", "30", "--no-progress"]
 QUICK += ["--tenant-output-lens", "3", "3", "3", "--warmup", "0"]

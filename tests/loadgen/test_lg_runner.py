@@ -12,7 +12,7 @@ from client.loadgen.runner import RunConfig, Runner, TargetError
 from client.loadgen.stats import Status
 from client.loadgen.summary import summarize
 from client.loadgen.workloads import WorkloadSpec, build_workload
-from fastswitch.launcher import free_port
+from fastswitch.deploy import free_port
 
 
 def small_fairness(**kw):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from client import RequestMetrics, Stats, TenantStats, WorkerStats
-from client.loadgen.compare import format_compare, medians, ratio
 from client.loadgen.stats import (
     Percentiles,
     RequestRecord,
@@ -19,6 +18,7 @@ from client.loadgen.stats import (
     slo_attainment,
 )
 from client.loadgen.summary import HEADLINE, headline, summarize
+from fastswitch.deploy.compare import format_compare, medians, ratio
 
 
 def rec(

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from client.loadgen.cli import main
-from fastswitch.launcher import Deployment
+from fastswitch.bench import main
+from fastswitch.deploy import Deployment
 
 pytestmark = pytest.mark.system
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from system_helpers import fastswitch_shm_files
 
-from fastswitch.launcher import Deployment
+from fastswitch.deploy import Deployment
 
 
 @pytest.fixture(scope="module")

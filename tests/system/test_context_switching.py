@@ -5,8 +5,6 @@ the previous turns' KV, moving only new blocks."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 
 import grpc
@@ -14,7 +12,7 @@ import pytest
 from system_helpers import fastswitch_shm_files
 
 from client import AsyncClient, Client
-from fastswitch.launcher import Deployment
+from fastswitch.deploy import Deployment
 from fastswitch.offline import generate_offline
 from proto import kvstore_pb2 as kv
 from proto import kvstore_pb2_grpc as kv_grpc
@@ -180,7 +178,7 @@ def test_a_killed_worker_loses_no_request_and_leaks_no_lease(offline_reference):
                 ]
                 while (await c.stats()).swap_outs == 0:
                     await asyncio.sleep(0.005)
-                os.kill(dep.pid_of("worker-1"), signal.SIGKILL)
+                dep.child("worker-1").kill()  # a crash, through the handle this test owns
                 return await asyncio.gather(*tasks), await c.stats()
 
         results, stats = asyncio.run(run())

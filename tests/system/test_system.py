@@ -11,7 +11,7 @@ import pytest
 from system_helpers import child_pids_of, fastswitch_shm_files
 
 from client import AsyncClient, Client, InvalidArgument, NotFound, ResourceExhausted
-from fastswitch.launcher import Deployment
+from fastswitch.deploy import Deployment
 from fastswitch.offline import generate_offline
 
 pytestmark = pytest.mark.system

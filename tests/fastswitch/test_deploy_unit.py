@@ -1,10 +1,9 @@
-"""The launcher without the real services: flag mapping, ports, and the start/stop life cycle of a
-Deployment whose children are small dummy gRPC servers (health, and GetStats on the scheduler)."""
+"""The deploy package without the real services: flag mapping, ports, and the start/stop life
+cycle of a Deployment whose children are small dummy gRPC servers (health, and GetStats on the
+scheduler)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import sys
 import textwrap
@@ -13,18 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from fastswitch.cli import main as cli_main
-from fastswitch.launcher import (
+from fastswitch.deploy import (
     Deployment,
     DeploymentConfig,
     DeploymentError,
     Layout,
+    StartRefused,
     child_specs,
     free_port,
     free_ports,
     port_is_free,
     serve_command,
 )
+from fastswitch.deploy.placement import worker_devices
 
 DUMMY = textwrap.dedent(
     """
@@ -89,7 +89,7 @@ def _dummies(tmp_path: Path, behaviour: dict[str, str]) -> tuple[Callable, list,
 
 def _assert_clean(d: Deployment, run_dir: Path | None) -> None:
     assert d.alive_pids() == []
-    assert all(c.proc.returncode is not None for c in d._children)
+    assert all(c.proc.returncode is not None for c in d.children.values())
     if run_dir is not None:
         assert not run_dir.exists()
 
@@ -211,8 +211,8 @@ def test_start_wait_and_ordered_stop(tmp_path):
         assert len(d.alive_pids()) == 4
         assert {p.name for p in run_dir.iterdir()} >= {"kvstore.log", "worker-1.log"}
         assert d.wait(timeout_s=0.2) is None
-        worker0 = next(c for c in d._children if c.spec.name == "worker-0")
-        os.kill(worker0.proc.pid, signal.SIGKILL)
+        assert list(d.children) == ["kvstore", "scheduler", "worker-0", "worker-1"]
+        d.child("worker-0").kill()
         assert d.wait(timeout_s=10) == "worker-0"
     _assert_clean(d, run_dir)
     # scheduler first, then the workers (worker-1 ignored SIGTERM and was killed), then the store
@@ -284,17 +284,85 @@ def test_missing_executable_is_a_deployment_error():
     _assert_clean(d, d.run_dir)
 
 
-# ---------------------------------------------------------------------- CLI
+# ---------------------------------------------------------- placement, ports, kept logs
 
 
-def test_cli_errors_are_messages_not_tracebacks(capsys):
-    assert cli_main(["up", "--workers", "0"]) == 2
-    assert "workers must be >= 1" in capsys.readouterr().err
-    assert cli_main(["up", "--policy", "lottery"]) == 2
-    assert "invalid choice" in capsys.readouterr().err
-    assert cli_main(["serve", "nope"]) == 2
-    assert cli_main([]) == 2
-    assert cli_main(["--help"]) == 0
-    assert "demo" in capsys.readouterr().out
-    assert cli_main(["demo", "--help"]) == 0
-    assert "--tenants" in capsys.readouterr().out
+def test_worker_i_on_cuda_i_when_cuda_is_present():
+    assert worker_devices((), 3, lambda: 4) == ("cuda:0", "cuda:1", "cuda:2")
+    assert worker_devices((), 2, lambda: 0) == ()  # no CUDA: each worker's own choice (CPU)
+    assert worker_devices((), 3, lambda: 2) == ("cuda:0", "cuda:1", "cuda:0")  # they share
+
+
+def test_devices_given_are_one_for_all_or_one_per_worker():
+    never = lambda: pytest.fail("CUDA must not be probed when devices are given")  # noqa: E731
+    assert worker_devices(("cpu",), 2, never) == ("cpu", "cpu")
+    assert worker_devices(("cuda:0", "cuda:2"), 2, never) == ("cuda:0", "cuda:2")
+    with pytest.raises(ValueError, match="3 devices for 2 workers"):
+        worker_devices(("cpu", "cpu", "cpu"), 2, never)
+    with pytest.raises(ValueError, match="cpu, cuda, cuda:N"):
+        worker_devices(("gpu0",), 1, never)
+    with pytest.raises(ValueError):
+        DeploymentConfig(workers=2, devices=("cuda:0", "cuda:1", "cuda:2"))
+
+
+def _free_base(count: int) -> int:
+    for _ in range(50):
+        base = free_port()
+        if base + count < 65536 and all(port_is_free(base + i) for i in range(count)):
+            return base
+    pytest.skip("no run of free ports")
+
+
+def test_metrics_ports_from_a_base_and_logs_that_survive_stop(tmp_path):
+    build, _, _ = _dummies(tmp_path, {})
+    base = _free_base(4)
+    logs = tmp_path / "logs"
+    cfg = DeploymentConfig(
+        workers=2,
+        port=0,
+        metrics_port=base,
+        log_dir=logs,
+        extra_scheduler_args=("--fake-workers", "2"),
+        stop_timeout_s=5,
+    )
+    with Deployment(cfg, command=build) as d:
+        assert d.metrics_ports == {
+            "kvstore": base + 1,
+            "scheduler": base,
+            "worker-0": base + 2,
+            "worker-1": base + 3,
+        }
+        assert d.log_dir == logs
+        run_dir = d.run_dir
+    _assert_clean(d, run_dir)
+    assert {p.name for p in logs.iterdir()} == {
+        "kvstore.log",
+        "scheduler.log",
+        "worker-0.log",
+        "worker-1.log",
+    }
+    assert f"=== kvstore of deployment {d.deployment_id}" in (logs / "kvstore.log").read_text()
+
+
+def test_a_second_run_appends_to_kept_logs_and_tails_only_its_own(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "kvstore.log").write_text("old run: boom\n")
+    build, _, _ = _dummies(tmp_path, {"kvstore": "crash"})
+    d = Deployment(DeploymentConfig(port=0, log_dir=logs), command=build)
+    with pytest.raises(DeploymentError) as info:
+        d.start()
+    assert "boom: kvstore cannot start" in str(info.value)
+    assert "old run" not in str(info.value)
+    assert (logs / "kvstore.log").read_text().startswith("old run: boom\n")
+
+
+def test_a_taken_metrics_port_refuses_before_any_child(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        base = busy.getsockname()[1]
+        d = Deployment(DeploymentConfig(port=0, metrics_port=base), command=lambda s, f: ["true"])
+        with pytest.raises(StartRefused, match=f"port {base} on 127.0.0.1 .scheduler metrics."):
+            d.start()
+    assert d.children == {}

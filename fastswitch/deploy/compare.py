@@ -6,8 +6,8 @@ A ratio is ``other / first`` for figures where lower is better (latencies) and
 ``first / other`` where higher is better (throughput, attainment, fairness): above 1 means the
 first mode (normally ``fastswitch``) did better.
 
-This module starts deployments, so it imports the launcher (``fastswitch.launcher``) -- the
-one place where the load generator reaches above the SDK.
+It starts deployments, so it lives beside the launcher; the load generator below it
+(``client.loadgen``) knows nothing of deployments. ``fastswitch.bench`` dispatches to it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import shlex
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from client.loadgen.cli import (
@@ -34,11 +34,9 @@ from client.loadgen.cli import (
     fail,
     params_of,
     run_config_from_args,
-    run_once,
     show_progress,
     slo_from_args,
     spec_from_args,
-    summarize_run,
 )
 from client.loadgen.plots import PlotData, check_plotting, write_plots
 from client.loadgen.report import run_json, write_json
@@ -46,6 +44,9 @@ from client.loadgen.runner import RunConfig, RunResult, TargetError
 from client.loadgen.stats import Slo
 from client.loadgen.summary import HEADLINE, Summary, headline
 from client.loadgen.workloads import Workload, build_workload
+from fastswitch.deploy.config import DeploymentConfig, DeploymentError
+from fastswitch.deploy.variants import Variant, run_variants
+from servekit.names import MODES, POLICIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,21 @@ class DeploySpec:
     scheduler_args: tuple[str, ...] = ()
     worker_args: tuple[str, ...] = ()
     start_timeout_s: float = 120.0
+
+    def base(self) -> DeploymentConfig:
+        """The deployment of every mode, less the mode: any free port, quiet logs."""
+        return DeploymentConfig(
+            model=self.model,
+            workers=self.workers,
+            port=0,
+            host_kv_gib=self.host_kv_gib,
+            device_kv_blocks=self.device_kv_blocks,
+            policy=self.policy,
+            log_level="warning",
+            extra_scheduler_args=self.scheduler_args,
+            extra_worker_args=self.worker_args,
+            start_timeout_s=self.start_timeout_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,37 +99,35 @@ def run_compare(
     """Runs every (repeat, mode); returns the runs and why it stopped early (None: it did not;
     Ctrl-C and a run that stopped early end the comparison). DeploymentError when a deployment
     fails to start."""
-    from fastswitch.launcher import Deployment
-
     runs: list[ModeRun] = []
-    for r in range(repeats):
-        for mode in modes if r % 2 == 0 else modes[::-1]:
-            print(f"[{r + 1}/{repeats}] {mode}: starting a deployment ...", file=sys.stderr)
-            dep = Deployment(
-                model=deploy.model,
-                workers=deploy.workers,
-                port=0,
-                host_kv_gib=deploy.host_kv_gib,
-                device_kv_blocks=deploy.device_kv_blocks,
-                policy=deploy.policy,
-                mode=mode,
-                log_level="warning",
-                extra_scheduler_args=deploy.scheduler_args,
-                extra_worker_args=deploy.worker_args,
-                start_timeout_s=deploy.start_timeout_s,
+    current = ""
+
+    def starting(r: int, v: Variant) -> None:
+        nonlocal current
+        current = v.label
+        print(f"[{r + 1}/{repeats}] {v.label}: starting a deployment ...", file=sys.stderr)
+
+    variants = [Variant(mode, mode) for mode in modes]
+    try:
+        for run in run_variants(
+            workload,
+            cfg,
+            deploy.base(),
+            variants,
+            lambda dep: None,
+            repeats=repeats,
+            slo=slo,
+            progress=progress,
+            on_start=starting,
+        ):
+            runs.append(ModeRun(run.label, run.repeat, run.result, run.summary))
+            print(
+                f"[{run.repeat + 1}/{repeats}] {run.label}: {_brief(run.summary)}", file=sys.stderr
             )
-            try:
-                dep.start()
-                result = run_once(workload, replace(cfg, target=dep.address), progress=progress)
-            except KeyboardInterrupt:  # while starting: the launcher stopped what it started
-                return runs, f"{mode}: {INTERRUPTED}"
-            finally:
-                dep.stop()
-            summary = summarize_run(workload, result, slo)
-            runs.append(ModeRun(mode, r, result, summary))
-            print(f"[{r + 1}/{repeats}] {mode}: {_brief(summary)}", file=sys.stderr)
-            if result.stopped:
-                return runs, f"{mode}: {result.stopped}"
+            if run.result.stopped:
+                return runs, f"{run.label}: {run.result.stopped}"
+    except KeyboardInterrupt:  # while starting: the launcher stopped what it started
+        return runs, f"{current}: {INTERRUPTED}"
     return runs, None
 
 
@@ -196,8 +210,6 @@ def build_compare_parser() -> argparse.ArgumentParser:
 
 
 def compare_main(argv: Sequence[str]) -> int:
-    from fastswitch.launcher import MODES, POLICIES, DeploymentError
-
     a = build_compare_parser().parse_args(argv)
     try:
         modes = [m.strip() for m in a.modes.split(",") if m.strip()]

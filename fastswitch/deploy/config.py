@@ -1,0 +1,101 @@
+"""What a deployment starts, as one frozen config validated on construction, and the errors of a
+start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastswitch.deploy.placement import worker_devices
+from servekit.names import LOG_LEVELS, MODES, POLICIES
+
+PREEMPTIONS = ("swap", "recompute")
+
+
+class DeploymentError(RuntimeError):
+    """A deployment failed to start (the message carries the failing child's log tail)."""
+
+
+class StartRefused(DeploymentError):
+    """A deployment refused to start before any child ran: a bad model, a taken port, an
+    unreachable store. The message is one line, fit for an operator's terminal."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentConfig:
+    """What to start; validated once on construction.
+
+    ``None`` for a service option means "the service's own default" (no flag is passed).
+    ``metrics_port`` 0 gives every child a free port; a base B gives the scheduler B, the store
+    B+1 and worker i B+2+i. ``devices`` empty places worker i on ``cuda:i`` when CUDA is present
+    (else the worker's own choice); one entry is every worker's, N entries one per worker.
+    ``log_dir`` None keeps the children's logs in the runtime directory, removed on stop; a
+    directory keeps them there after stop. ``kvstore`` names a running store to use instead of
+    starting one.
+    """
+
+    model: str = "tiny"
+    workers: int = 1
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 0
+    host_kv_gib: float = 0.25
+    device_kv_blocks: int | None = None
+    block_size: int | None = None
+    devices: tuple[str, ...] = ()
+    policy: str = "vtc"
+    mode: str = "fastswitch"
+    log_level: str = "info"
+    tenants: str = ""
+    strict_tenants: bool = False
+    preemption: str | None = None
+    retain_generate_s: float | None = None
+    retain: bool = True
+    max_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    kvstore: str | None = None
+    extra_scheduler_args: tuple[str, ...] = ()
+    extra_worker_args: tuple[str, ...] = ()
+    log_dir: Path | None = None
+    verbose: bool = False
+    start_timeout_s: float = 120.0
+    stop_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must not be empty")
+        if not self.host:
+            raise ValueError("host must not be empty")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if not 0 <= self.metrics_port <= 65535 - (self.workers + 1):
+            raise ValueError(
+                f"metrics_port must be 0 or a base leaving room for {self.workers + 2} ports, "
+                f"got {self.metrics_port}"
+            )
+        if self.host_kv_gib <= 0:
+            raise ValueError(f"host_kv_gib must be > 0, got {self.host_kv_gib}")
+        for name, count in (
+            ("device_kv_blocks", self.device_kv_blocks),
+            ("block_size", self.block_size),
+            ("max_batched_tokens", self.max_batched_tokens),
+            ("max_num_seqs", self.max_num_seqs),
+        ):
+            if count is not None and count <= 0:
+                raise ValueError(f"{name} must be > 0, got {count}")
+        if self.devices:
+            worker_devices(self.devices, self.workers)  # ValueError for a bad list
+        if self.retain_generate_s is not None and self.retain_generate_s < 0:
+            raise ValueError(f"retain_generate_s must be >= 0, got {self.retain_generate_s}")
+        for name, value, allowed in (
+            ("policy", self.policy, POLICIES),
+            ("mode", self.mode, MODES),
+            ("log_level", self.log_level, LOG_LEVELS),
+            ("preemption", self.preemption or "swap", PREEMPTIONS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.start_timeout_s <= 0 or self.stop_timeout_s <= 0:
+            raise ValueError("start_timeout_s and stop_timeout_s must be > 0")
