@@ -20,7 +20,7 @@ from system_helpers import fastswitch_shm_files
 
 from client import AsyncClient
 from client.results import RequestMetrics
-from fastswitch.launcher import Deployment
+from fastswitch.deploy import Deployment
 from fastswitch.offline import generate_offline
 
 pytestmark = pytest.mark.system
