@@ -351,6 +351,18 @@ class LinkWorker:
         self.last: dict[int, int | None] = {}
         self.joined = asyncio.Event()
         self.step_delay_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Run the link in a task this fake owns (``kill`` ends it)."""
+        self._task = asyncio.create_task(self.run(), name=f"link-worker-{self.hello.worker_id}")
+
+    async def kill(self) -> None:
+        """The worker dies: its stream is cut without a goodbye."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
 
     def step(self, plan: wk.StepPlan) -> wk.StepResult:
         for seq in plan.drop:

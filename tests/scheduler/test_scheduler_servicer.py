@@ -73,11 +73,10 @@ async def server() -> AsyncIterator[tuple[str, Frontend]]:
 async def worker(server) -> AsyncIterator[LinkWorker]:
     target, _ = server
     fake = LinkWorker(target, fingerprint=FINGERPRINT, vocab_size=VOCAB, max_model_len=MAX_LEN)
-    task = asyncio.create_task(fake.run())
+    fake.start()
     await asyncio.wait_for(fake.joined.wait(), 5)
     yield fake
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await fake.kill()
 
 
 def request(prompt_ids=(1, 2, 3), max_tokens=8, tenant="a", **kw) -> api.GenerateRequest:
@@ -242,13 +241,10 @@ async def test_a_worker_leaving_mid_request_loses_nothing(server, worker):
         await asyncio.sleep(0.05)
         # w0 dies; w1 joins and recomputes the request from its token ids.
         replacement = LinkWorker(target, "w1", fingerprint=FINGERPRINT, max_model_len=MAX_LEN)
-        for task in asyncio.all_tasks():
-            if task.get_coro().__qualname__.startswith("LinkWorker.run") and task is not pending:
-                task.cancel()
-        runner = asyncio.create_task(replacement.run())
+        await worker.kill()
+        replacement.start()
         tokens, last = await asyncio.wait_for(pending, 10)
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        await replacement.kill()
     assert tokens == expected and last.metrics.recomputes >= 1
 
 
