@@ -4,5 +4,5 @@
 leases, content index, pins, eviction, ttl, tenant quotas; no gRPC), with ``leases`` and
 ``retention`` (the evictable blocks in LRU, per-tenant and per-ttl order) beside it. ``arena``
 holds the arena's layout, which workers import to map it (the one cross-service import
-DESIGN.md allows).
+docs/architecture.md allows).
 """

@@ -1,7 +1,7 @@
 """The host arena: one pre-faulted shared-memory file per node, cut into host blocks.
 
-The store owns the format; a worker maps the arena with this module (DESIGN.md: the one import
-a worker makes from ``kvstore_svc``). Layout::
+The store owns the format; a worker maps the arena with this module (the one import a worker
+makes from ``kvstore_svc``, docs/architecture.md). Layout::
 
     /dev/shm/fastswitch-<deployment>-arena        mode 0600, pre-faulted at store start
     offset 0                                                                    arena_bytes

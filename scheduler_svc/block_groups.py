@@ -2,7 +2,7 @@
 
 Owned by the scheduler, one per worker; the worker never decides allocation, it only
 applies the block tables the scheduler sends. A block holds all layers' K and V (see
-DESIGN.md, "KV memory layout"), so a *group* of ``g`` adjacent blocks is one contiguous
+docs/architecture.md, "Memory layout"), so a *group* of ``g`` adjacent blocks is one contiguous
 region and moves in one copy when its owner is swapped.
 
 An owner (a request id, any hashable) holds groups in **block-table order** -- the order of

@@ -12,7 +12,7 @@ One iteration for one worker (``schedule``) reads as::
 The core owns every worker's block-group allocator: a worker never decides what it allocates.
 Capacity is asked before it is taken. Preemption is by swap (the KV goes to the host arena and
 comes back later, possibly on another worker) or by recompute (the KV is dropped and the token ids
-prefilled again). Context-switch rules (DESIGN.md):
+prefilled again). Context-switch rules (docs/architecture.md):
 
 1. a swapping-out request's device blocks are freed only once the worker reports the copy done;
 2. a swapping-in request is in no forward until its swap-in is reported done;

@@ -1,6 +1,6 @@
 """Per-request state kept by the scheduler: the one place a request's truth lives.
 
-Life cycle (DESIGN.md)::
+Life cycle (docs/architecture.md)::
 
     WAITING ──admit──▶ RUNNING (prefilling ⇄ decoding) ──▶ FINISHED
        ▲                  │  ▲

@@ -4,11 +4,11 @@
     resume  ──▶ device blocks, PIN host copy (hashes checked) ──▶ SeqStart + SwapIn ──▶ RUNNING
     finish  ──▶ offload the full blocks the host lacks (content-addressed, retained) ──▶ free
 
-Rules (DESIGN.md): device blocks under a copy are freed only when the worker reports it done (1);
-a swapping-in request is in no forward until done (2); pins and reservations are leases (4); the
-host copy stays valid after a swap-in and only blocks the host lacks move again (5); retained
-blocks are content-addressed per tenant and model (6); KV is a cache — any failure falls back to
-recompute (7).
+Rules (docs/architecture.md, swap rules): device blocks under a copy are freed only when the worker
+reports it done (1); a swapping-in request is in no forward until done (2); pins and reservations
+are leases (4); the host copy stays valid after a swap-in and only blocks the host lacks move again
+(5); retained blocks are content-addressed per tenant and model (6); KV is a cache — any failure
+falls back to recompute (7).
 """
 
 from __future__ import annotations

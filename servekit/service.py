@@ -136,7 +136,7 @@ def _log_failure(task: asyncio.Task[Any]) -> None:
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:
-    """Runs a service's async main under uvloop (DESIGN.md: every service's event loop)."""
+    """Runs a service's async main under uvloop (every service's event loop)."""
     import uvloop
 
     return uvloop.run(main)

@@ -21,7 +21,7 @@ directly over an mmap would *not* hold an export, and closing would unmap memory
 tensor; :meth:`as_tensor` goes through a memoryview for exactly this reason.)
 
 Pre-faulting: a fresh shared-memory page costs a page fault plus zeroing on its first write
-(~0.3-0.4 GB/s against ~10 GB/s when faulted, DESIGN.md). :func:`create` allocates every page
+(~0.3-0.4 GB/s against ~10 GB/s when faulted). :func:`create` allocates every page
 (``posix_fallocate``, which also turns a full ``/dev/shm`` into ``OSError(ENOSPC)`` now instead
 of ``SIGBUS`` later) and maps with ``MAP_POPULATE`` so this process's page tables are filled.
 :func:`open_existing` populates too: the pages exist, but a new process still faults each one.

@@ -8,7 +8,7 @@ the plan. Per-sequence faults (a plan naming an unknown sequence, say) are repor
 result and the rest of the step still runs; only a fault of the whole forward fails every
 sequence in it.
 
-Swaps (DESIGN.md, life cycle rules 1-4). The scheduler guarantees, and this module relies on:
+Swaps (docs/architecture.md, swap rules 1-4). The scheduler guarantees, and this module relies on:
 
 * a sequence swapping in is in no forward until its swap-in is reported in ``swap_in_done``
   (so the forward never reads blocks still being written);

@@ -1,6 +1,6 @@
 """The swap engine: copies runs of KV blocks between the device pool and the host arena.
 
-Both sides are seen as bytes, one row per block (DESIGN.md, KV memory layout)::
+Both sides are seen as bytes, one row per block (docs/architecture.md, Memory layout)::
 
     device pool  uint8 [num_blocks, block_bytes]
     ┌──────┬──────┬──────┬──────┬──────┬── ...

@@ -1,8 +1,6 @@
-"""Retained KV in the store core (DESIGN.md rules 4-7): canonical blocks on commit, ttl, lookup
-and pin in one call, pins that check the content, free by hash, per-tenant quotas.
-
-The ``new_store`` fixture checks every store's integrity after each test.
-"""
+"""Retained KV in the store core (docs/architecture.md, swap rules 4-7): canonical blocks on commit,
+ttl, lookup and pin in one call, pins that check the content, free by hash, per-tenant quotas.
+The ``new_store`` fixture checks every store's integrity after each test."""
 
 from __future__ import annotations
 
