@@ -34,7 +34,7 @@ from client.loadgen.report import format_table, run_json, write_json
 from client.loadgen.runner import RunConfig, Runner, RunResult, TargetError, probe_max_model_len
 from client.loadgen.stats import Slo, Weights
 from client.loadgen.summary import Summary, summarize
-from client.loadgen.workloads import Workload, build_workload
+from client.loadgen.workloads import Workload, WorkloadSpec, build_workload
 
 PROG = "fastswitch-bench"
 INTERRUPTED = "interrupted (Ctrl-C)"
@@ -124,6 +124,18 @@ def fail(message: str, code: int) -> int:
     return code
 
 
+def prepare_run(
+    a: argparse.Namespace, target: str, server_len: int | None = None
+) -> tuple[WorkloadSpec, Workload, RunConfig, Slo]:
+    """The spec, workload, run config and SLO the flags ask for (ValueError/RuntimeError if bad)."""
+    spec = spec_from_args(a, server_len)
+    cfg = run_config_from_args(a, target)
+    slo = slo_from_args(a)
+    if a.plot is not None:
+        check_plotting()
+    return spec, build_workload(spec), cfg, slo
+
+
 def build_run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"{PROG} [run]",
@@ -144,12 +156,7 @@ def run_main(argv: Sequence[str]) -> int:
     a = build_run_parser().parse_args(argv)
     server_len = None if a.max_model_len else server_max_model_len(a.target)
     try:
-        spec = spec_from_args(a, server_len)
-        cfg = run_config_from_args(a, a.target)
-        slo = slo_from_args(a)
-        if a.plot is not None:
-            check_plotting()
-        workload = build_workload(spec)
+        spec, workload, cfg, slo = prepare_run(a, a.target, server_len)
     except (ValueError, RuntimeError) as err:
         return fail(str(err), EXIT_USAGE)
     if not workload.sessions:

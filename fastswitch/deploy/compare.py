@@ -33,17 +33,15 @@ from client.loadgen.cli import (
     add_workload_args,
     fail,
     params_of,
-    run_config_from_args,
+    prepare_run,
     show_progress,
-    slo_from_args,
-    spec_from_args,
 )
-from client.loadgen.plots import PlotData, check_plotting, write_plots
+from client.loadgen.plots import PlotData, write_plots
 from client.loadgen.report import run_json, write_json
 from client.loadgen.runner import RunConfig, RunResult, TargetError
 from client.loadgen.stats import Slo
 from client.loadgen.summary import HEADLINE, Summary, headline
-from client.loadgen.workloads import Workload, build_workload
+from client.loadgen.workloads import Workload
 from fastswitch.deploy.config import DeploymentConfig, DeploymentError
 from fastswitch.deploy.variants import Variant, run_variants
 from servekit.names import MODES, POLICIES
@@ -232,12 +230,7 @@ def compare_main(argv: Sequence[str]) -> int:
             worker_args=tuple(x for s in a.worker_arg for x in shlex.split(s)),
             start_timeout_s=a.start_timeout,
         )
-        spec = spec_from_args(a)
-        cfg = run_config_from_args(a, "")
-        slo = slo_from_args(a)
-        if a.plot is not None:
-            check_plotting()
-        workload = build_workload(spec)
+        spec, workload, cfg, slo = prepare_run(a, "")
     except (ValueError, RuntimeError) as err:
         return fail(str(err), EXIT_USAGE)
     if not workload.sessions:
