@@ -1,18 +1,27 @@
 """Committed host blocks: the content index, tenant charges, pin counts and the retained blocks.
 
+* COMMITTED blocks are either *hashed* (content-addressed: found by :meth:`Store.lookup`,
+  deduplicated on commit, evictable) or *private* (empty hash: only their owner knows the id;
+  never evicted, since handing a private block's id to another writer would let its owner read
+  someone else's KV later; the owner drops it with :meth:`Store.free`).
+* Pins are per-lease counts on committed blocks. A pinned block is never evicted or freed; a
+  :meth:`Store.free` of a pinned block removes it from the index at once (no new readers) and
+  returns it to the free space when its last pin ends.
+* Hashed, unpinned committed blocks are *retained* (:mod:`kvstore_svc.retention`): the only
+  evictable ones. A lookup hit, a duplicate commit and the end of the last pin count as a use
+  (recency and ttl restart); a pinned block does not age.
+
 The store decides *when* a block is committed, pinned, freed, evicted or expired (and logs
-it); this part keeps the tables that follow from it consistent. A committed block is *indexed*
-when it is hashed and not freed: found by its hash and charged to its tenant. An indexed,
-unpinned block is *retained* (:mod:`kvstore_svc.retention`), the only kind that can be evicted
-or expire. A block leaving for the free space goes back through ``release``, the store's
-allocator.
+it); this part keeps its tables consistent. A block leaving for the free space goes back
+through ``release``, the store's allocator.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from kvstore_svc.errors import NotFound
 from kvstore_svc.records import CommittedBlock
 from kvstore_svc.retention import RetainedBlocks
 
@@ -74,8 +83,16 @@ class CommittedBlocks:
     def oldest_retained(self) -> int | None:
         return self._retained.oldest()
 
-    def oldest_retained_of(self, tenant: str) -> int | None:
-        return self._retained.oldest_of(tenant)
+    def check_pinnable(self, blocks: Sequence[int], block_hashes: Sequence[bytes]) -> None:
+        """``NotFound`` unless every block is committed, not freed, and holds its hash
+        (``block_hashes`` parallel to ``blocks``, or empty; an empty entry is not checked)."""
+        expected = block_hashes or [b""] * len(blocks)
+        for b, want in zip(blocks, expected, strict=True):
+            cb = self._blocks.get(b)
+            if cb is None or cb.freed:
+                raise NotFound(f"block {b} is not committed")
+            if want and cb.block_hash != want:
+                raise NotFound(f"block {b} no longer holds hash {want.hex()[:32]}")
 
     def add(self, block: int, block_hash: bytes, tenant: str, ttl_s: float) -> None:
         """A newly committed block (not yet retained: see :meth:`retain`); a hashed one is
@@ -143,6 +160,17 @@ class CommittedBlocks:
     def evict(self, b: int) -> None:
         self._evictions += 1
         self._drop(b, self._blocks[b])
+
+    def evict_over_quota(self, tenant: str, quota: int, keep: set[int]) -> bool:
+        """Evicts the tenant's least recently used retained blocks, never those in ``keep``,
+        until it is within ``quota``; True when it is still over (nothing more can go)."""
+        while self._charged.get(tenant, 0) > quota:
+            oldest = self._retained.oldest_of(tenant)
+            # ``keep`` was used last: once the oldest is kept, every retained one is.
+            if oldest is None or oldest in keep:
+                return True
+            self.evict(oldest)
+        return False
 
     def expire(self, now: float) -> int:
         """Drops the retained blocks whose ttl has run out by ``now``; returns how many."""

@@ -14,16 +14,7 @@ Every host block is in exactly one state::
 
 * RESERVED blocks belong to one reservation lease and are invisible to :meth:`Store.lookup`
   (DESIGN.md rule 4); the writer copies into them, then commits.
-* COMMITTED blocks are either *hashed* (content-addressed: found by :meth:`Store.lookup`,
-  deduplicated on commit, evictable) or *private* (empty hash: only their owner knows the id;
-  never evicted, since handing a private block's id to another writer would let its owner read
-  someone else's KV later; the owner drops it with :meth:`Store.free`).
-* Pins are per-lease counts on committed blocks. A pinned block is never evicted or freed; a
-  :meth:`Store.free` of a pinned block removes it from the index at once (no new readers) and
-  returns it to the free space when its last pin ends.
-* Hashed, unpinned committed blocks are *retained* (:mod:`kvstore_svc.retention`): the only
-  evictable ones. A lookup hit, a duplicate commit and the end of the last pin count as a use
-  (recency and ttl restart); a pinned block does not age.
+* COMMITTED blocks (hashed or private), pins and retained blocks: :mod:`kvstore_svc.committed`.
 * Eviction happens inside :meth:`Store.reserve`, only when the free space is short and only if
   evicting every evictable block would be enough (count first, then change); and inside
   :meth:`Store.commit` for a tenant over its quota (below).
@@ -284,13 +275,7 @@ class Store:
             raise InvalidArgument(f"{len(blocks)} blocks but {len(block_hashes)} hashes")
         duration = self._lease_duration(lease_s)
         self._expire_retained(self._clock())
-        expected = block_hashes or [b""] * len(blocks)
-        for b, want in zip(blocks, expected, strict=True):
-            cb = self._committed.get(b)
-            if cb is None or cb.freed:
-                raise NotFound(f"block {b} is not committed")
-            if want and cb.block_hash != want:
-                raise NotFound(f"block {b} no longer holds hash {want.hex()[:32]}")
+        self._committed.check_pinnable(blocks, block_hashes)
         return self._pin(set(blocks), duration, owner)
 
     # ------------------------------------------------------------------ ending
@@ -450,20 +435,15 @@ class Store:
     def _enforce_quota(self, tenant: str, keep: set[int]) -> None:
         """Evicts the tenant's least recently used retained blocks, never those in ``keep``,
         until it is within its quota or nothing more can go (soft quota: logged)."""
-        while self._committed.charged(tenant) > self._quota:
-            oldest = self._committed.oldest_retained_of(tenant)
-            # ``keep`` was used last: once the oldest is kept, every retained one is.
-            if oldest is None or oldest in keep:
-                log.info(
-                    "tenant over its retention quota; the rest is pinned or just committed",
-                    extra={
-                        "tenant": tenant,
-                        "retained_blocks": self._committed.charged(tenant),
-                        "quota_blocks": self._quota,
-                    },
-                )
-                return
-            self._committed.evict(oldest)
+        if self._committed.evict_over_quota(tenant, self._quota, keep):
+            log.info(
+                "tenant over its retention quota; the rest is pinned or just committed",
+                extra={
+                    "tenant": tenant,
+                    "retained_blocks": self._committed.charged(tenant),
+                    "quota_blocks": self._quota,
+                },
+            )
 
     def _expire_retained(self, now: float) -> None:
         """Drops the retained blocks whose ttl has run out by ``now``."""
