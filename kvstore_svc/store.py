@@ -13,7 +13,7 @@ Every host block is in exactly one state::
        └──── expire (hashed, unpinned, past its ttl) ───────┘
 
 * RESERVED blocks belong to one reservation lease and are invisible to :meth:`Store.lookup`
-  (DESIGN.md rule 4); the writer copies into them, then commits.
+  (docs/architecture.md, swap rule 4); the writer copies into them, then commits.
 * COMMITTED blocks (hashed or private), pins and retained blocks: :mod:`kvstore_svc.committed`.
 * Eviction happens inside :meth:`Store.reserve`, only when the free space is short and only if
   evicting every evictable block would be enough (count first, then change); and inside
