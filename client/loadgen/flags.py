@@ -44,7 +44,10 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
         "--burstiness", metavar="CV", type=float, default=1.0, help="gamma: CV of the gaps (1)"
     )
     g.add_argument(
-        "--trace", metavar="FILE", type=Path, help="trace file (default: the shared copy)"
+        "--trace",
+        metavar="FILE",
+        type=Path,
+        help="trace file (default: the copy packaged with the load generator)",
     )
     g.add_argument(
         "--time-scale",
