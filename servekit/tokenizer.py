@@ -12,12 +12,13 @@ template of its own (``TINY_CHAT_TEMPLATE``). A directory without any template f
 simple, non-Jinja one chosen from the vocabulary (see ``HFTokenizer``). ``encode`` never adds
 special tokens.
 
-Reuse across turns: with ``add_generation_prompt=True`` turn k renders ``prompt_k``; when the
-model's reply ids ``r_k`` end with its end-of-turn token and are the tokenizer's own encoding of
-the reply text, the rendering of turn k+1 (history, the reply as an assistant message, a new
-user message) begins with ``prompt_k + r_k`` for templates that render history unchanged (the
-tiny template, Llama 3, ChatML). Templates that rewrite earlier turns (strip reasoning, trim or
-reorder, add a date) keep only the common prefix of the two renderings.
+The scheduler's Chat API appends each new turn to a conversation's exact ids with
+``continue_chat``. Reuse across turns: with ``add_generation_prompt=True`` turn k renders
+``prompt_k``; when the model's reply ids ``r_k`` end with its end-of-turn token and are the
+tokenizer's own encoding of the reply text, the rendering of turn k+1 (history, the reply as an
+assistant message, a new user message) begins with ``prompt_k + r_k`` for templates that render
+history unchanged (the tiny template, Llama 3, ChatML). Templates that rewrite earlier turns
+(strip reasoning, trim or reorder, add a date) keep only the common prefix of the two renderings.
 """
 
 from __future__ import annotations
@@ -145,6 +146,35 @@ class Tokenizer(ABC):
             [{"role": role, "content": content} for role, content in messages],
             add_generation_prompt,
         )
+
+    def continue_chat(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Ids to append to a conversation's history that ends with an assistant reply closed by
+        an end-of-turn token (one of ``eos_token_ids``), so that history + these ids is what
+        rendering the whole conversation gives (for templates that render history unchanged).
+
+        Found the way transformers' ``encode_message_with_chat_template`` does it: render a
+        stand-in ``user, assistant`` exchange with and without ``messages`` and keep what
+        follows the exchange's last end-of-turn token. So a template's conversation-level parts
+        (a default system message, a date header, ``<bos>``) are not repeated. Without any
+        end-of-turn token in the rendering, what follows the common prefix is kept.
+        """
+        head: list[ChatMessage] = [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": "x"},
+        ]
+        before = self.render_chat(head, add_generation_prompt=False)
+        after = self.render_chat(
+            [*head, *({"role": role, "content": content} for role, content in messages)],
+            add_generation_prompt,
+        )
+        common = next(
+            (i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b),
+            min(len(before), len(after)),
+        )
+        ends = [i for i in range(common) if before[i] in self.eos_token_ids]
+        return after[ends[-1] + 1 if ends else common :]
 
     def _simple_chat(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
         """The fallback for a model without a chat template; none by default."""

@@ -295,3 +295,31 @@ def test_rewriting_template_reuses_only_the_common_prefix(tmp_path: Path) -> Non
     next_prompt = tok.render_chat(history)
     assert next_prompt[: len(prompt)] == prompt  # the prompt itself is still a prefix
     assert next_prompt[: len(prompt) + len(reply)] != prompt + reply  # the reply is rewritten
+
+
+def assert_continuation_is_the_full_rendering(tok: Tokenizer, end_of_turn: int) -> None:
+    """What the scheduler's Chat API does: history ids + ``continue_chat`` of the new message."""
+    turns = conversation_turns(tok, end_of_turn)
+    for (prompt, reply), (next_prompt, _), question in zip(
+        turns, turns[1:], QUESTIONS[1:], strict=False
+    ):
+        assert [*prompt, *reply, *tok.continue_chat([("user", question)])] == next_prompt
+
+
+def test_continue_chat_tiny() -> None:
+    tok = ByteTokenizer()
+    assert_continuation_is_the_full_rendering(tok, tok.special_id("<|end|>"))
+    ids = tok.continue_chat([("user", "hi")])
+    assert ids == tok.apply_chat_template([("user", "hi")])[1:]  # as before: no second <bos>
+
+
+def test_continue_chat_llama3_and_chatml(tmp_path: Path) -> None:
+    llama = load_tokenizer(str(llama3_dir(tmp_path / "llama")))
+    assert_continuation_is_the_full_rendering(llama, llama.eos_token_ids[0])
+    d = make_tokenizer_dir(tmp_path / "qwen", specials=CHATML_SPECIALS, bos=None,
+                           eos="<|im_end|>", template=CHATML_TEMPLATE)  # fmt: skip
+    chatml = load_tokenizer(str(d))
+    assert_continuation_is_the_full_rendering(chatml, chatml.eos_token_ids[0])
+    # the default system message is not repeated, the newline after <|im_end|> is kept
+    text = chatml.decode(chatml.continue_chat([("user", "hi")], add_generation_prompt=False))
+    assert text == "\n<|im_start|>user\nhi<|im_end|>\n"
