@@ -75,6 +75,7 @@ _RENDER_ERRORS = (
     IndexError,
     AttributeError,
     ArithmeticError,
+    RecursionError,
 )
 
 

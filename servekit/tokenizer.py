@@ -17,8 +17,10 @@ The scheduler's Chat API appends each new turn to a conversation's exact ids wit
 ``prompt_k``; when the model's reply ids ``r_k`` end with its end-of-turn token and are the
 tokenizer's own encoding of the reply text, the rendering of turn k+1 (history, the reply as an
 assistant message, a new user message) begins with ``prompt_k + r_k`` for templates that render
-history unchanged (the tiny template, Llama 3, ChatML). Templates that rewrite earlier turns
-(strip reasoning, trim or reorder, add a date) keep only the common prefix of the two renderings.
+history unchanged (the tiny template, Llama 3, ChatML). Otherwise only the common prefix of the
+two renderings is reused: templates that rewrite earlier turns (Qwen 3 strips an earlier reply's
+``<think>`` part; Llama 3 trims a reply's leading and trailing whitespace), and replies whose
+generated ids are not the tokenizer's own encoding of their text.
 """
 
 from __future__ import annotations

@@ -323,3 +323,14 @@ def test_continue_chat_llama3_and_chatml(tmp_path: Path) -> None:
     # the default system message is not repeated, the newline after <|im_end|> is kept
     text = chatml.decode(chatml.continue_chat([("user", "hi")], add_generation_prompt=False))
     assert text == "\n<|im_start|>user\nhi<|im_end|>\n"
+
+
+def test_llama3_trim_reuses_only_the_prompt_for_padded_replies(tmp_path: Path) -> None:
+    tok = load_tokenizer(str(llama3_dir(tmp_path / "m")))
+    prompt = tok.render_chat([USER])
+    padded = " Great.\n"
+    reply = [*tok.encode(padded), tok.eos_token_ids[0]]
+    turn = [USER, {"role": "assistant", "content": padded}, {"role": "user", "content": "and?"}]
+    next_prompt = tok.render_chat(turn)
+    assert next_prompt[: len(prompt)] == prompt
+    assert next_prompt[: len(prompt) + len(reply)] != prompt + reply  # trimmed to "Great."
