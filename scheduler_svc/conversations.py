@@ -106,12 +106,8 @@ class Conversations:
             with invalid_argument():
                 prompt = self._tokenizer.apply_chat_template([*messages, ("user", message)])
         else:
-            with invalid_argument():
-                rendered = self._tokenizer.apply_chat_template([("user", message)])
-            bos = self._tokenizer.bos_token_id
-            if bos is not None and rendered[:1] == [bos]:
-                rendered = rendered[1:]  # the history already starts with it
-            prompt = conv.history + rendered
+            with invalid_argument():  # the history ends with the reply's end-of-turn token
+                prompt = conv.history + self._tokenizer.continue_chat([("user", message)])
         conv.busy = True
         conv.last_used_s = self._clock()
         return prompt

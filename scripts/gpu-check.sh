@@ -181,8 +181,8 @@ except (OSError, subprocess.SubprocessError) as err:
 missing = []
 for module in ("grpc", "grpc_health.v1.health", "grpc_reflection.v1alpha.reflection",
                "google.protobuf", "pytest", "pytest_asyncio", "pytest_timeout", "uvloop",
-               "msgpack", "pynvml", "prometheus_client", "safetensors", "tokenizers", "numpy",
-               "proto.scheduler_pb2_grpc", "proto.worker_pb2_grpc", "proto.kvstore_pb2_grpc"):
+               "msgpack", "pynvml", "prometheus_client", "safetensors", "tokenizers", "jinja2",
+               "numpy", "proto.scheduler_pb2_grpc", "proto.worker_pb2_grpc", "proto.kvstore_pb2_grpc"):
     try:
         m = importlib.import_module(module)
         print(f"  {module} {getattr(m, '__version__', '')}".rstrip())

@@ -10,7 +10,7 @@
 # PY_VERSION (the GPU machine's Python, default 3.12).
 #
 # What travels, and why (everything else the GPU tests and benchmarks import -- numpy,
-# safetensors, tokenizers, uvloop, msgpack, nvidia-ml-py, prometheus-client, pytest,
+# safetensors, tokenizers, jinja2, uvloop, msgpack, nvidia-ml-py, prometheus-client, pytest,
 # pytest-timeout -- is expected on a CUDA image; gpu-check.sh says which one is missing):
 #   grpcio, protobuf        the generated stubs in proto/ refuse older runtimes (grpcio >= the
 #                           grpcio-tools that made them, protobuf >= their gencode version)
