@@ -67,24 +67,25 @@ class NewTurn:
 
 
 class RequestStream:
-    """Events of one request, in order, each with the text it adds; the last one has
-    ``finished`` set. Filled by the frontend's worker sessions (``put``, on every event as it
-    happens, so a stop string is seen at the token that completes it), read by one API call as
-    deltas (tokens + detokenised text)."""
+    """Events of one request, in order; the last one has ``finished`` set. Filled by the
+    frontend's worker sessions (``put``), read by one API call as deltas (tokens + detokenised
+    text). With stop strings the text is detokenised and matched on every event as it is put
+    (so a stop string is seen at the token that completes it); without, once per delta."""
 
     def __init__(self, request: Request, tokenizer: Tokenizer, stop: Sequence[str] = ()) -> None:
         self.request = request
         self._queue: asyncio.Queue[tuple[TokenEvent, str]] = asyncio.Queue()
         self._text = TextDelta(tokenizer, stop)
+        self._eager = bool(stop)
         self._ended = False
 
     def put(self, event: TokenEvent) -> bool:
-        """Queues `event` with its text. True when that text completed a stop string: the
-        event becomes the stream's last and the caller must finish the request (as stopped).
-        Events after the last one are dropped."""
+        """Queues `event`. True when its text completed a stop string: the event becomes the
+        stream's last and the caller must finish the request (as stopped). Events after the
+        last one are dropped."""
         if self._ended:
             return False
-        text = self._text.next(self.request.output_ids, event.finished)
+        text = self._text.next(self.request.output_ids, event.finished) if self._eager else ""
         stopped = self._text.stopped
         self._ended = event.finished or stopped
         self._queue.put_nowait((event._replace(finished=self._ended), text))
@@ -96,8 +97,12 @@ class RequestStream:
         while not self._queue.empty():
             items.append(self._queue.get_nowait())
         tokens = tuple(t for event, _ in items for t in event.token_ids)
-        text = "".join(text for _, text in items)
-        return Delta(tokens, text, any(event.finished for event, _ in items))
+        finished = any(event.finished for event, _ in items)
+        if self._eager:
+            text = "".join(text for _, text in items)
+        else:
+            text = self._text.next(self.request.output_ids, finished)
+        return Delta(tokens, text, finished)
 
 
 class Frontend:
