@@ -4,7 +4,7 @@
 
     async with AsyncClient("127.0.0.1:50051") as c:
         result = await c.generate("Hello", max_tokens=16, tenant="alice")
-        greedy = SamplingOptions(max_tokens=64, stop=(2,))  # or one options object
+        greedy = SamplingOptions(max_tokens=64, stop=("\n\n",))  # or one options object
         result = await c.generate("Hello", options=greedy)
         async for chunk in c.generate_stream("Hello"):
             ...

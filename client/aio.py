@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, Unpack
 
@@ -87,15 +88,19 @@ class AsyncClient:
         priority: int = 0,
         request_id: str | None = None,
         timeout_s: float | None = None,
+        retain_ttl_s: float | None = None,
         **sampling: Unpack[SamplingArgs],
     ) -> GenerationStream:
         """One completion, streamed: ``async for chunk in c.generate_stream(...)``.
 
         Exactly one of ``prompt`` (text) and ``prompt_token_ids`` is given. Sampling is
         ``options`` updated by the :class:`~client.SamplingOptions` fields given as keywords
-        (``max_tokens=16``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop`` token ids,
-        ``ignore_eos``). The arguments are checked now (ValueError, before any RPC); the RPC
-        starts on the first iteration. Breaking out of the loop cancels it.
+        (``max_tokens=16``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop`` strings,
+        ``stop_token_ids``, ``ignore_eos``). ``retain_ttl_s`` keeps the request's KV on the
+        server's host for that many seconds after it finishes (0: until evicted), so a later
+        prompt that starts the same way skips those tokens; None: the server's default. The
+        arguments are checked now (ValueError, before any RPC); the RPC starts on the first
+        iteration. Breaking out of the loop cancels it.
         """
         if (prompt is None) == (prompt_token_ids is None):
             raise ValueError("give exactly one of prompt and prompt_token_ids")
@@ -105,6 +110,8 @@ class AsyncClient:
             tenant=tenant,
             priority=priority,
         )
+        if retain_ttl_s is not None:
+            request.retain_ttl_s = _retain_ttl_s(retain_ttl_s)
         if prompt is not None:
             request.text = prompt
         else:
@@ -272,6 +279,15 @@ class AsyncChat:
 
     def _on_turn_closed(self) -> None:
         self._turn_open = False
+
+
+def _retain_ttl_s(ttl: float) -> float:
+    ok = isinstance(ttl, int | float) and not isinstance(ttl, bool)
+    if not (ok and math.isfinite(ttl) and ttl >= 0):
+        raise ValueError(
+            f"retain_ttl_s must be a finite number >= 0 (0: until evicted), got {ttl!r}"
+        )
+    return float(ttl)
 
 
 def _token_ids(ids: Sequence[int] | None) -> list[int]:

@@ -14,7 +14,7 @@ from proto import scheduler_pb2 as pb
 class FinishReason(StrEnum):
     """Why a completion ended."""
 
-    STOP = "stop"  # EOS or a stop token
+    STOP = "stop"  # EOS, a stop token or a stop string
     LENGTH = "length"  # max_tokens or the model's context
     CANCELLED = "cancelled"
     ABORTED = "aborted"  # an internal failure on the server

@@ -23,7 +23,10 @@ FINISH = {
 
 
 def _new_request(
-    msg: api.GenerateRequest | api.ChatRequest, text: str | None, ids: list[int] | None
+    msg: api.GenerateRequest | api.ChatRequest,
+    text: str | None,
+    ids: list[int] | None,
+    retain_ttl_s: float | None = None,
 ) -> NewRequest:
     s = msg.sampling
     return NewRequest(
@@ -39,6 +42,8 @@ def _new_request(
         tenant=msg.tenant or "default",
         priority=msg.priority,
         request_id=msg.request_id or None,
+        stop=tuple(s.stop),
+        retain_ttl_s=retain_ttl_s,
     )
 
 
@@ -48,6 +53,7 @@ def new_request(msg: api.GenerateRequest) -> NewRequest:
         msg,
         msg.text if which == "text" else None,
         list(msg.token_ids.ids) if which == "token_ids" else None,
+        msg.retain_ttl_s if msg.HasField("retain_ttl_s") else None,
     )
 
 
@@ -98,9 +104,7 @@ def chunk(req: Request, delta: Delta) -> api.GenerateChunk:
     return out
 
 
-def stats(
-    s: SchedulerStats, *, policy: str, mode: str, max_model_len: int
-) -> api.StatsResponse:
+def stats(s: SchedulerStats, *, policy: str, mode: str, max_model_len: int) -> api.StatsResponse:
     c = s.counters
     out = api.StatsResponse(
         waiting=s.waiting,

@@ -229,6 +229,19 @@ class SchedulerCore:
         self._finish(req, FinishReason.CANCELLED)
         return TokenEvent(req, (), True)
 
+    def finish_on_stop_string(self, request_id: str) -> None:
+        """The request's output text has reached one of its stop strings (matched by the
+        frontend on the token that completed it, before any further step): it finishes now as
+        STOP, like a stop token — its device blocks are freed (or first offloaded when it is
+        retained). One that this very token already finished by length is reported as STOP."""
+        req = self._table.get(request_id)
+        if req is None:
+            return
+        if not req.is_finished:
+            self._finish(req, FinishReason.STOP)
+        elif req.finish_reason is FinishReason.LENGTH:
+            req.finish_reason = FinishReason.STOP
+
     def set_priority(self, request_id: str, priority: int) -> bool:
         req = self._table.get(request_id)
         if req is None or req.is_finished:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from scheduler_svc.conversations import Conversation, Conversations
@@ -23,8 +24,8 @@ from scheduler_svc.errors import InvalidArgument, NotFound, Unavailable, invalid
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.request import GenerationLimits, Request, Sampling, TokenEvent
 from scheduler_svc.workers import WorkerInfo
-from servekit.tokenizer import Tokenizer
-from servekit.validation import validate_generation, validate_sampling
+from servekit.tokenizer import Tokenizer, TokenizerUnavailableError
+from servekit.validation import validate_generation, validate_sampling, validate_stop
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class NewRequest:
     tenant: str = "default"
     priority: int = 0
     request_id: str | None = None
+    stop: tuple[str, ...] = ()  # stop strings, matched on the output text (deltas.py)
+    retain_ttl_s: float | None = None  # None: the server's default (retain_generate_ttl_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,31 +68,41 @@ class NewTurn:
 
 class RequestStream:
     """Events of one request, in order; the last one has ``finished`` set. Filled by the
-    frontend's worker sessions, read by one API call as deltas (tokens + detokenised text)."""
+    frontend's worker sessions (``put``), read by one API call as deltas (tokens + detokenised
+    text). With stop strings the text is detokenised and matched on every event as it is put
+    (so a stop string is seen at the token that completes it); without, once per delta."""
 
-    def __init__(self, request: Request, tokenizer: Tokenizer) -> None:
+    def __init__(self, request: Request, tokenizer: Tokenizer, stop: Sequence[str] = ()) -> None:
         self.request = request
-        self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
-        self._text = TextDelta(tokenizer)
+        self._queue: asyncio.Queue[tuple[TokenEvent, str]] = asyncio.Queue()
+        self._text = TextDelta(tokenizer, stop)
+        self._eager = bool(stop)
+        self._ended = False
 
-    def put(self, event: TokenEvent) -> None:
-        self._queue.put_nowait(event)
-
-    async def next(self) -> TokenEvent:
-        return await self._queue.get()
-
-    def drain_ready(self) -> list[TokenEvent]:
-        out: list[TokenEvent] = []
-        while not self._queue.empty():
-            out.append(self._queue.get_nowait())
-        return out
+    def put(self, event: TokenEvent) -> bool:
+        """Queues `event`. True when its text completed a stop string: the event becomes the
+        stream's last and the caller must finish the request (as stopped). Events after the
+        last one are dropped."""
+        if self._ended:
+            return False
+        text = self._text.next(self.request.output_ids, event.finished) if self._eager else ""
+        stopped = self._text.stopped
+        self._ended = event.finished or stopped
+        self._queue.put_nowait((event._replace(finished=self._ended), text))
+        return stopped
 
     async def next_delta(self) -> Delta:
         """Waits for the next event, then takes every event already queued with it."""
-        events = [await self.next(), *self.drain_ready()]
-        finished = any(e.finished for e in events)
-        tokens = tuple(t for e in events for t in e.token_ids)
-        return Delta(tokens, self._text.next(self.request.output_ids, finished), finished)
+        items = [await self._queue.get()]
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        tokens = tuple(t for event, _ in items for t in event.token_ids)
+        finished = any(event.finished for event, _ in items)
+        if self._eager:
+            text = "".join(text for _, text in items)
+        else:
+            text = self._text.next(self.request.output_ids, finished)
+        return Delta(tokens, text, finished)
 
 
 class Frontend:
@@ -172,6 +185,13 @@ class Frontend:
                 raise InvalidArgument(
                     f"stop token id {t} is outside the vocabulary [0, {self._vocab_size})"
                 )
+        self._check_stop(new.stop)
+        ttl = new.retain_ttl_s
+        if ttl is not None and not (math.isfinite(ttl) and ttl >= 0):
+            raise InvalidArgument(
+                f"retain_ttl_s must be a finite number of seconds >= 0 (0: until evicted), "
+                f"got {ttl}"
+            )
         sampling = Sampling(new.temperature, new.top_p, new.top_k, new.seed)
         limits = GenerationLimits(
             max_tokens=new.max_tokens,
@@ -180,14 +200,31 @@ class Frontend:
         )
         return prompt_ids, sampling, limits, tenant
 
+    def _check_stop(self, stop: tuple[str, ...]) -> None:
+        """Stop strings: at most 16, each 1-256 characters, and a tokenizer that gives text."""
+        if not stop:
+            return
+        with invalid_argument():
+            validate_stop(stop)
+            try:
+                self.tokenizer.decode([])
+            except TokenizerUnavailableError as err:
+                raise ValueError(f"stop strings need the output text, but {err}") from None
+
     async def open(self, new: NewRequest, *, retain_ttl_s: float | None = None) -> RequestStream:
         """Queues a request. Raises Unavailable (no worker, or shutting down), InvalidArgument
-        (bad input) or ResourceExhausted (it cannot fit)."""
+        (bad input) or ResourceExhausted (it cannot fit). Its KV is retained when it finishes
+        with ttl `retain_ttl_s` if given (a chat turn), else the request's own, else the
+        server's default."""
         if self._closing:
             raise Unavailable("the scheduler is shutting down")
         if not self.core.workers:
             raise Unavailable("no worker has joined yet")
         prompt_ids, sampling, limits, tenant = self.prepare(new)
+        if retain_ttl_s is None:
+            retain_ttl_s = new.retain_ttl_s
+        if retain_ttl_s is None:
+            retain_ttl_s = self.retain_generate_ttl_s
         req = self.core.submit(
             prompt_ids=prompt_ids,
             sampling=sampling,
@@ -195,9 +232,9 @@ class Frontend:
             tenant=tenant,
             priority=new.priority,
             request_id=new.request_id,
-            retain_ttl_s=retain_ttl_s if retain_ttl_s is not None else self.retain_generate_ttl_s,
+            retain_ttl_s=retain_ttl_s,
         )
-        stream = RequestStream(req, self.tokenizer)
+        stream = RequestStream(req, self.tokenizer, new.stop)
         self._streams[req.request_id] = stream
         await self.notify()
         return stream
@@ -258,10 +295,12 @@ class Frontend:
             self.on_host_ops()
 
     def _dispatch(self, events: list[TokenEvent]) -> None:
+        """Hands each event to its stream as it happens; a request whose text has just reached
+        a stop string is finished in the core at once (its last token is the one that did)."""
         for event in events:
             stream = self._streams.get(event.request.request_id)
-            if stream is not None:
-                stream.put(event)
+            if stream is not None and stream.put(event):
+                self.core.finish_on_stop_string(event.request.request_id)
 
     async def notify(self) -> None:
         """Something changed (a request, a worker, a host answer): idle sessions plan again."""

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["validate_generation", "validate_sampling"]
+__all__ = [
+    "MAX_STOP_CHARS",
+    "MAX_STOP_STRINGS",
+    "validate_generation",
+    "validate_sampling",
+    "validate_stop",
+]
 
 _MAX_LISTED = 5
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
 
 
 def validate_generation(
@@ -68,3 +76,18 @@ def validate_sampling(temperature: float, top_p: float, top_k: int, seed: int | 
         raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"seed must be an integer or None, got {seed!r}")
+
+
+def validate_stop(stop: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless the stop strings are at most ``MAX_STOP_STRINGS``, each
+    non-empty and at most ``MAX_STOP_CHARS`` characters."""
+    if len(stop) > MAX_STOP_STRINGS:
+        raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(stop)}")
+    for i, s in enumerate(stop):
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"stop string {i} must be a non-empty string, got {s!r}")
+        if len(s) > MAX_STOP_CHARS:
+            raise ValueError(
+                f"stop string {i} has {len(s)} characters, at most {MAX_STOP_CHARS} are allowed: "
+                f"{s[:32]!r}..."
+            )

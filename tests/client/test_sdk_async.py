@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import grpc
 import pytest
@@ -48,16 +49,32 @@ async def test_token_ids_prompt_stop_tokens_and_request_id(fake_server):
     address, fake = fake_server
     async with AsyncClient(address, timeout_s=5) as c:
         result = await c.generate(
-            prompt_token_ids=[1, 2, 3], max_tokens=8, stop=[102], request_id="mine"
+            prompt_token_ids=[1, 2, 3], max_tokens=8, stop_token_ids=[102], request_id="mine"
         )
+        old_form: Any = [102]  # stop=<token ids>, before stop took strings
+        with pytest.warns(DeprecationWarning, match="stop_token_ids"):
+            old = await c.generate(prompt_token_ids=[1, 2, 3], max_tokens=8, stop=old_form)
     assert result.finish_reason is FinishReason.STOP
-    assert result.token_ids == (100, 101, 102)
+    assert result.token_ids == (100, 101, 102) == old.token_ids
     assert result.request_id == "mine"
-    sent = fake.generate_requests[0]
+    sent, sent_old = fake.generate_requests
     assert sent.WhichOneof("prompt") == "token_ids"
     assert list(sent.token_ids.ids) == [1, 2, 3]
-    assert list(sent.sampling.stop_token_ids) == [102]
+    assert list(sent.sampling.stop_token_ids) == [102] == list(sent_old.sampling.stop_token_ids)
+    assert list(sent.sampling.stop) == [] == list(sent_old.sampling.stop)
     assert not sent.sampling.HasField("seed")
+    assert not sent.HasField("retain_ttl_s")
+
+
+async def test_stop_strings_and_retain_ttl_s_are_sent(fake_server):
+    address, fake = fake_server
+    async with AsyncClient(address, timeout_s=5) as c:
+        await c.generate("hello", max_tokens=2, stop="END", retain_ttl_s=0)
+        [_ async for _ in c.generate_stream("hello", stop=["a", "b"], retain_ttl_s=12.5)]
+    until_evicted, timed = fake.generate_requests
+    assert list(until_evicted.sampling.stop) == ["END"]
+    assert until_evicted.HasField("retain_ttl_s") and until_evicted.retain_ttl_s == 0.0
+    assert list(timed.sampling.stop) == ["a", "b"] and timed.retain_ttl_s == 12.5
 
 
 async def test_streaming_yields_typed_chunks(fake_server):
@@ -75,7 +92,9 @@ async def test_streaming_yields_typed_chunks(fake_server):
         ({}, "exactly one"),
         ({"prompt": "a", "prompt_token_ids": [1]}, "exactly one"),
         ({"prompt": "a", "max_tokens": 0}, "max_tokens"),
-        ({"prompt": "a", "stop": ["x"]}, "stop"),
+        ({"prompt": "a", "stop": ["x", None]}, "stop"),
+        ({"prompt": "a", "retain_ttl_s": -1}, "retain_ttl_s"),
+        ({"prompt": "a", "retain_ttl_s": float("inf")}, "retain_ttl_s"),
         ({"prompt": "a", "seed": -1}, "seed"),
         ({"prompt_token_ids": []}, "empty"),
     ],

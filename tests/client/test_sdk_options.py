@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -17,17 +18,26 @@ KEYWORDS: SamplingArgs = {
     "top_p": 0.9,
     "top_k": 5,
     "seed": 11,
-    "stop": [101],
+    "stop": ["END", "\n\n"],
     "ignore_eos": True,
+    "stop_token_ids": [101],
 }
 OPTIONS = SamplingOptions(
-    max_tokens=3, temperature=0.7, top_p=0.9, top_k=5, seed=11, stop=(101,), ignore_eos=True
+    max_tokens=3,
+    temperature=0.7,
+    top_p=0.9,
+    top_k=5,
+    seed=11,
+    stop=("END", "\n\n"),
+    ignore_eos=True,
+    stop_token_ids=(101,),
 )
 
 
 def test_keyword_types_are_the_options_fields():
     assert set(SamplingArgs.__annotations__) == {f.name for f in dataclasses.fields(OPTIONS)}
-    assert SamplingOptions(**KEYWORDS) == OPTIONS  # stop is kept as a tuple
+    assert SamplingOptions(**KEYWORDS) == OPTIONS  # stop and stop_token_ids are kept as tuples
+    assert SamplingOptions(stop="END").stop == ("END",)  # one string is one stop string
 
 
 def test_options_validate_on_construction_and_update():
@@ -35,7 +45,9 @@ def test_options_validate_on_construction_and_update():
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": True}, "max_tokens"),
         ({"seed": 1 << 64}, "seed"),
-        ({"stop": ["x"]}, "stop"),
+        ({"stop": [1.5]}, "stop must be stop strings"),
+        ({"stop": ["x", 2]}, "stop must be stop strings"),
+        ({"stop_token_ids": ["x"]}, "stop_token_ids"),
     ):
         with pytest.raises(ValueError, match=match):
             SamplingOptions(**bad)
@@ -43,6 +55,8 @@ def test_options_validate_on_construction_and_update():
             OPTIONS.updated(bad)
     assert OPTIONS.updated({}) is OPTIONS
     assert OPTIONS.updated({"stop": None}).stop == ()
+    assert OPTIONS.updated({"stop": None}).stop_token_ids == (101,)
+    assert OPTIONS.updated({"stop_token_ids": None}).stop_token_ids == ()
     assert OPTIONS.updated({"max_tokens": 8}) == dataclasses.replace(OPTIONS, max_tokens=8)
     default = SamplingOptions().to_proto()
     assert (default.max_tokens, default.temperature, default.top_p, default.top_k) == (16, 0, 1, 0)
@@ -72,6 +86,7 @@ async def test_generate_keywords_and_options_send_the_same_request(fake_server):
         [101],
         True,
     )
+    assert list(s.stop) == ["END", "\n\n"]
     assert s.temperature == pytest.approx(0.7) and s.top_p == pytest.approx(0.9)
     assert (first.tenant, first.priority, first.request_id) == ("alice", 2, "r")
 
@@ -87,11 +102,23 @@ async def test_chat_turn_keywords_and_options_send_the_same_sampling(fake_server
     assert one.priority == two.priority == three.priority == 1
 
 
+def test_the_old_stop_token_ids_form_still_works_with_a_warning():
+    legacy: dict[str, Any] = {"stop": (101, 7)}  # typed as strings now: the old form by Any
+    with pytest.warns(DeprecationWarning, match="stop_token_ids"):
+        old = SamplingOptions(max_tokens=3, **legacy)
+    assert old == SamplingOptions(max_tokens=3, stop_token_ids=(101, 7))
+    assert old.to_proto().stop == [] and list(old.to_proto().stop_token_ids) == [101, 7]
+    # As a keyword it replaces the stop ids, as it did.
+    keyword: Any = {"stop": [5]}
+    with pytest.warns(DeprecationWarning):
+        assert old.updated(keyword).stop_token_ids == (5,)
+
+
 def _sync_calls(address: str) -> None:
     with Client(address, timeout_s=5) as c:
         c.generate("hello", tenant="carol", **KEYWORDS)
         c.generate("hello", tenant="carol", options=OPTIONS)
-        list(c.generate_stream("hello", tenant="carol", options=OPTIONS))
+        list(c.generate_stream("hello", tenant="carol", options=OPTIONS, retain_ttl_s=30))
         with c.chat() as chat:
             chat.send("hi", **KEYWORDS)
             list(chat.send_stream("again", options=OPTIONS))
@@ -101,5 +128,8 @@ async def test_sync_client_forwards_keywords_and_options(fake_server):
     address, fake = fake_server
     await asyncio.to_thread(_sync_calls, address)
     a, b, c = fake.generate_requests
-    assert a == b == c and a.tenant == "carol" and a.sampling == OPTIONS.to_proto()
+    assert a == b and a.tenant == "carol" and a.sampling == OPTIONS.to_proto()
+    assert not a.HasField("retain_ttl_s") and c.retain_ttl_s == 30.0
+    c.ClearField("retain_ttl_s")
+    assert c == a
     assert [r.sampling for r in fake.chat_requests] == [OPTIONS.to_proto()] * 2

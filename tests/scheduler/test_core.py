@@ -208,3 +208,25 @@ def test_fcfs_admits_in_arrival_order():
     for plan in drive(core, {"w0": w}):
         order.extend(s.seq for s in plan.start)
     assert order == [r.seq for r in reqs]
+
+
+def test_a_stop_string_finishes_a_running_request_as_stop_and_frees_it():
+    core = make_core()
+    w = add_worker(core)
+    req = submit(core, 6, 10)
+    while len(req.output_ids) < 3:
+        step(core, "w0", w)
+    core.finish_on_stop_string(req.request_id)
+    assert req.finish_reason is FinishReason.STOP and req.is_finished
+    drive(core, {"w0": w})
+    assert len(req.output_ids) == 3  # no step computed it again
+    assert core.workers["w0"].allocator.num_free == 64 and w.seqs == {}
+    # The token that completed the stop string also reached max_tokens: reported as stopped.
+    capped = submit(core, 6, 1, seed=1)
+    drive(core, {"w0": w})
+    assert capped.finish_reason is FinishReason.LENGTH
+    core.finish_on_stop_string(capped.request_id)
+    assert capped.finish_reason is FinishReason.STOP
+    c = core.stats().counters
+    assert (c.finished, c.cancelled) == (2, 0)
+    core.check_integrity()

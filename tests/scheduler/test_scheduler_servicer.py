@@ -13,6 +13,7 @@ from sched_fakes import LinkWorker, next_token
 from proto import scheduler_pb2 as api
 from proto import scheduler_pb2_grpc as api_grpc
 from proto import worker_pb2_grpc as wk_grpc
+from scheduler_svc import convert
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.conversations import ConversationBusy
 from scheduler_svc.core import SchedulerCore
@@ -25,12 +26,12 @@ from scheduler_svc.errors import (
     SchedulerError,
     Unavailable,
 )
-from scheduler_svc.frontend import Frontend
+from scheduler_svc.frontend import Frontend, NewRequest
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.policy import make_policy
 from scheduler_svc.servicer import FastSwitchServicer, StepLinkServicer, status_for
 from servekit.service import GrpcService
-from servekit.tokenizer import load_tokenizer
+from servekit.tokenizer import UnavailableTokenizer, load_tokenizer
 
 FINGERPRINT = "test-model"
 VOCAB = 262
@@ -79,12 +80,17 @@ async def worker(server) -> AsyncIterator[LinkWorker]:
     await fake.kill()
 
 
-def request(prompt_ids=(1, 2, 3), max_tokens=8, tenant="a", **kw) -> api.GenerateRequest:
-    return api.GenerateRequest(
+def request(
+    prompt_ids=(1, 2, 3), max_tokens=8, tenant="a", retain_ttl_s=None, **kw
+) -> api.GenerateRequest:
+    out = api.GenerateRequest(
         token_ids=api.TokenIds(ids=list(prompt_ids)),
         sampling=api.SamplingParams(max_tokens=max_tokens, **kw),
         tenant=tenant,
     )
+    if retain_ttl_s is not None:
+        out.retain_ttl_s = retain_ttl_s
+    return out
 
 
 async def collect(stub, req) -> tuple[list[int], api.GenerateChunk]:
@@ -145,6 +151,11 @@ async def test_text_prompts_are_tokenized_at_the_edge(server, worker):
         (request(prompt_ids=[1, 99999]), grpc.StatusCode.INVALID_ARGUMENT, "vocabulary"),
         (request(tenant="mallory"), grpc.StatusCode.INVALID_ARGUMENT, "unknown tenant"),
         (request(temperature=-1), grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+        (request(stop=["ok", ""]), grpc.StatusCode.INVALID_ARGUMENT, "stop string 1 must be"),
+        (request(stop=["x"] * 17), grpc.StatusCode.INVALID_ARGUMENT, "at most 16 stop"),
+        (request(stop=["é" * 257]), grpc.StatusCode.INVALID_ARGUMENT, "257 characters"),
+        (request(retain_ttl_s=-1.0), grpc.StatusCode.INVALID_ARGUMENT, "retain_ttl_s"),
+        (request(retain_ttl_s=float("nan")), grpc.StatusCode.INVALID_ARGUMENT, "retain_ttl_s"),
         (
             request(prompt_ids=[1] * 100, max_tokens=100),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -309,6 +320,121 @@ async def test_conversations_are_private_and_can_be_ended(server, worker):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await chat_turn(stub, "hi", conv_id, tenant="a")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def greedy(prompt: list[int], n: int) -> list[int]:
+    """The fake worker's n tokens after `prompt`."""
+    fed, out = list(prompt), []
+    for _ in range(n):
+        out.append(next_token(fed))
+        fed.append(out[-1])
+    return out
+
+
+def stop_string_in_the_middle(text: str) -> str | None:
+    """Two characters from the middle of `text` (no replacement character), or None."""
+    for i in range(len(text) // 3, 2 * len(text) // 3):
+        stop = text[i : i + 2]
+        if len(stop) == 2 and "\ufffd" not in stop:
+            return stop
+    return None
+
+
+async def test_a_stop_string_ends_the_text_before_it_and_frees_the_blocks(server, worker):
+    target, frontend = server
+    tok = frontend.tokenizer
+    prompt, free = next(
+        (p, s)
+        for i in range(50)
+        if (s := stop_string_in_the_middle(tok.decode(greedy(p := [i, 7, 7], 40)))) is not None
+    )
+    unconstrained = greedy(prompt, 40)
+    text = tok.decode(unconstrained)
+    k = next(n for n in range(1, 41) if free in tok.decode(unconstrained[:n]))
+    plans = []
+    frontend.on_step = lambda wid, plan, out: plans.append(plan)
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = api_grpc.FastSwitchStub(ch)
+        chunks = [c async for c in stub.Generate(request(prompt, 40, stop=[free]), timeout=10)]
+        slot = frontend.core.workers["w0"]
+        for _ in range(200):
+            if slot.allocator.num_free == slot.info.num_blocks and not worker.fed:
+                break
+            await asyncio.sleep(0.01)
+        stats = await stub.GetStats(api.StatsRequest(), timeout=5)
+    assert chunks[-1].finish_reason == api.FINISH_REASON_STOP
+    assert "".join(c.text for c in chunks) == text[: text.index(free)]
+    assert [t for c in chunks for t in c.token_ids] == unconstrained[:k] and k < 40
+    assert slot.allocator.num_free == slot.info.num_blocks and worker.fed == {}
+    assert stats.finished == 1 and stats.cancelled == 0 and stats.running == 0
+    # It stopped at once: no step computed it after the token that completed the stop string.
+    seq = next(c.seq for p in plans for c in p.prefill)
+    assert sum(seq in p.decode for p in plans) == k - 1
+
+
+async def test_a_chat_turn_cut_by_a_stop_string_keeps_exactly_its_tokens(server, worker):
+    target, frontend = server
+    tok = frontend.tokenizer
+    # A first message whose 5-token reply has a whole character after its first token.
+    message, first, reply, stop = next(
+        (m, f, r, c)
+        for i in range(50)
+        for m in [f"hello {i}"]
+        for f in [tok.apply_chat_template([("user", m)])]
+        for r in [greedy(f, 5)]
+        for c in tok.decode(r[1:])
+        if c != "\ufffd"
+    )
+    cut = next(n for n in range(1, 6) if stop in tok.decode(reply[:n]))
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = api_grpc.FastSwitchStub(ch)
+        req = api.ChatRequest(
+            tenant="a", message=message, sampling=api.SamplingParams(max_tokens=5, stop=[stop])
+        )
+        chunks = [c async for c in stub.Chat(req, timeout=10)]
+        reply2, last2 = await chat_turn(stub, "again", chunks[-1].conversation_id)
+    assert chunks[-1].finish_reason == api.FINISH_REASON_STOP
+    assert [t for c in chunks for t in c.token_ids] == reply[:cut] and cut < 5
+    assert "".join(c.text for c in chunks) == tok.decode(reply[:cut]).split(stop)[0]
+    # The conversation's history holds exactly the tokens up to the stop.
+    second = [*first, *reply[:cut], 261, *tok.apply_chat_template([("user", "again")])[1:]]
+    assert last2.metrics.prompt_tokens == len(second)
+    assert reply2 == greedy(second, 5)
+
+
+async def test_stop_strings_need_a_tokenizer_that_gives_text():
+    core = SchedulerCore(CoreConfig(), make_policy("fcfs"), eos_token_ids=[2])
+    ids_only = UnavailableTokenizer(
+        "/models/no-tokenizer", vocab_size=100, bos_token_id=None, eos_token_ids=(2,)
+    )
+    frontend = Frontend(core, ids_only, vocab_size=100, max_model_len=64, max_tokens_limit=8)
+    new = NewRequest(prompt_text=None, prompt_ids=[1, 2], max_tokens=4)
+    frontend.prepare(new)  # token ids alone are fine
+    with pytest.raises(
+        InvalidArgument, match=r"stop strings need the output text.*tokenizer\.json"
+    ):
+        frontend.prepare(NewRequest(prompt_text=None, prompt_ids=[1, 2], max_tokens=4, stop=("x",)))
+
+
+async def test_retain_ttl_s_is_the_request_s_else_the_server_default(server, worker):
+    _, frontend = server
+    assert convert.new_request(request()).retain_ttl_s is None
+    assert convert.new_request(request(retain_ttl_s=0.0)).retain_ttl_s == 0.0
+    assert convert.new_request(request(retain_ttl_s=2.5)).retain_ttl_s == 2.5
+
+    async def retained(default, own, chat=None):
+        frontend.retain_generate_ttl_s = default
+        new = NewRequest(None, [1, 2], max_tokens=2, tenant="a", retain_ttl_s=own)
+        stream = await frontend.open(new, retain_ttl_s=chat)
+        ttl = stream.request.retain_ttl_s
+        await frontend.close(stream)
+        return ttl
+
+    assert await retained(None, None) is None
+    assert await retained(30.0, None) == 30.0
+    assert await retained(None, 5.0) == 5.0
+    assert await retained(30.0, 0.0) == 0.0  # 0: kept until evicted, as --retain-generate 0
+    assert await retained(30.0, 5.0, chat=600.0) == 600.0  # a chat turn: the conversation's
 
 
 def test_every_scheduler_error_has_its_own_status_code():
