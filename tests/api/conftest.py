@@ -1,0 +1,33 @@
+"""Real deployments with the HTTP door, started through the launcher (as ``fastswitch up``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fastswitch.deploy import Deployment
+
+
+def _up(**settings: object) -> Iterator[Deployment]:
+    dep = Deployment(model="tiny", workers=1, port=0, http_port=0, device_kv_blocks=160, **settings)
+    dep.start()
+    try:
+        yield dep
+    finally:
+        dep.stop()
+    assert dep.alive_pids() == []
+    assert not list(Path("/dev/shm").glob(f"fastswitch-{dep.deployment_id}-*"))
+
+
+@pytest.fixture(scope="module")
+def door() -> Iterator[Deployment]:
+    """Chat completions retained for the next turn (the door's default)."""
+    yield from _up()
+
+
+@pytest.fixture(scope="module")
+def door_no_reuse() -> Iterator[Deployment]:
+    """Nothing retained: every turn prefills its whole history."""
+    yield from _up(retain=False, extra_api_args=("--no-chat-retain",))
