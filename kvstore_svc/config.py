@@ -1,4 +1,10 @@
-"""The KV store's one frozen config, built from flags (with FASTSWITCH_<FLAG> fallbacks)."""
+"""The KV store's one frozen config, built from flags (with FASTSWITCH_<FLAG> fallbacks).
+
+``--host-kv-gib auto`` sizes the arena from the shared memory the store has: the size of
+``/dev/shm`` (its tmpfs capacity, ``os.statvfs``) less ``--shm-reserve-gib``, the room left for
+the CPU workers' KV pools that live in the same ``/dev/shm``. In a container the size of
+``/dev/shm`` is the container's ``shm_size``, so that one setting sizes both (docs/compose.md).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,15 @@ import argparse
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kvstore_svc.arena import arena_bytes_for_gib, check_deployment_id
+from servekit import shm
 from servekit.config import package_version
 from servekit.names import LOG_LEVELS
 
+AUTO = "auto"  # --host-kv-gib auto
 _HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})")
 
 
@@ -28,6 +36,8 @@ class KVStoreConfig:
     shutdown_grace_s: float = 5.0
     tenant_quota_blocks: int = 0  # retained hashed blocks per tenant; 0 = no quota
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 for Prometheus in containers
+    shm_reserve_gib: float = 0.5  # --host-kv-gib auto: /dev/shm left to the CPU workers' pools
+    host_kv_auto: bool = False  # host_kv_gib came from --host-kv-gib auto
 
     def __post_init__(self) -> None:
         check_listen(self.listen)
@@ -36,6 +46,8 @@ class KVStoreConfig:
         check_deployment_id(self.deployment_id)
         if not (math.isfinite(self.host_kv_gib) and self.host_kv_gib > 0):
             raise ValueError(f"--host-kv-gib must be > 0, got {self.host_kv_gib}")
+        if not (math.isfinite(self.shm_reserve_gib) and self.shm_reserve_gib >= 0):
+            raise ValueError(f"--shm-reserve-gib must be >= 0, got {self.shm_reserve_gib}")
         if not (math.isfinite(self.lease_s) and self.lease_s > 0):
             raise ValueError(f"--lease-s must be > 0, got {self.lease_s}")
         if self.log_level not in LOG_LEVELS:
@@ -50,6 +62,27 @@ class KVStoreConfig:
     @property
     def arena_bytes(self) -> int:
         return arena_bytes_for_gib(self.host_kv_gib)
+
+
+def auto_host_kv_gib(shm_bytes: int, reserve_gib: float) -> float:
+    """``--host-kv-gib auto``: ``shm_bytes`` (the size of /dev/shm) less ``reserve_gib``, in GiB;
+    ``ValueError`` when nothing is left for the arena."""
+    gib = shm_bytes / (1 << 30) - reserve_gib
+    if not gib > 0:
+        raise ValueError(
+            f"--host-kv-gib auto: /dev/shm holds {shm_bytes / (1 << 30):.3g} GiB, nothing left "
+            f"for the arena after --shm-reserve-gib {reserve_gib:g} (raise the shm size)"
+        )
+    return gib
+
+
+def _host_kv_gib(value: object) -> float:
+    try:
+        return float(str(value))
+    except ValueError:
+        raise ValueError(
+            f"--host-kv-gib must be a size in GiB or {AUTO!r}, got {value!r}"
+        ) from None
 
 
 def check_listen(listen: str) -> None:
@@ -91,9 +124,15 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--deployment-id", default=default("deployment-id", d.deployment_id))
     p.add_argument(
         "--host-kv-gib",
-        type=float,
         default=default("host-kv-gib", d.host_kv_gib),
-        help="host arena size in GiB",
+        help="host arena size in GiB, or auto: the size of /dev/shm less --shm-reserve-gib",
+    )
+    p.add_argument(
+        "--shm-reserve-gib",
+        type=float,
+        default=default("shm-reserve-gib", d.shm_reserve_gib),
+        help="with --host-kv-gib auto: GiB of /dev/shm left to the CPU workers' KV pools "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--lease-s",
@@ -112,19 +151,30 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return p
 
 
-def from_args(argv: Sequence[str] | None, env: Mapping[str, str] | None = None) -> KVStoreConfig:
+def from_args(
+    argv: Sequence[str] | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    shm_bytes: Callable[[], int] = shm.capacity_bytes,
+) -> KVStoreConfig:
     """Parses and validates once; ``ValueError`` names the offending value.
 
     ``argparse`` exits (status 2) on a malformed flag value, as command lines do.
+    ``shm_bytes`` gives the size of /dev/shm, asked only for ``--host-kv-gib auto``.
     """
     ns = parser(os.environ if env is None else env).parse_args(argv)
+    reserve = float(ns.shm_reserve_gib)
+    auto = str(ns.host_kv_gib).strip().lower() == AUTO
+    host_kv_gib = auto_host_kv_gib(shm_bytes(), reserve) if auto else _host_kv_gib(ns.host_kv_gib)
     return KVStoreConfig(
         listen=ns.listen,
         metrics_port=int(ns.metrics_port),
         metrics_host=ns.metrics_host,
         deployment_id=ns.deployment_id,
-        host_kv_gib=float(ns.host_kv_gib),
+        host_kv_gib=host_kv_gib,
         lease_s=float(ns.lease_s),
         log_level=str(ns.log_level).lower(),
         tenant_quota_blocks=int(ns.tenant_quota_blocks),
+        shm_reserve_gib=reserve,
+        host_kv_auto=auto,
     )

@@ -69,7 +69,10 @@ async def serve(cfg: KVStoreConfig) -> int:
         stop = asyncio.create_task(service.wait_for_signal(), name="kvstore-stop")
         tasks = [expiry, stop]
         service.set_serving(True)
-        log.info("serving", extra={"arena": arena.name, "arena_bytes": arena.size})
+        log.info(
+            "serving",
+            extra={"arena": arena.name, "arena_bytes": arena.size, "arena_auto": cfg.host_kv_auto},
+        )
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if expiry.done():
             log.error("lease expiry stopped", exc_info=expiry.exception())

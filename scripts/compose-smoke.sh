@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The compose stack, built and run for real (docs/compose.md):
 #   engine (started here when none answers) -> base image -> offline wheels -> image
-#   -> stack up (KV store, scheduler, FASTSWITCH_SMOKE_WORKERS workers) -> every container healthy
-#   -> the published port answers and lists every worker -> a short fastswitch-bench through the
-#   stack -> its report checked -> no error in any log -> clean stop (exit 0 on SIGTERM) -> down.
+#   -> (monitoring) the Prometheus image from Debian's package, its config checked by promtool
+#   -> stack up (KV store, scheduler, FASTSWITCH_SMOKE_WORKERS workers, Prometheus) -> every
+#   container healthy -> the arena is the shm size less the reserve -> the published port
+#   answers and lists every worker -> every Prometheus target up -> a short fastswitch-bench
+#   through the stack (it waits for the workers itself) -> its report checked -> no error in any
+#   log -> clean stop (exit 0 on SIGTERM) -> down.
 # Exit 0 only when every check passed. Needs root only to install or start an engine.
 #
 # Environment (all optional):
@@ -18,6 +21,11 @@
 #   FASTSWITCH_DOCKERD_STORAGE storage driver of a dockerd started here (overlay2 when the kernel
 #                              has overlayfs, else vfs; overlay2 falls back to vfs if it fails)
 #   FASTSWITCH_DEBIAN_MIRROR   debootstrap mirror (http://deb.debian.org/debian)
+#   FASTSWITCH_SMOKE_MONITORING=0  no `monitoring` profile (no Prometheus image, no target check)
+#   FASTSWITCH_SMOKE_PROMETHEUS_IMAGE  tag of the Prometheus image built here
+#                              (fastswitch-prometheus:smoke); its build runs apt-get against the
+#                              base image's Debian mirror, with the host's network
+#   FASTSWITCH_SMOKE_TARGETS_TIMEOUT  seconds for every Prometheus target to be up (120)
 #   FASTSWITCH_SMOKE_KEEP=1    leave the stack running (and the engine) for inspection
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +40,9 @@ MIRROR=${FASTSWITCH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PROJECT=fastswitch-smoke
 START_TIMEOUT=${FASTSWITCH_SMOKE_START_TIMEOUT:-300}
 KEEP=${FASTSWITCH_SMOKE_KEEP:-0}
+MONITORING=${FASTSWITCH_SMOKE_MONITORING:-1}
+PROM_IMAGE=${FASTSWITCH_SMOKE_PROMETHEUS_IMAGE:-fastswitch-prometheus:smoke}
+TARGETS_TIMEOUT=${FASTSWITCH_SMOKE_TARGETS_TIMEOUT:-120}
 
 T0=$SECONDS
 PHASE_T=$SECONDS
@@ -39,6 +50,9 @@ TIMINGS=()
 DOCKERD_PID=
 STACK_UP=0
 COMPOSE=()
+UP_PROFILES=()                 # compose up: not the bench, which runs once, below
+[ "$MONITORING" = 1 ] && UP_PROFILES+=(--profile monitoring)
+PROFILES=(--profile bench "${UP_PROFILES[@]}")
 mkdir -p "$CACHE"
 RUN_DIR=$(mktemp -d "$CACHE/run.XXXXXX")
 
@@ -71,7 +85,7 @@ cleanup() {
     exit "$rc"
   fi
   if [ "$STACK_UP" = 1 ]; then
-    "${COMPOSE[@]}" --profile bench down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1
+    "${COMPOSE[@]}" "${PROFILES[@]}" down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1
   fi
   if [ -n "$DOCKERD_PID" ]; then
     log "stopping the dockerd started here (pid $DOCKERD_PID)"
@@ -202,6 +216,28 @@ build_image() {
   log "image $IMAGE: $(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 
+# Prometheus from Debian's package (monitoring/Dockerfile) on the same Debian base. Unlike the
+# FastSwitch image this build needs the Debian archive: it runs with the host's network (the
+# engine started here has no default bridge). promtool then checks the scrape config.
+build_prometheus_image() {
+  log "docker build $PROM_IMAGE (Debian's prometheus package, base $BASE_IMAGE)"
+  if ! docker build --network host --tag "$PROM_IMAGE" --build-arg BASE_IMAGE="$BASE_IMAGE" \
+    "$ROOT/monitoring" >"$RUN_DIR/build-prometheus.log" 2>&1; then
+    tail -40 "$RUN_DIR/build-prometheus.log" >&2
+    die "docker build of the Prometheus image failed (log: $RUN_DIR/build-prometheus.log)"
+  fi
+  docker image prune --force --filter label=org.opencontainers.image.title=fastswitch-prometheus \
+    >/dev/null || true
+  local out
+  out=$(docker run --rm --network none --entrypoint promtool \
+    -v "$ROOT/monitoring/prometheus.yml:/etc/prometheus/prometheus.yml:ro" "$PROM_IMAGE" \
+    check config /etc/prometheus/prometheus.yml 2>&1) || {
+    echo "$out" >&2
+    die "promtool check config: monitoring/prometheus.yml is not valid"
+  }
+  log "$(docker run --rm --network none "$PROM_IMAGE" --version 2>&1 | head -1); config valid"
+}
+
 # ---------------------------------------------------------------- the stack
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -221,12 +257,12 @@ stack_state() {
 }
 
 dump_logs() {
-  "${COMPOSE[@]}" logs --no-color --timestamps >"$RUN_DIR/stack.log" 2>&1 || true
+  "${COMPOSE[@]}" "${UP_PROFILES[@]}" logs --no-color --timestamps >"$RUN_DIR/stack.log" 2>&1 || true
   log "logs: $RUN_DIR/stack.log"
 }
 
 wait_healthy() {
-  local want=$((WORKERS + 2)) deadline=$((SECONDS + START_TIMEOUT)) state healthy
+  local want=$((WORKERS + 2 + (MONITORING == 1 ? 1 : 0))) deadline=$((SECONDS + START_TIMEOUT)) state healthy
   while :; do
     state=$(stack_state)
     healthy=$(grep -c ' running healthy ' <<<"$state" || true)
@@ -274,8 +310,8 @@ EOF
 
 run_bench() {
   log "fastswitch-bench: fairness workload, $REQUESTS requests"
-  if ! "${COMPOSE[@]}" --profile bench run --rm bench \
-    --target=scheduler:50051 --workload=fairness --duration=10 --rate=12 \
+  if ! "${COMPOSE[@]}" "${PROFILES[@]}" run --rm bench \
+    --target=scheduler:50051 --wait-workers="$WORKERS" --wait-timeout=60 --workload=fairness --duration=10 --rate=12 \
     --max-requests="$REQUESTS" --request-timeout=120 --json=/out/result.json --no-progress \
     >"$RUN_DIR/bench.txt" 2>&1; then
     cat "$RUN_DIR/bench.txt" >&2
@@ -334,6 +370,57 @@ if problems:
 EOF
 }
 
+# One size setting: the KV store sized its arena from its /dev/shm (FASTSWITCH_SHM_SIZE) less
+# the reserve, as its "serving" log line says.
+check_arena_size() {
+  local line got
+  line=$("${COMPOSE[@]}" logs --no-color kvstore 2>&1 | grep -m1 '"msg":"serving"') ||
+    die "the KV store logged no serving line"
+  got=$(sed -nE 's/.*"arena_bytes":([0-9]+).*/\1/p' <<<"$line")
+  [ "$got" = "$WANT_ARENA_BYTES" ] ||
+    die "arena of ${got:-?} bytes, expected $WANT_ARENA_BYTES (shm $FASTSWITCH_SHM_SIZE less the reserve)"
+  log "arena $got bytes: shm_size $FASTSWITCH_SHM_SIZE less the $FASTSWITCH_SHM_RESERVE_GIB GiB reserve"
+}
+
+# Prometheus (/api/v1/targets on its published port): every job of monitoring/prometheus.yml has
+# its targets, all up: itself, the scheduler, the KV store and every worker replica.
+check_targets() {
+  local out
+  if ! out=$(python3 - "127.0.0.1:$FASTSWITCH_PROMETHEUS_PORT" "$WORKERS" "$TARGETS_TIMEOUT" 2>&1 <<'EOF'
+import json, sys, time, urllib.request
+address, workers, timeout_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+want = {"prometheus": 1, "scheduler": 1, "kvstore": 1, "worker": workers}
+deadline, state = time.monotonic() + timeout_s, "no answer"
+while True:
+    try:
+        url = f"http://{address}/api/v1/targets?state=active"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            targets = json.load(r)["data"]["activeTargets"]
+        jobs = {}
+        for t in targets:
+            jobs.setdefault(t["labels"]["job"], []).append(t)
+        up = {j: sum(t["health"] == "up" for t in ts) for j, ts in jobs.items()}
+        state = ", ".join(
+            f"{j} {up[j]}/{len(ts)} up"
+            + "".join(f" ({t['scrapeUrl']}: {t['lastError']})" for t in ts if t["lastError"])
+            for j, ts in sorted(jobs.items())
+        )
+        if set(jobs) == set(want) and all(len(jobs[j]) == n == up[j] for j, n in want.items()):
+            print(f"every target up: {state}")
+            sys.exit(0)
+    except OSError as err:
+        state = f"no answer: {err}"
+    if time.monotonic() > deadline:
+        sys.exit(f"after {timeout_s:g}s: {state}; expected {want}, all up")
+    time.sleep(2)
+EOF
+  ); then
+    dump_logs
+    die "Prometheus targets: $out"
+  fi
+  log "Prometheus: $out"
+}
+
 check_logs() {
   dump_logs
   if grep -nE '"level":"(error|critical)"|Traceback \(most recent call last\)' "$RUN_DIR/stack.log" >&2; then
@@ -345,7 +432,7 @@ check_logs() {
 # SIGTERM to every service (compose stop): each must exit 0 within the grace period, its ordered
 # shutdown done (a kill after the grace period shows as 137).
 check_clean_stop() {
-  "${COMPOSE[@]}" stop --timeout 30 >/dev/null 2>&1 || die "compose stop failed"
+  "${COMPOSE[@]}" "${UP_PROFILES[@]}" stop --timeout 30 >/dev/null 2>&1 || die "compose stop failed"
   local codes
   # shellcheck disable=SC2046
   codes=$(docker inspect --format '{{.Name}} {{.State.ExitCode}}' $(containers) | sed 's|^/||')
@@ -367,20 +454,29 @@ download_wheels
 phase_done wheels
 build_image
 phase_done build
+if [ "$MONITORING" = 1 ]; then
+  build_prometheus_image
+  phase_done build-prometheus
+fi
 
 FASTSWITCH_PORT=$(free_port)
 mkdir -p "$RUN_DIR/out"
 export FASTSWITCH_IMAGE=$IMAGE FASTSWITCH_BASE_IMAGE=$BASE_IMAGE FASTSWITCH_PORT
 export FASTSWITCH_WORKERS=$WORKERS FASTSWITCH_RESTART=no FASTSWITCH_DEPLOYMENT_ID=smoke
 export FASTSWITCH_BENCH_OUT=$RUN_DIR/out FASTSWITCH_HEALTH_INTERVAL=2s
-# Small enough that context switches happen: 24 device blocks per worker, a 0.25 GiB arena.
+FASTSWITCH_PROMETHEUS_PORT=$(free_port)
+export FASTSWITCH_PROMETHEUS_IMAGE=$PROM_IMAGE FASTSWITCH_PROMETHEUS_PORT
+# Small enough that context switches happen: 24 device blocks per worker. One size setting: the
+# arena is the KV store's shm size (1 GiB) less the reserve for the CPU pools (0.5 GiB).
 export FASTSWITCH_DEVICE_KV_BLOCKS=${FASTSWITCH_DEVICE_KV_BLOCKS:-24}
-export FASTSWITCH_HOST_KV_GIB=${FASTSWITCH_HOST_KV_GIB:-0.25} FASTSWITCH_SHM_SIZE=${FASTSWITCH_SHM_SIZE:-1gb}
+export FASTSWITCH_SHM_SIZE=1gb FASTSWITCH_SHM_RESERVE_GIB=0.5
+unset FASTSWITCH_HOST_KV_GIB
+WANT_ARENA_BYTES=$(((1 << 30) - (1 << 29)))
 
-"${COMPOSE[@]}" --profile bench down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1 || true
-log "compose up: kvstore, scheduler, $WORKERS workers (scheduler published on 127.0.0.1:$FASTSWITCH_PORT)"
+"${COMPOSE[@]}" "${PROFILES[@]}" down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+log "compose up ${UP_PROFILES[*]}: $WORKERS workers (scheduler on 127.0.0.1:$FASTSWITCH_PORT)"
 STACK_UP=1
-"${COMPOSE[@]}" up --detach --no-build >"$RUN_DIR/up.log" 2>&1 || {
+"${COMPOSE[@]}" "${UP_PROFILES[@]}" up --detach --no-build >"$RUN_DIR/up.log" 2>&1 || {
   cat "$RUN_DIR/up.log" >&2
   dump_logs
   tail -20 "$RUN_DIR/stack.log" >&2
@@ -388,7 +484,12 @@ STACK_UP=1
 }
 wait_healthy
 phase_done stack-up
+check_arena_size
 check_published_port
+if [ "$MONITORING" = 1 ]; then
+  check_targets
+  phase_done targets
+fi
 run_bench
 phase_done bench
 check_report >"$RUN_DIR/report.txt" || {
@@ -402,7 +503,7 @@ check_logs
   exit 0
 }
 check_clean_stop
-"${COMPOSE[@]}" --profile bench down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1
+"${COMPOSE[@]}" "${PROFILES[@]}" down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1
 STACK_UP=0
 phase_done checks-and-down
 log "PASS in $((SECONDS - T0))s (${TIMINGS[*]}); logs and report in $RUN_DIR"

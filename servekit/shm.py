@@ -58,6 +58,13 @@ def check_name(name: str) -> None:
         )
 
 
+def capacity_bytes(directory: Path = SHM_DIR) -> int:
+    """The size of the file system of ``directory`` (``/dev/shm``: its tmpfs size, which in a
+    container is the container's ``shm_size``), used or not."""
+    st = os.statvfs(directory)
+    return st.f_blocks * st.f_frsize
+
+
 def shm_path(name: str) -> Path:
     """Path of the shared-memory file ``name`` (validated)."""
     check_name(name)

@@ -1,7 +1,9 @@
 """The compose stack's files, checked without a Docker engine (scripts/compose-smoke.sh runs it):
-the compose file against the compose specification, its wiring (IPC, health, start order,
-profiles), every environment variable it hands a service against that service's flags, and the
-health probe of the image (servekit.healthcheck) against a real gRPC health server."""
+the compose files against the compose specification, their wiring (IPC, health, start order,
+profiles, GPU workers from one service, the arena sized from the shm size, the bench without a
+worker dependency, the model override, Prometheus scraping every service), every environment
+variable handed to a service against that service's flags, and the health probe of the image
+(servekit.healthcheck) against a real gRPC health server."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from servekit import healthcheck
 yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parent.parent
+WORKERS = ("worker", "worker-gpu")
 COMPOSE_FILES = sorted(ROOT.glob("docker-compose*.yml"))
 _VAR = re.compile(r"\$\{(?P<name>\w+)(?::-(?P<default>[^}]*))?\}")
 
@@ -97,6 +100,7 @@ def test_services_and_profiles(compose):
         assert "profiles" not in services[name], f"{name} must start by default"
     assert services["worker-gpu"]["profiles"] == ["gpu"]
     assert services["bench"]["profiles"] == ["bench"]
+    assert services["prometheus"]["profiles"] == ["monitoring"]
 
 
 def test_workers_share_the_kvstore_ipc_namespace(compose):
@@ -125,7 +129,20 @@ def test_health_checks_and_start_order(compose):
     assert services["scheduler"]["depends_on"] == {"kvstore": healthy}
     for name in ("worker", "worker-gpu"):
         assert services[name]["depends_on"] == {"kvstore": healthy, "scheduler": healthy}
-    assert services["bench"]["depends_on"] == {"scheduler": healthy, "worker": healthy}
+    assert services["bench"]["depends_on"] == {"scheduler": healthy}
+    assert services["prometheus"]["healthcheck"]["test"][:3] == ["CMD", "promtool", "query"]
+
+
+def test_the_bench_starts_with_any_worker_count(compose):
+    """No worker service (it may have zero replicas) is a dependency of the bench: it waits
+    itself until the scheduler lists --wait-workers workers."""
+    bench = compose["services"]["bench"]
+    assert not set(bench["depends_on"]) & set(WORKERS)
+    from client.loadgen.cli import build_run_parser
+
+    args = build_run_parser().parse_args(bench["command"])  # what the bench container runs
+    assert args.wait_workers >= 1 and args.wait_timeout > 0
+    assert args.target == "scheduler:50051"
 
 
 def test_addresses_match_listeners(compose):
@@ -146,10 +163,113 @@ def test_worker_replicas_and_gpu_reservation(compose):
     assert int(services["worker"]["deploy"]["replicas"]) >= 1
     assert services["worker"]["environment"]["FASTSWITCH_DEVICE"] == "cpu"
     gpu = services["worker-gpu"]
-    assert gpu["environment"]["FASTSWITCH_DEVICE"] == "cuda"
+    # N GPU workers from one definition: every replica gets every GPU and claims one itself.
+    assert int(gpu["deploy"]["replicas"]) >= 1
+    assert gpu["environment"]["FASTSWITCH_DEVICE"] == "cuda:auto"
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device["count"] == "all" and "device_ids" not in device
     assert gpu["image"] != services["worker"]["image"], "the GPU worker needs the CUDA build"
+
+
+def test_the_arena_is_sized_from_the_shm_size(compose):
+    """One setting (shm_size) sizes both: the arena is it less the reserve, and the default CPU
+    workers' pools (tiny model, 1024 blocks of 64 KiB) fit in that reserve."""
+    from kvstore_svc import config
+    from worker_svc.device_pool import CPU_DEFAULT_BLOCKS
+
+    kv = compose["services"]["kvstore"]
+    assert kv["environment"]["FASTSWITCH_HOST_KV_GIB"] == "auto"
+    shm_bytes = _bytes(kv["shm_size"])
+    cfg = config.from_args([], {"FASTSWITCH_HOST_KV_GIB": "auto"}, shm_bytes=lambda: shm_bytes)
+    reserve = int(cfg.shm_reserve_gib * (1 << 30))
+    assert cfg.arena_bytes == shm_bytes - reserve
+    pools = int(compose["services"]["worker"]["deploy"]["replicas"]) * CPU_DEFAULT_BLOCKS << 16
+    assert pools <= reserve
+
+
+# ---------------------------------------------------------------- the model override
+
+
+def test_the_model_override_mounts_one_directory_into_every_model_service(compose):
+    with open(ROOT / "docker-compose.model.yml") as f:
+        override = yaml.safe_load(f)["services"]
+    using_the_model = {
+        name
+        for name, svc in compose["services"].items()
+        if "FASTSWITCH_MODEL" in svc.get("environment", {})
+    }
+    assert using_the_model == {"scheduler", *WORKERS}
+    assert set(override) == using_the_model
+    for name, svc in override.items():
+        (volume,) = svc["volumes"]
+        assert volume["type"] == "bind" and volume["read_only"] is True
+        assert volume["source"].startswith("${FASTSWITCH_MODEL_DIR:?"), "required, no default"
+        assert svc["environment"] == {"FASTSWITCH_MODEL": volume["target"]}, name
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+def _scrape_targets() -> dict[str, set[str]]:
+    """job -> the ``host:port`` targets of monitoring/prometheus.yml (DNS names with their port)."""
+    with open(ROOT / "monitoring" / "prometheus.yml") as f:
+        doc = yaml.safe_load(f)
+    jobs: dict[str, set[str]] = {}
+    for job in doc["scrape_configs"]:
+        targets = jobs.setdefault(job["job_name"], set())
+        for static in job.get("static_configs", []):
+            targets.update(static["targets"])
+        for sd in job.get("dns_sd_configs", []):
+            assert sd["type"] == "A", "compose's DNS answers A records, one per replica"
+            targets.update(f"{name}:{sd['port']}" for name in sd["names"])
+    return jobs
+
+
+def _dns_names(services: dict[str, Any]) -> dict[str, set[str]]:
+    """DNS name on the project's network -> the services it resolves to (names and aliases)."""
+    names: dict[str, set[str]] = {}
+    for name, svc in services.items():
+        names.setdefault(name, set()).add(name)
+        for net in (svc.get("networks") or {}).values():
+            for alias in (net or {}).get("aliases", []):
+                names.setdefault(alias, set()).add(name)
+    return names
+
+
+def test_prometheus_scrapes_every_service_on_its_metrics_port(compose):
+    services = compose["services"]
+    dns = _dns_names(services)
+    scraped = set()
+    for targets in _scrape_targets().values():
+        for target in targets:
+            host, port = target.rsplit(":", 1)
+            scraped |= {f"{name}:{port}" for name in dns.get(host, {host})}
+    want = {
+        f"{name}:{svc['environment']['FASTSWITCH_METRICS_PORT']}"
+        for name, svc in services.items()
+        if "FASTSWITCH_METRICS_PORT" in svc.get("environment", {})
+    }
+    assert want == {"kvstore:9461", "scheduler:9451", "worker:9471", "worker-gpu:9471"}
+    if "api" in services:  # the HTTP front door: /metrics on port 8000
+        want.add("api:8000")
+    assert want <= scraped, f"not scraped: {sorted(want - scraped)}"
+    for target in scraped - want:  # what else is scraped is Prometheus itself
+        assert target == "localhost:9090", target
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    jobs = _scrape_targets()
+    assert jobs["worker"] == {"workers:9471"}
+    assert dns["workers"] == set(WORKERS), "one DNS name for every worker replica"
+    assert {"scheduler", "kvstore", "prometheus"} <= jobs.keys()
+
+
+def test_prometheus_runs_the_config_of_the_repository(compose):
+    prom = compose["services"]["prometheus"]
+    assert "./monitoring/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prom["volumes"]
+    assert prom["build"]["context"] == "monitoring"
+    dockerfile = (ROOT / "monitoring" / "Dockerfile").read_text()
+    assert re.search(r"apt-get install [^\n]*\bprometheus\b", dockerfile), "Debian's package"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in dockerfile
 
 
 # ---------------------------------------------------------------- environment -> flags
@@ -191,7 +311,8 @@ def test_default_environment_makes_a_valid_config(compose, name, monkeypatch):
     if name == "kvstore":
         from kvstore_svc import config
 
-        cfg = config.from_args([], env)
+        shm_bytes = _bytes(compose["services"]["kvstore"]["shm_size"])
+        cfg = config.from_args([], env, shm_bytes=lambda: shm_bytes)
         assert cfg.listen == env["FASTSWITCH_LISTEN"]
         assert cfg.deployment_id == env["FASTSWITCH_DEPLOYMENT_ID"]
     elif name == "scheduler":

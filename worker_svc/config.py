@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kvstore", default=env_default("--kvstore", ""), help="KV store address")
     p.add_argument("--model", default=env_default("--model", "tiny"), help="tiny or a HF dir")
     p.add_argument(
-        "--device", default=env_default("--device", "auto"), help="auto, cpu, cuda or cuda:N"
+        "--device",
+        default=env_default("--device", "auto"),
+        help="auto, cpu, cuda, cuda:N, or cuda:auto (the first GPU no other worker of the "
+        "deployment holds: replicas of one service, one GPU each)",
     )
     p.add_argument("--dtype", default=env_default("--dtype", "auto"))
     p.add_argument(

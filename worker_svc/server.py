@@ -1,6 +1,7 @@
 """Process entry and life cycle of a worker (``python -m worker_svc``).
 
-resolve the device -> load the model -> allocate the device KV pool
+(--device cuda:auto: claim a free GPU) -> resolve the device -> load the model
+  -> allocate the device KV pool
   -> (with --kvstore) register with the KV store, map its arena, start the swap engine
   -> gRPC service up (health NOT_SERVING) -> join the scheduler (SERVING while joined)
   -> execute its step plans until SIGTERM / SIGINT or a rejection
@@ -27,6 +28,7 @@ from worker_svc.config import WorkerConfig, build_parser, config_from_args
 from worker_svc.device_pool import DevicePool, resolve_device, torch_dtype
 from worker_svc.engine import Engine
 from worker_svc.executor import StepExecutor
+from worker_svc.gpu_claim import AUTO, claim_gpu
 from worker_svc.link import LinkRejected, SchedulerLink
 from worker_svc.loader import load_model
 from worker_svc.metrics import StepMetrics, stats_snapshot
@@ -39,10 +41,22 @@ log = logging.getLogger(__name__)
 
 
 async def serve(cfg: WorkerConfig) -> int:
-    """The whole life of one worker process; returns the exit status."""
+    """The whole life of one worker process; returns the exit status. With ``--device
+    cuda:auto`` it first claims a free GPU (``gpu_claim.py``) and holds it to the end."""
+    if cfg.device != AUTO:
+        return await _serve(cfg, cfg.device)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    claim = claim_gpu(count, cfg.deployment_id)
+    try:
+        return await _serve(cfg, claim.device)
+    finally:
+        claim.release()
+
+
+async def _serve(cfg: WorkerConfig, device_name: str) -> int:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = resolve_device(device_name)
     spec, model = load_model(cfg.model, device=device, dtype=torch_dtype(cfg.dtype))
     pool = DevicePool(
         spec,

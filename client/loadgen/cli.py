@@ -30,6 +30,7 @@ from client.loadgen.flags import (
 )
 from client.loadgen.plots import PlotData, check_plotting, write_plots
 from client.loadgen.progress import ProgressBar
+from client.loadgen.ready import wait_for_workers
 from client.loadgen.report import format_table, run_json, write_json
 from client.loadgen.runner import RunConfig, Runner, RunResult, TargetError, probe_max_model_len
 from client.loadgen.stats import Slo, Weights
@@ -147,13 +148,55 @@ def build_run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target", metavar="HOST:PORT", default="127.0.0.1:50051", help="scheduler address"
     )
+    p.add_argument(
+        "--wait-workers",
+        metavar="N",
+        type=int,
+        default=0,
+        help="first wait until the scheduler lists N joined workers (polls GetStats; "
+        "default 0: no wait)",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        metavar="S",
+        type=float,
+        default=300.0,
+        help="give up waiting for --wait-workers after S seconds (exit 3) (default %(default)s)",
+    )
     add_workload_args(p)
     add_run_args(p)
     return p
 
 
+def wait_workers(a: argparse.Namespace) -> int | None:
+    """``--wait-workers``: None when the workers joined (or no wait was asked), else the exit
+    status after the error is printed."""
+    if not a.wait_workers:
+        return None
+
+    def waiting(joined: int) -> None:
+        print(
+            f"{PROG}: waiting for workers: {joined} of {a.wait_workers} joined {a.target}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        joined = asyncio.run(
+            wait_for_workers(a.target, a.wait_workers, a.wait_timeout, on_wait=waiting)
+        )
+    except ValueError as err:
+        return fail(str(err), EXIT_USAGE)
+    except TargetError as err:
+        return fail(str(err), EXIT_TARGET)
+    print(f"{PROG}: {joined} workers joined {a.target}", file=sys.stderr, flush=True)
+    return None
+
+
 def run_main(argv: Sequence[str]) -> int:
     a = build_run_parser().parse_args(argv)
+    if (code := wait_workers(a)) is not None:
+        return code
     server_len = None if a.max_model_len else server_max_model_len(a.target)
     try:
         spec, workload, cfg, slo = prepare_run(a, a.target, server_len)

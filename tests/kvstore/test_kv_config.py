@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kvstore_svc.config import KVStoreConfig, from_args
+from kvstore_svc.config import KVStoreConfig, auto_host_kv_gib, from_args
+from servekit import shm
+
+GIB = 1 << 30
 
 
 def test_defaults() -> None:
@@ -50,6 +53,8 @@ def test_tenant_quota_flag_and_env() -> None:
         (["--deployment-id", "a/b"], "a/b"),
         (["--log-level", "loud"], "loud"),
         (["--tenant-quota-blocks", "-1"], "--tenant-quota-blocks"),
+        (["--host-kv-gib", "lots"], "--host-kv-gib must be a size in GiB or 'auto', got 'lots'"),
+        (["--shm-reserve-gib", "-1"], "--shm-reserve-gib"),
     ],
 )
 def test_bad_values_name_themselves(argv: list[str], named: str) -> None:
@@ -61,3 +66,34 @@ def test_malformed_number_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as info:
         from_args([], env={"FASTSWITCH_METRICS_PORT": "lots"})
     assert info.value.code == 2
+
+
+def test_auto_arena_is_the_shm_size_less_the_reserve() -> None:
+    asked = []
+
+    def two_gib() -> int:
+        asked.append(1)
+        return 2 * GIB
+
+    cfg = from_args(["--host-kv-gib", "auto"], env={}, shm_bytes=two_gib)
+    assert (cfg.host_kv_gib, cfg.arena_bytes, cfg.host_kv_auto) == (1.5, 3 * GIB // 2, True)
+    env = {"FASTSWITCH_HOST_KV_GIB": "AUTO", "FASTSWITCH_SHM_RESERVE_GIB": "0.25"}
+    cfg = from_args([], env=env, shm_bytes=two_gib)
+    assert (cfg.host_kv_gib, cfg.shm_reserve_gib) == (1.75, 0.25)
+    # A size given in GiB never asks for the shm size, and the reserve does not apply to it.
+    asked.clear()
+    cfg = from_args(["--host-kv-gib", "3"], env=env, shm_bytes=two_gib)
+    assert (cfg.host_kv_gib, cfg.host_kv_auto, asked) == (3.0, False, [])
+
+
+def test_auto_arena_needs_room_beyond_the_reserve() -> None:
+    with pytest.raises(ValueError, match=r"/dev/shm holds 0\.5 GiB, nothing left .* 0\.5"):
+        from_args(["--host-kv-gib", "auto"], env={}, shm_bytes=lambda: GIB // 2)
+    assert auto_host_kv_gib(GIB, 0) == 1.0
+
+
+def test_shm_capacity_is_the_file_system_size(tmp_path) -> None:
+    size = shm.capacity_bytes(tmp_path)
+    assert size > 0 and size % 512 == 0
+    (tmp_path / "f").write_bytes(b"x" * 4096)
+    assert shm.capacity_bytes(tmp_path) == size  # the size, not what is free

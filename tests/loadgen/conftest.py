@@ -8,6 +8,7 @@ carries finish_reason LENGTH and metrics. Knobs on the fake:
   chat_served  Chat answers like Generate (conversation ids conv-N); else UNIMPLEMENTED
   max_model_len      the context GetStats reports (0: not reported, an older server)
   swap_bytes_avoided swap-out bytes not copied again, per finished request (GetStats)
+  workers            ids of the workers GetStats lists (one by default)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class FakeScheduler(pb_grpc.FastSwitchServicer):
         self.chat_served = False
         self.max_model_len = 0
         self.swap_bytes_avoided = 0
+        self.workers = ["worker-0"]
         self.requests: list[pb.GenerateRequest] = []
         self.chats: list[pb.ChatRequest] = []
         self.priorities: list[tuple[str, int]] = []
@@ -104,7 +106,9 @@ class FakeScheduler(pb_grpc.FastSwitchServicer):
             max_model_len=self.max_model_len,
             policy="vtc",
             mode="fastswitch",
-            workers=[pb.WorkerStats(worker_id="worker-0", device="cpu", num_blocks=64)],
+            workers=[
+                pb.WorkerStats(worker_id=w, device="cpu", num_blocks=64) for w in self.workers
+            ],
         )
 
 
