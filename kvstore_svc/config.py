@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from kvstore_svc.arena import arena_bytes_for_gib, check_deployment_id
 from servekit.config import package_version
+from servekit.labels import DEFAULT_MAX_TENANTS
 from servekit.names import LOG_LEVELS
 
 _HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})")
@@ -28,6 +29,7 @@ class KVStoreConfig:
     shutdown_grace_s: float = 5.0
     tenant_quota_blocks: int = 0  # retained hashed blocks per tenant; 0 = no quota
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 for Prometheus in containers
+    metrics_max_tenants: int = DEFAULT_MAX_TENANTS  # tenant label values; later ones: "_other"
 
     def __post_init__(self) -> None:
         check_listen(self.listen)
@@ -44,6 +46,8 @@ class KVStoreConfig:
             raise ValueError(
                 f"--tenant-quota-blocks must be >= 0 (0 = no quota), got {self.tenant_quota_blocks}"
             )
+        if self.metrics_max_tenants < 0:
+            raise ValueError(f"--metrics-max-tenants must be >= 0, got {self.metrics_max_tenants}")
         if not self.expire_interval_s > 0:
             raise ValueError(f"expire interval must be > 0, got {self.expire_interval_s}")
 
@@ -108,6 +112,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="retained (content-addressed) host blocks per tenant; beyond it the tenant's own "
         "least recently used unpinned blocks are evicted (0 = no quota)",
     )
+    p.add_argument(
+        "--metrics-max-tenants",
+        type=int,
+        default=default("metrics-max-tenants", d.metrics_max_tenants),
+        help="distinct tenant label values in /metrics; later tenants are reported as "
+        'tenant="_other" (default %(default)s)',
+    )
     p.add_argument("--log-level", default=default("log-level", d.log_level))
     return p
 
@@ -127,4 +138,5 @@ def from_args(argv: Sequence[str] | None, env: Mapping[str, str] | None = None) 
         lease_s=float(ns.lease_s),
         log_level=str(ns.log_level).lower(),
         tenant_quota_blocks=int(ns.tenant_quota_blocks),
+        metrics_max_tenants=int(ns.metrics_max_tenants),
     )
