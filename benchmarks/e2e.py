@@ -53,7 +53,7 @@ class DeploySpec:
 class SwapTime:
     """The workers' own counters over the deployment's life (seconds, summed over workers)."""
 
-    copy_s: float  # the swap engine copying (async: on its thread, beside the steps)
+    copy_s: float  # the swaps' copies (async: on the engine's thread or CUDA stream, beside steps)
     wait_s: float  # steps held before their forward by swaps (sync: the copies themselves)
     step_s: float  # plan received -> result sent
 
@@ -70,7 +70,7 @@ class VariantRun:
 def scrape_swap_time(dep: Deployment) -> SwapTime:
     totals = {"copy": 0.0, "wait": 0.0, "step": 0.0}
     names = {
-        "fastswitch_worker_swap_copy_seconds_total": "copy",
+        "fastswitch_worker_swap_copy_seconds_sum": "copy",
         "fastswitch_worker_swap_wait_seconds_total": "wait",
         "fastswitch_worker_step_seconds_sum": "step",
     }

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from kvstore_svc.arena import arena_bytes_for_gib, check_deployment_id
 from servekit import shm
 from servekit.config import package_version
+from servekit.labels import DEFAULT_MAX_TENANTS
 from servekit.names import LOG_LEVELS
 
 AUTO = "auto"  # --host-kv-gib auto
@@ -38,6 +39,7 @@ class KVStoreConfig:
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 for Prometheus in containers
     shm_reserve_gib: float = 0.5  # --host-kv-gib auto: /dev/shm left to the CPU workers' pools
     host_kv_auto: bool = False  # host_kv_gib came from --host-kv-gib auto
+    metrics_max_tenants: int = DEFAULT_MAX_TENANTS  # tenant label values; later ones: "_other"
 
     def __post_init__(self) -> None:
         check_listen(self.listen)
@@ -56,6 +58,8 @@ class KVStoreConfig:
             raise ValueError(
                 f"--tenant-quota-blocks must be >= 0 (0 = no quota), got {self.tenant_quota_blocks}"
             )
+        if self.metrics_max_tenants < 0:
+            raise ValueError(f"--metrics-max-tenants must be >= 0, got {self.metrics_max_tenants}")
         if not self.expire_interval_s > 0:
             raise ValueError(f"expire interval must be > 0, got {self.expire_interval_s}")
 
@@ -147,6 +151,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="retained (content-addressed) host blocks per tenant; beyond it the tenant's own "
         "least recently used unpinned blocks are evicted (0 = no quota)",
     )
+    p.add_argument(
+        "--metrics-max-tenants",
+        type=int,
+        default=default("metrics-max-tenants", d.metrics_max_tenants),
+        help="distinct tenant label values in /metrics; later tenants are reported as "
+        'tenant="_other" (default %(default)s)',
+    )
     p.add_argument("--log-level", default=default("log-level", d.log_level))
     return p
 
@@ -177,4 +188,5 @@ def from_args(
         tenant_quota_blocks=int(ns.tenant_quota_blocks),
         shm_reserve_gib=reserve,
         host_kv_auto=auto,
+        metrics_max_tenants=int(ns.metrics_max_tenants),
     )

@@ -108,3 +108,4 @@ class StoreStats(NamedTuple):
     arena_name: str
     expired_blocks: int
     tenants: tuple[TenantUsage, ...]  # tenants charged for at least one block, by name
+    arena_bytes: int = 0  # the arena file's size

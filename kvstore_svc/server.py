@@ -59,7 +59,7 @@ async def serve(cfg: KVStoreConfig) -> int:
             default_lease_s=cfg.lease_s,
             tenant_quota_blocks=cfg.tenant_quota_blocks,
         )
-        service.registry.register(StoreCollector(store))
+        service.registry.register(StoreCollector(store, max_tenants=cfg.metrics_max_tenants))
         service.add(pb_grpc.add_KVStoreServicer_to_server, KVStoreServicer(store), SERVICE_NAME)
         await service.start()
         started = True

@@ -337,6 +337,7 @@ class Store:
             arena_name=self._arena_name,
             expired_blocks=self._committed.expired_blocks,
             tenants=tuple(TenantUsage(t, n, self._quota) for t, n in sorted(charged.items())),
+            arena_bytes=self._arena_bytes,
         )
 
     def block_state(self, block: int) -> BlockState:

@@ -156,8 +156,10 @@ class Admission:
         req.preemptions += 1
         self._counters.preemptions += 1
         if self._limits.swap and req.num_computed >= max(1, self._limits.min_swap_tokens):
+            self._counters.swap_preemptions += 1
             self._swaps.begin_swap_out(slot, req, plan)
         else:
+            self._counters.recompute_preemptions += 1
             self._preempt_recompute(slot, req, plan)
 
     def _preempt_recompute(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:

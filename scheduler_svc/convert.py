@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
-
 from proto import scheduler_pb2 as api
 from proto import worker_pb2 as wk
 from scheduler_svc.deltas import Delta
 from scheduler_svc.frontend import NewRequest, NewTurn
 from scheduler_svc.plan import StepOutput, StepPlan, SwapOrder
 from scheduler_svc.request import FinishReason, Request, Sampling
+from scheduler_svc.request_metrics import request_metrics
 from scheduler_svc.stats import SchedulerStats, TenantStats, WorkerStats
 from scheduler_svc.workers import WorkerInfo
 from servekit.runs import BlockRun
@@ -70,22 +69,22 @@ def new_turn(msg: api.ChatRequest) -> NewTurn:
 
 
 def metrics(req: Request) -> api.RequestMetrics:
-    times = req.token_times
+    m = request_metrics(req)
     out = api.RequestMetrics(
-        prompt_tokens=len(req.prompt_ids),
-        cached_prompt_tokens=req.cached_prompt_tokens,
-        preemptions=req.preemptions,
-        swap_outs=req.swap_outs,
-        swap_ins=req.swap_ins,
-        recomputes=req.recomputes,
+        prompt_tokens=m.prompt_tokens,
+        cached_prompt_tokens=m.cached_prompt_tokens,
+        preemptions=m.preemptions,
+        swap_outs=m.swap_outs,
+        swap_ins=m.swap_ins,
+        recomputes=m.recomputes,
+        tbt_s=m.tbt_s,
     )
-    if req.first_scheduled_s is not None:
-        out.queue_s = req.first_scheduled_s - req.arrival_s
-    if times:
-        out.ttft_s = times[0] - req.arrival_s
-        out.tbt_s.extend(b - a for a, b in itertools.pairwise(times))
-    if req.finished_s is not None:
-        out.e2e_s = req.finished_s - req.arrival_s
+    if m.queue_s is not None:
+        out.queue_s = m.queue_s
+    if m.ttft_s is not None:
+        out.ttft_s = m.ttft_s
+    if m.e2e_s is not None:
+        out.e2e_s = m.e2e_s
     return out
 
 

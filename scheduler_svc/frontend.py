@@ -136,6 +136,9 @@ class Frontend:
         self._version = 0
         self._closing = False
         self.on_step: Callable[[str, StepPlan, StepOutput], None] | None = None
+        # Called once per request when its stream closes (it has finished by then, whatever
+        # the reason): the one place a request's end is counted (metrics.py).
+        self.on_finish: Callable[[Request], None] | None = None
         # Called when the core queued host-memory work (reserve, pin, free) for the host agent.
         self.on_host_ops: Callable[[], None] | None = None
 
@@ -266,14 +269,17 @@ class Frontend:
         return freed
 
     async def close(self, stream: RequestStream) -> None:
-        """Ends a stream; a request still live (the client left) is cancelled and freed."""
+        """Ends a stream; a request still live (the client left) is cancelled and freed. Then
+        ``on_finish`` sees the request (once per stream)."""
         req = stream.request
         if not req.is_finished:
             self.core.cancel(req.request_id)
             log.info("client left; request cancelled", extra={"request": req.request_id})
             await self.notify()
-        self._streams.pop(req.request_id, None)
+        opened = self._streams.pop(req.request_id, None) is not None
         self.core.forget(req.request_id)
+        if opened and self.on_finish is not None:
+            self.on_finish(req)
 
     async def cancel(self, request_id: str) -> bool:
         event = self.core.cancel(request_id)

@@ -1,73 +1,277 @@
-"""Prometheus metrics of the scheduler, registered on the service's own registry."""
+"""Prometheus metrics of the scheduler, registered on the service's own registry.
+
+Every name, label and unit is documented in docs/metrics.md (a test checks that the running
+services expose exactly what it names). How they are fed, all on the event loop thread:
+
+* ``on_finish(req)``: once per request when its stream closes (every finish reason, a client
+  that left included): the request, token and cached-token counters and the four latency
+  histograms, from ``request_metrics`` (the numbers the client gets in ``RequestMetrics``);
+* ``on_rejected(reason)``: a Generate or Chat call refused with that status code;
+* ``on_step(worker, plan, out)``: after each step: the queue gauges, swap bytes, and the
+  preemption counters (from the core's counters, by difference).
+
+Tenant labels are capped (``servekit.labels``): the first ``max_tenants`` tenants seen, plus
+any configured with ``--tenants``, are their own; the rest are reported as ``_other``. The
+per-tenant VTC gauges are read at scrape time for the tenants with their own label.
+"""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from scheduler_svc.core import SchedulerCore
 from scheduler_svc.plan import StepOutput, StepPlan
-from scheduler_svc.request import Request
+from scheduler_svc.request import FinishReason, Request
+from scheduler_svc.request_metrics import request_metrics
+from servekit.labels import DEFAULT_MAX_TENANTS, BoundedLabels
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
+# Seconds. Like vLLM's, from a millisecond (a tiny model on a CPU) to many minutes (a queue).
+TTFT_BUCKETS = (
+    *(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75),
+    *(1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0),
+)
+ITL_BUCKETS = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
+    *(0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0),
+)
+E2E_BUCKETS = (
+    *(0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0),
+    *(40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0),
+)
+QUEUE_BUCKETS = (
+    *(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0),
+    *(60.0, 120.0, 240.0, 480.0, 960.0),
+)
+
+CACHE_TIERS = ("host",)  # where cached prompt KV came from; "device" is planned
+PREEMPTION_KINDS = ("swap", "recompute")
+DIRECTIONS = ("out", "in")
+
+
+@dataclass(frozen=True, slots=True)
+class _TenantSeries:
+    """One tenant label's children, looked up once (``labels()`` is a dict lookup and a lock)."""
+
+    prompt: Counter
+    generation: Counter
+    cached_host: Counter
+    ttft: Histogram
+    itl: Histogram
+    e2e: Histogram
+    queue: Histogram
 
 
 class SchedulerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """The scheduler's Prometheus view of ``core``; see the module docstring for who feeds it.
+    Invariant: every tenant label value is one of ``tenants.named()`` or ``_other``."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        core: SchedulerCore,
+        *,
+        model: str,
+        max_tenants: int = DEFAULT_MAX_TENANTS,
+        tenants: Iterable[str] = (),
+        reject_reasons: Iterable[str] = (),
+    ) -> None:
+        self.core = core
+        self.model = model
+        self.tenants = BoundedLabels(max_tenants, seed=tenants)
+        self._tenants_seen = 0  # core.tallies entries already given a label
+        self._series: dict[str, _TenantSeries] = {}
+        self._counted = {kind: 0 for kind in PREEMPTION_KINDS}
+        m, mt = ["model"], ["model", "tenant"]
         self.requests = Counter(
-            "fastswitch_requests", "Requests ended, by outcome", ["outcome"], registry=registry
+            "fastswitch_requests",
+            "Requests ended, by finish reason",
+            [*mt, "finish_reason"],
+            registry=registry,
         )
-        self.waiting = Gauge("fastswitch_waiting_requests", "Queued requests", registry=registry)
-        self.running = Gauge("fastswitch_running_requests", "Running requests", registry=registry)
-        self.swapped = Gauge(
-            "fastswitch_swapped_requests", "Requests swapped out to host", registry=registry
+        self.rejected = Counter(
+            "fastswitch_requests_rejected",
+            "Generate and Chat calls refused before queueing, by gRPC status",
+            [*m, "reason"],
+            registry=registry,
         )
-        self.preemptions = Gauge(
-            "fastswitch_preemptions", "Preemptions since start", registry=registry
+        self.prompt_tokens = Counter(
+            "fastswitch_prompt_tokens",
+            "Prompt tokens of ended requests (cached ones included)",
+            mt,
+            registry=registry,
+        )
+        self.generation_tokens = Counter(
+            "fastswitch_generation_tokens",
+            "Tokens generated by ended requests",
+            mt,
+            registry=registry,
+        )
+        self.cached_prompt_tokens = Counter(
+            "fastswitch_cached_prompt_tokens",
+            "Prompt tokens whose KV was reused instead of computed, by cache tier",
+            [*mt, "tier"],
+            registry=registry,
         )
         self.ttft = Histogram(
-            "fastswitch_ttft_seconds",
-            "Time to first token",
-            buckets=_LATENCY_BUCKETS,
+            "fastswitch_time_to_first_token_seconds",
+            "Arrival to first token",
+            mt,
+            buckets=TTFT_BUCKETS,
             registry=registry,
         )
-        self.tbt = Histogram(
-            "fastswitch_tbt_seconds",
-            "Time between tokens",
-            buckets=_LATENCY_BUCKETS,
+        self.itl = Histogram(
+            "fastswitch_inter_token_latency_seconds",
+            "Time between consecutive tokens of a request",
+            mt,
+            buckets=ITL_BUCKETS,
             registry=registry,
         )
-        self.step = Histogram(
-            "fastswitch_step_seconds",
-            "Worker step time",
-            ["worker"],
-            buckets=_LATENCY_BUCKETS,
+        self.e2e = Histogram(
+            "fastswitch_e2e_request_latency_seconds",
+            "Arrival to finish",
+            mt,
+            buckets=E2E_BUCKETS,
             registry=registry,
         )
-        self.blocks_used = Gauge(
-            "fastswitch_kv_blocks_used", "Device KV blocks in use", ["worker"], registry=registry
+        self.queue = Histogram(
+            "fastswitch_queue_time_seconds",
+            "Arrival to first scheduled",
+            mt,
+            buckets=QUEUE_BUCKETS,
+            registry=registry,
         )
-        self.blocks_free = Gauge(
-            "fastswitch_kv_blocks_free", "Device KV blocks free", ["worker"], registry=registry
+        self.preemptions = Counter(
+            "fastswitch_preemptions",
+            "Running requests preempted, by how they left the device",
+            [*m, "kind"],
+            registry=registry,
         )
+        self.swap_bytes = Counter(
+            "fastswitch_swap_bytes",
+            "KV bytes the workers reported swapped (out: device to host)",
+            [*m, "direction"],
+            registry=registry,
+        )
+        self.waiting = Gauge(
+            "fastswitch_requests_waiting", "Requests queued, not started", m, registry=registry
+        )
+        self.running = Gauge(
+            "fastswitch_requests_running", "Requests computing on a worker", m, registry=registry
+        )
+        self.swapped = Gauge(
+            "fastswitch_requests_swapped",
+            "Requests swapped out to the host or moving (swapping out or in)",
+            m,
+            registry=registry,
+        )
+        for reason in reject_reasons:
+            self.rejected.labels(model, reason)
+        self._preemptions = {k: self.preemptions.labels(model, k) for k in PREEMPTION_KINDS}
+        self._swap_out = self.swap_bytes.labels(model, "out")
+        self._swap_in = self.swap_bytes.labels(model, "in")
+        self._gauges = (self.waiting.labels(model), self.running.labels(model))
+        self._swapped = self.swapped.labels(model)
+        registry.register(_TenantCollector(self))
+        self.refresh()
 
-    def on_step(self, core: SchedulerCore, worker_id: str, plan: StepPlan, out: StepOutput) -> None:
-        self.step.labels(worker_id).observe(out.step_s)
-        slot = core.workers.get(worker_id)
-        if slot is not None:
-            self.blocks_used.labels(worker_id).set(slot.allocator.num_used)
-            self.blocks_free.labels(worker_id).set(slot.allocator.num_free)
-        self.waiting.set(core.num_waiting())
-        self.running.set(core.num_running())
-        self.swapped.set(core.num_swapped())
-        self.preemptions.set(core.counters.preemptions)
+    # ----------------------------------------------------------------- feeding
+
+    def on_step(self, worker_id: str, plan: StepPlan, out: StepOutput) -> None:
+        """After a step: swap bytes, preemptions since the last step, queue gauges."""
+        if out.swap_out_bytes:
+            self._swap_out.inc(out.swap_out_bytes)
+        if out.swap_in_bytes:
+            self._swap_in.inc(out.swap_in_bytes)
+        self.refresh()
 
     def on_finish(self, req: Request) -> None:
-        outcome = req.finish_reason.value if req.finish_reason is not None else "unknown"
-        self.requests.labels(outcome).inc()
-        times = req.token_times
-        if times:
-            self.ttft.observe(times[0] - req.arrival_s)
-            for a, b in itertools.pairwise(times):
-                self.tbt.observe(b - a)
+        """Once per ended request (its stream closed): counters and latency histograms."""
+        m = request_metrics(req)
+        tenant = self.tenants.label(req.tenant)
+        s = self._tenant(tenant)
+        reason = req.finish_reason or FinishReason.ABORTED
+        self.requests.labels(self.model, tenant, reason.value).inc()
+        s.prompt.inc(m.prompt_tokens)
+        s.generation.inc(m.output_tokens)
+        if m.cached_prompt_tokens:
+            s.cached_host.inc(m.cached_prompt_tokens)
+        if m.queue_s is not None:
+            s.queue.observe(m.queue_s)
+        if m.ttft_s is not None:
+            s.ttft.observe(m.ttft_s)
+        for gap in m.tbt_s:
+            s.itl.observe(gap)
+        if m.e2e_s is not None:
+            s.e2e.observe(m.e2e_s)
+        self.refresh()
+
+    def on_rejected(self, reason: str) -> None:
+        """A Generate or Chat call refused with gRPC status ``reason`` (lower case)."""
+        self.rejected.labels(self.model, reason).inc()
+
+    def refresh(self) -> None:
+        """Queue gauges, preemption counters and tenant labels from the core, now."""
+        core = self.core
+        waiting, running = self._gauges
+        waiting.set(core.num_waiting())
+        running.set(core.num_running())
+        self._swapped.set(core.num_swapped())
+        c = core.counters
+        for kind, total in (("swap", c.swap_preemptions), ("recompute", c.recompute_preemptions)):
+            if total > self._counted[kind]:
+                self._preemptions[kind].inc(total - self._counted[kind])
+                self._counted[kind] = total
+        tallies = core.tallies
+        if len(tallies) > self._tenants_seen:  # new tenants, in arrival order, at the end
+            for tenant in itertools.islice(tallies, self._tenants_seen, None):
+                self.tenants.label(tenant)
+            self._tenants_seen = len(tallies)
+
+    def _tenant(self, tenant: str) -> _TenantSeries:
+        s = self._series.get(tenant)
+        if s is None:
+            labels = (self.model, tenant)
+            s = _TenantSeries(
+                prompt=self.prompt_tokens.labels(*labels),
+                generation=self.generation_tokens.labels(*labels),
+                cached_host=self.cached_prompt_tokens.labels(*labels, "host"),
+                ttft=self.ttft.labels(*labels),
+                itl=self.itl.labels(*labels),
+                e2e=self.e2e.labels(*labels),
+                queue=self.queue.labels(*labels),
+            )
+            self._series[tenant] = s
+        return s
+
+
+class _TenantCollector(Collector):
+    """``tenant_virtual_counter`` and ``tenant_weight`` of the tenants with their own label, read
+    from the policy at scrape time (on the metrics HTTP thread: a dict read per tenant)."""
+
+    def __init__(self, metrics: SchedulerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        policy = m.core.policy
+        counter = GaugeMetricFamily(
+            "fastswitch_tenant_virtual_counter",
+            "The fairness policy's virtual token counter of each tenant (VTC; 0 for others)",
+            labels=["model", "tenant"],
+        )
+        weight = GaugeMetricFamily(
+            "fastswitch_tenant_weight",
+            "Each tenant's fairness weight (--tenants; 1 when not configured)",
+            labels=["model", "tenant"],
+        )
+        for tenant in m.tenants.named():
+            counter.add_metric([m.model, tenant], policy.counter(tenant))
+            weight.add_metric([m.model, tenant], policy.weight(tenant))
+        yield counter
+        yield weight

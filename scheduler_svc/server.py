@@ -17,8 +17,9 @@ from scheduler_svc.frontend import Frontend
 from scheduler_svc.host_agent import HostAgent
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.policy import make_policy
-from scheduler_svc.servicer import FastSwitchServicer, StepLinkServicer
+from scheduler_svc.servicer import REJECT_REASONS, FastSwitchServicer, StepLinkServicer
 from servekit.config import add_common_flags, env_default, parse_weights
+from servekit.labels import DEFAULT_MAX_TENANTS
 from servekit.logs import setup_logging
 from servekit.modelspec import load_model_spec
 from servekit.names import MODES, POLICIES, mode_settings
@@ -47,6 +48,7 @@ class SchedulerConfig:
     strict_tenants: bool
     w_prompt: float
     w_output: float
+    metrics_max_tenants: int = DEFAULT_MAX_TENANTS
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -54,6 +56,8 @@ class SchedulerConfig:
         mode_settings(self.mode)  # ValueError for an unknown mode
         if self.max_tokens_limit <= 0:
             raise ValueError(f"--max-tokens-limit must be > 0, got {self.max_tokens_limit}")
+        if self.metrics_max_tenants < 0:
+            raise ValueError(f"--metrics-max-tenants must be >= 0, got {self.metrics_max_tenants}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict-tenants",
         action="store_true",
         help="reject tenants not named in --tenants (INVALID_ARGUMENT)",
+    )
+    p.add_argument(
+        "--metrics-max-tenants",
+        type=int,
+        default=env_default("--metrics-max-tenants", DEFAULT_MAX_TENANTS),
+        help="distinct tenant label values in /metrics; later tenants are reported as "
+        'tenant="_other" (tenants named in --tenants always have their own; %(default)s)',
     )
     p.add_argument("--vtc-prompt-weight", type=float, default=1.0)
     p.add_argument("--vtc-output-weight", type=float, default=2.0)
@@ -181,6 +192,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         strict_tenants=args.strict_tenants,
         w_prompt=args.vtc_prompt_weight,
         w_output=args.vtc_output_weight,
+        metrics_max_tenants=args.metrics_max_tenants,
     )
 
 
@@ -205,9 +217,17 @@ async def serve(cfg: SchedulerConfig) -> int:
     service = GrpcService(
         "scheduler", listen=cfg.listen, metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host
     )
-    metrics = SchedulerMetrics(service.registry)
+    metrics = SchedulerMetrics(
+        service.registry,
+        core,
+        model=spec.name,
+        max_tenants=cfg.metrics_max_tenants,
+        tenants=weights,
+        reject_reasons=REJECT_REASONS,
+    )
     frontend.retain_generate_ttl_s = cfg.retain_generate_ttl_s
-    frontend.on_step = lambda wid, plan, out: metrics.on_step(core, wid, plan, out)
+    frontend.on_step = metrics.on_step
+    frontend.on_finish = metrics.on_finish
     service.add(
         api_grpc.add_FastSwitchServicer_to_server,
         FastSwitchServicer(frontend, metrics, policy=cfg.policy, mode=cfg.mode),

@@ -42,6 +42,10 @@ _STATUS: dict[type[SchedulerError], grpc.StatusCode] = {
 }
 
 
+# Every reason a Generate or Chat call can be refused with (the requests_rejected_total label).
+REJECT_REASONS = tuple(code.name.lower() for code in (*_STATUS.values(), grpc.StatusCode.INTERNAL))
+
+
 def status_for(err: SchedulerError) -> grpc.StatusCode:
     """The one mapping of scheduler errors to gRPC status codes (a subclass maps as its base)."""
     for cls in type(err).__mro__:
@@ -63,16 +67,20 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         try:
             stream = await self._frontend.open(convert.new_request(request))
         except SchedulerError as err:
-            await context.abort(status_for(err), str(err))
+            await self._reject(context, err)
         async for chunk in self._stream(stream):
             yield chunk
+
+    async def _reject(self, context: grpc.aio.ServicerContext, err: SchedulerError) -> None:
+        """Refuses a Generate or Chat call: counted by status, then aborted (raises)."""
+        code = status_for(err)
+        self._metrics.on_rejected(code.name.lower())
+        await context.abort(code, str(err))
 
     async def _stream(self, stream: RequestStream) -> AsyncIterator[api.GenerateChunk]:
         try:
             while True:
                 delta = await stream.next_delta()
-                if delta.finished:
-                    self._metrics.on_finish(stream.request)
                 yield convert.chunk(stream.request, delta)
                 if delta.finished:
                     return
@@ -85,7 +93,7 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         try:
             conv, prompt, stream = await self._frontend.open_turn(convert.new_turn(request))
         except SchedulerError as err:
-            await context.abort(status_for(err), str(err))
+            await self._reject(context, err)
         try:
             async for chunk in self._stream(stream):
                 chunk.conversation_id = conv.conversation_id

@@ -12,7 +12,9 @@ class Counters:
     finished: int = 0
     cancelled: int = 0
     failed: int = 0
-    preemptions: int = 0
+    preemptions: int = 0  # = swap_preemptions + recompute_preemptions
+    swap_preemptions: int = 0  # chosen to swap out (a failed swap then recomputes too)
+    recompute_preemptions: int = 0  # chosen to drop the KV and prefill again
     recomputes: int = 0
     swap_outs: int = 0
     swap_ins: int = 0

@@ -24,9 +24,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
 log = logging.getLogger(__name__)
+
+# No `<name>_created` series beside each counter and histogram: every service's /metrics holds
+# exactly the names docs/metrics.md lists (a process-wide setting of prometheus_client, made
+# before any service registers a metric).
+disable_created_metrics()
 
 Adder = Callable[[Any, grpc.aio.Server], None]
 

@@ -64,6 +64,7 @@ class Engine:
         self.pool = pool
         self._sampler = sampler if sampler is not None else Sampler()
         self._seqs: dict[int, SeqState] = {}
+        self._blocks_held = 0  # sum of the block tables' lengths
 
     # ----------------------------------------------------------- sequence state
 
@@ -94,10 +95,11 @@ class Engine:
         if bad:
             raise ValueError(f"block ids {bad} outside the pool [0, {num_blocks}) (seq {seq})")
         state.block_table.extend(block_ids)
+        self._blocks_held += len(block_ids)
 
     def drop_seq(self, seq: int) -> None:
         """Forget ``seq`` (its blocks are the scheduler's to free)."""
-        self._get(seq)
+        self._blocks_held -= len(self._get(seq).block_table)
         del self._seqs[seq]
 
     def has_seq(self, seq: int) -> bool:
@@ -110,6 +112,11 @@ class Engine:
     @property
     def num_seqs(self) -> int:
         return len(self._seqs)
+
+    @property
+    def num_blocks_held(self) -> int:
+        """Pool blocks in the live sequences' block tables (the rest hold no live KV here)."""
+        return self._blocks_held
 
     # ------------------------------------------------------------------- step
 

@@ -50,7 +50,7 @@ from worker_svc.plan import (
     StepResult,
     StepTiming,
 )
-from worker_svc.swap_engine import Direction, SwapCompletions, SwapEngine
+from worker_svc.swap_engine import Direction, SwapCompletions, SwapDone, SwapEngine
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,13 @@ class SwapOutWritten(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class StepOutcome:
-    """``result`` is final except for the sequences in ``commits`` (see the module docstring)."""
+    """``result`` is final except for the sequences in ``commits`` (see the module docstring);
+    ``swaps``: the swaps this step found finished, one each (for the metrics)."""
 
     result: StepResult
     commits: tuple[SwapOutWritten, ...] = ()
     releases: tuple[str, ...] = ()
+    swaps: tuple[SwapDone, ...] = ()
 
 
 @dataclass(slots=True)
@@ -161,7 +163,7 @@ class StepExecutor:
                 forward_s=t2 - t1, step_s=time.perf_counter() - t0, swap_wait_s=swap_wait_s
             ),
         )
-        return StepOutcome(result, tuple(work.commits), tuple(work.releases))
+        return StepOutcome(result, tuple(work.commits), tuple(work.releases), done.jobs)
 
     def _apply_table_changes(self, plan: StepPlan, work: _StepWork) -> None:
         engine = self.engine

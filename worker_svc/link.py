@@ -29,6 +29,7 @@ from proto import worker_pb2_grpc as wk_grpc
 from worker_svc.convert import hello_to_proto, plan_from_proto, result_to_proto
 from worker_svc.executor import StepExecutor, StepOutcome
 from worker_svc.plan import CommittedBlocks, SeqError, StepResult, WorkerHello
+from worker_svc.swap_engine import SwapDone
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class SchedulerLink:
     ``run`` and ``reset`` happen there, one at a time, in the order the plans arrive, and
     every plan is answered by exactly one result, in order. ``on_state(True)`` once the
     scheduler has accepted the worker, ``on_state(False)`` whenever the stream is lost;
-    ``on_step`` sees each result after it was sent.
+    ``on_step`` sees each result after it was sent, with the swaps that step found finished.
     """
 
     def __init__(
@@ -60,7 +61,7 @@ class SchedulerLink:
         executor: StepExecutor,
         *,
         on_state: Callable[[bool], None],
-        on_step: Callable[[StepResult], None] | None = None,
+        on_step: Callable[[StepResult, tuple[SwapDone, ...]], None] | None = None,
         store: kv_grpc.KVStoreStub | None = None,
         max_backoff_s: float = 2.0,
     ) -> None:
@@ -135,7 +136,7 @@ class SchedulerLink:
                     await call.write(wk.WorkerMessage(result=result_to_proto(result)))
                     sent = time.perf_counter()
                     if self._on_step is not None:
-                        self._on_step(result)
+                        self._on_step(result, outcome.swaps)
             finally:
                 stopper.cancel()
 

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from worker_svc.device_pool import DevicePool
 from worker_svc.executor import StepExecutor
 from worker_svc.plan import StepResult
+from worker_svc.swap_engine import Direction, SwapDone
 from worker_svc.telemetry import GpuTelemetry, Telemetry
 
 
@@ -29,36 +30,109 @@ class WorkerStats:
     gpu_unavailable: str | None = None
 
 
-class StepMetrics:
-    """Prometheus view of the steps, in ``registry``; ``on_step`` runs on the event loop after
-    each step's result is sent."""
+# Seconds: a step or a forward from well under a millisecond (tiny model) to seconds.
+STEP_BUCKETS = (
+    *(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5),
+    *(1.0, 2.5, 5.0, 10.0),
+)
+# Seconds of one swap's copies: a block run over PCIe takes microseconds to tens of ms.
+COPY_BUCKETS = (
+    *(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+    *(0.5, 1.0, 2.5, 5.0),
+)
+DIRECTIONS = (Direction.OUT, Direction.IN)
 
-    def __init__(self, registry: CollectorRegistry, executor: StepExecutor) -> None:
+
+class StepMetrics:
+    """Prometheus view of the steps and swaps, in ``registry``, labelled with ``model`` and
+    ``worker`` (docs/metrics.md). ``on_step`` runs on the event loop after each step's result
+    is sent, with the swaps that step found finished (each is seen exactly once)."""
+
+    def __init__(
+        self, registry: CollectorRegistry, executor: StepExecutor, *, model: str, worker: str
+    ) -> None:
         self._executor = executor
-        self._steps = Counter("fastswitch_worker_steps", "Steps executed", registry=registry)
-        self._step_s = Histogram("fastswitch_worker_step_seconds", "Step time", registry=registry)
-        self._live = Gauge("fastswitch_worker_live_seqs", "Sequences resident", registry=registry)
-        self._copy_s = Counter(
-            "fastswitch_worker_swap_copy_seconds",
-            "Time the swap engine spent copying (async: on its own thread, beside the steps)",
+        mw, mwd = ["model", "worker"], ["model", "worker", "direction"]
+        lv = (model, worker)
+        self._steps = Counter(
+            "fastswitch_worker_steps", "Steps executed", mw, registry=registry
+        ).labels(*lv)
+        self._step_s = Histogram(
+            "fastswitch_worker_step_seconds",
+            "Plan received to result sent",
+            mw,
+            buckets=STEP_BUCKETS,
             registry=registry,
-        )
+        ).labels(*lv)
+        self._forward_s = Histogram(
+            "fastswitch_worker_forward_seconds",
+            "The step's one forward (prefills and decodes)",
+            mw,
+            buckets=STEP_BUCKETS,
+            registry=registry,
+        ).labels(*lv)
+        self._live = Gauge(
+            "fastswitch_worker_live_seqs", "Sequences resident", mw, registry=registry
+        ).labels(*lv)
+        self._blocks = Gauge(
+            "fastswitch_worker_kv_blocks_capacity",
+            "Blocks of the device KV pool",
+            mw,
+            registry=registry,
+        ).labels(*lv)
+        self._blocks_free = Gauge(
+            "fastswitch_worker_kv_blocks_free",
+            "Device KV blocks in no resident sequence's block table",
+            mw,
+            registry=registry,
+        ).labels(*lv)
         self._wait_s = Counter(
             "fastswitch_worker_swap_wait_seconds",
             "Time steps spent on swaps before their forward (sync: the copies; async: submitting)",
+            mw,
+            registry=registry,
+        ).labels(*lv)
+        copy_s = Histogram(
+            "fastswitch_worker_swap_copy_seconds",
+            "Copy time of one swap (async: on the swap engine's thread or CUDA stream)",
+            mwd,
+            buckets=COPY_BUCKETS,
             registry=registry,
         )
-        self._copied = 0.0  # the part of the swap engine's copy_seconds already counted
+        swap_bytes = Counter(
+            "fastswitch_worker_swap_bytes", "KV bytes swapped", mwd, registry=registry
+        )
+        copies = Counter(
+            "fastswitch_worker_swap_copies",
+            "Copy calls the swaps made (per-layer: blocks x layers x 2; group: one per run)",
+            mwd,
+            registry=registry,
+        )
+        self._swaps = {
+            d: (
+                copy_s.labels(*lv, d.value),
+                swap_bytes.labels(*lv, d.value),
+                copies.labels(*lv, d.value),
+            )
+            for d in DIRECTIONS
+        }
+        self._blocks.set(executor.engine.pool.num_blocks)
+        self._blocks_free.set(executor.engine.pool.num_blocks)
 
-    def on_step(self, result: StepResult) -> None:
-        executor = self._executor
+    def on_step(self, result: StepResult, swaps: tuple[SwapDone, ...] = ()) -> None:
+        engine = self._executor.engine
         self._steps.inc()
         self._step_s.observe(result.timing.step_s)
-        self._live.set(executor.engine.num_seqs)
-        self._wait_s.inc(result.timing.swap_wait_s)
-        if executor.swaps is not None:
-            self._copy_s.inc(executor.swaps.copy_seconds - self._copied)
-            self._copied = executor.swaps.copy_seconds
+        self._forward_s.observe(result.timing.forward_s)
+        self._live.set(engine.num_seqs)
+        self._blocks_free.set(engine.pool.num_blocks - engine.num_blocks_held)
+        if result.timing.swap_wait_s:
+            self._wait_s.inc(result.timing.swap_wait_s)
+        for job in swaps:
+            seconds, nbytes, copies = self._swaps[job.direction]
+            seconds.observe(job.seconds)
+            nbytes.inc(job.nbytes)
+            copies.inc(job.copies)
 
 
 def stats_snapshot(

@@ -88,7 +88,7 @@ async def _serve(cfg: WorkerConfig, device_name: str) -> int:
                 cleanup=cleanup,
             )
         executor = StepExecutor(Engine(model, spec, pool.pool), swaps)
-        metrics = StepMetrics(service.registry, executor)
+        metrics = StepMetrics(service.registry, executor, model=spec.name, worker=cfg.worker_id)
         snapshot = partial(stats_snapshot, cfg.worker_id, executor, pool, telemetry)
         service.add(wk_grpc.add_WorkerServicer_to_server, WorkerServicer(snapshot), SERVICE_NAME)
         hello = WorkerHello(

@@ -100,8 +100,19 @@ class SwapFailure(NamedTuple):
     message: str
 
 
+class SwapDone(NamedTuple):
+    """One finished job: its bytes, its ``copy_`` calls, and how long its copies took
+    (seconds: on the CPU and in sync mode the copies as the caller waited for them; on CUDA
+    async the side stream's own time between its start and end, from CUDA events)."""
+
+    direction: Direction
+    nbytes: int
+    copies: int
+    seconds: float
+
+
 class SwapCompletions(NamedTuple):
-    """What finished since the previous ``poll``."""
+    """What finished since the previous ``poll``; ``jobs``: each finished one (not failed)."""
 
     swapped_out: tuple[int, ...] = ()
     swapped_in: tuple[int, ...] = ()
@@ -109,6 +120,7 @@ class SwapCompletions(NamedTuple):
     out_bytes: int = 0
     in_bytes: int = 0
     copies: int = 0
+    jobs: tuple[SwapDone, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.swapped_out or self.swapped_in or self.failed)
@@ -130,8 +142,10 @@ class _Job:
     nbytes: int
     state: _State = _State.QUEUED
     num_copies: int = 0
+    seconds: float = 0.0  # the copies' time (CUDA async: from `started` and `done` at poll)
     error: str | None = None
     ready: torch.cuda.Event | None = None  # recorded on the compute stream at submit
+    started: torch.cuda.Event | None = None  # recorded on the side stream before the copies
     done: torch.cuda.Event | None = None  # recorded on the side stream after the copies
 
 
@@ -269,11 +283,14 @@ class SwapEngine:
         out: list[int] = []
         into: list[int] = []
         failed: list[SwapFailure] = []
+        jobs: list[SwapDone] = []
         out_bytes = in_bytes = copies = 0
         with self._lock:
             for key, job in list(self._jobs.items()):
                 if job.state is _State.ISSUED and job.done is not None and job.done.query():
                     job.state = _State.DONE
+                    if job.started is not None:  # milliseconds of the side stream's work
+                        job.seconds = job.started.elapsed_time(job.done) / 1000.0
                 if job.state is _State.FAILED:
                     failed.append(SwapFailure(job.seq, job.direction, job.error or "failed"))
                 elif job.state is not _State.DONE:
@@ -284,9 +301,13 @@ class SwapEngine:
                 else:
                     into.append(job.seq)
                     in_bytes += job.nbytes
+                if job.state is _State.DONE:
+                    jobs.append(SwapDone(job.direction, job.nbytes, job.num_copies, job.seconds))
                 copies += job.num_copies
                 del self._jobs[key]
-        return SwapCompletions(tuple(out), tuple(into), tuple(failed), out_bytes, in_bytes, copies)
+        return SwapCompletions(
+            tuple(out), tuple(into), tuple(failed), out_bytes, in_bytes, copies, tuple(jobs)
+        )
 
     @property
     def in_flight(self) -> int:
@@ -357,9 +378,11 @@ class SwapEngine:
 
     def _issue_on_side_stream(self, job: _Job) -> None:
         assert self._stream is not None and job.ready is not None
-        job.done = torch.cuda.Event()
+        job.started = torch.cuda.Event(enable_timing=True)
+        job.done = torch.cuda.Event(enable_timing=True)
         with torch.cuda.stream(self._stream):
             self._stream.wait_event(job.ready)
+            job.started.record(self._stream)
             job.num_copies = self._copy(job, non_blocking=True)
             job.done.record(self._stream)
 
@@ -370,8 +393,10 @@ class SwapEngine:
             if self._cuda:
                 started = time.perf_counter()
                 torch.cuda.current_stream(self.device).synchronize()
+                waited = time.perf_counter() - started
+                job.seconds += waited
                 with self._lock:
-                    self.copy_seconds += time.perf_counter() - started
+                    self.copy_seconds += waited
             job.state = _State.DONE
         except Exception as err:  # reported to the caller through poll(), never lost
             log.exception("swap failed", extra={"seq": job.seq, "dir": str(job.direction)})
@@ -405,9 +430,10 @@ class SwapEngine:
                     )
                     dst.copy_(src, non_blocking=non_blocking)
                 issued += dev_block.shape[0]
+        job.seconds = time.perf_counter() - started
         with self._lock:
             self.copies_issued += issued
-            self.copy_seconds += time.perf_counter() - started
+            self.copy_seconds += job.seconds
         return issued
 
     def _pin(self, host: torch.Tensor) -> None:

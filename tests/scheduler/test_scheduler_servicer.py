@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from polling import eventually
+from prometheus_client import CollectorRegistry
 from sched_fakes import LinkWorker, next_token
 
 from proto import scheduler_pb2 as api
@@ -29,7 +31,12 @@ from scheduler_svc.errors import (
 from scheduler_svc.frontend import Frontend, NewRequest
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.policy import make_policy
-from scheduler_svc.servicer import FastSwitchServicer, StepLinkServicer, status_for
+from scheduler_svc.servicer import (
+    REJECT_REASONS,
+    FastSwitchServicer,
+    StepLinkServicer,
+    status_for,
+)
 from servekit.service import GrpcService
 from servekit.tokenizer import UnavailableTokenizer, load_tokenizer
 
@@ -39,7 +46,13 @@ MAX_LEN = 256
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[str, Frontend]]:
+def registry() -> CollectorRegistry:
+    """The scheduler's metrics registry (read with ``get_sample_value``)."""
+    return CollectorRegistry()
+
+
+@pytest.fixture
+async def server(registry: CollectorRegistry) -> AsyncIterator[tuple[str, Frontend]]:
     core = SchedulerCore(CoreConfig(), make_policy("fcfs"), eos_token_ids=[257])
     frontend = Frontend(
         core,
@@ -49,8 +62,14 @@ async def server() -> AsyncIterator[tuple[str, Frontend]]:
         max_tokens_limit=128,
         tenants={"a": 1.0, "b": 1.0},
     )
-    service = GrpcService("scheduler-test", listen="127.0.0.1:0", metrics_port=None)
-    metrics = SchedulerMetrics(service.registry)
+    service = GrpcService(
+        "scheduler-test", listen="127.0.0.1:0", metrics_port=None, registry=registry
+    )
+    metrics = SchedulerMetrics(
+        registry, core, model="tiny", tenants=("a", "b"), reject_reasons=REJECT_REASONS
+    )
+    frontend.on_step = metrics.on_step
+    frontend.on_finish = metrics.on_finish
     service.add(
         api_grpc.add_FastSwitchServicer_to_server,
         FastSwitchServicer(frontend, metrics, policy="fcfs", mode="fastswitch"),
@@ -164,7 +183,7 @@ async def test_text_prompts_are_tokenized_at_the_edge(server, worker):
     ],
 )
 async def test_bad_input_gets_a_status_and_the_service_keeps_serving(
-    server, worker, req, code, fragment
+    server, worker, registry, req, code, fragment
 ):
     target, _ = server
     async with grpc.aio.insecure_channel(target) as ch:
@@ -175,17 +194,28 @@ async def test_bad_input_gets_a_status_and_the_service_keeps_serving(
         assert fragment in err.value.details()
         tokens, _last = await collect(stub, request())
         assert len(tokens) == 8
+    rejected = {
+        r: registry.get_sample_value(
+            "fastswitch_requests_rejected_total", {"model": "tiny", "reason": r}
+        )
+        for r in REJECT_REASONS
+    }
+    assert rejected == {r: 1.0 if r == code.name.lower() else 0.0 for r in REJECT_REASONS}
+    ended = {"model": "tiny", "tenant": "a", "finish_reason": "length"}
+    assert registry.get_sample_value("fastswitch_requests_total", ended) == 1
 
 
-async def test_no_worker_is_unavailable(server):
+async def test_no_worker_is_unavailable(server, registry):
     target, _ = server
     async with grpc.aio.insecure_channel(target) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await collect(api_grpc.FastSwitchStub(ch), request())
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    labels = {"model": "tiny", "reason": "unavailable"}
+    assert registry.get_sample_value("fastswitch_requests_rejected_total", labels) == 1
 
 
-async def test_client_leaving_mid_stream_cancels_and_frees(server, worker):
+async def test_client_leaving_mid_stream_cancels_and_frees(server, worker, registry):
     target, frontend = server
     worker.step_delay_s = 0.01
     async with grpc.aio.insecure_channel(target) as ch:
@@ -203,6 +233,17 @@ async def test_client_leaving_mid_stream_cancels_and_frees(server, worker):
         assert worker.fed == {}
         stats = await stub.GetStats(api.StatsRequest(), timeout=5)
         assert stats.cancelled == 1 and stats.running == 0
+    # The request the client left is counted once, as cancelled, with the tokens it got.
+    ended = {"model": "tiny", "tenant": "a", "finish_reason": "cancelled"}
+    await eventually(
+        lambda: registry.get_sample_value("fastswitch_requests_total", ended) == 1,
+        what="the cancelled request is counted",
+    )
+    assert registry.get_sample_value("fastswitch_requests_total", ended) == 1
+    tenant = {"model": "tiny", "tenant": "a"}
+    generated = registry.get_sample_value("fastswitch_generation_tokens_total", tenant)
+    assert generated is not None and generated >= 1
+    assert registry.get_sample_value("fastswitch_prompt_tokens_total", tenant) == 3
 
 
 async def test_cancel_rpc_ends_the_stream(server, worker):

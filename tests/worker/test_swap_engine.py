@@ -13,7 +13,14 @@ import torch
 from kvstore_svc.arena import ArenaLayout
 from servekit import shm
 from worker_svc.kv_pool import KVPool
-from worker_svc.swap_engine import RunCopy, SwapEngine, SwapLayout
+from worker_svc.swap_engine import (
+    Direction,
+    RunCopy,
+    SwapCompletions,
+    SwapDone,
+    SwapEngine,
+    SwapLayout,
+)
 
 LAYERS = 3
 MODES = [(layout, sync) for layout in SwapLayout for sync in (False, True)]
@@ -119,6 +126,10 @@ def test_out_then_in_restores_bytes(
     assert done.out_bytes == n * pool.block_bytes
     expected_copies = len(out) if layout is SwapLayout.GROUP else n * LAYERS * 2
     assert done.copies == engine.copies_issued == expected_copies
+    # One record per job: its bytes and copies, and the time its copies took.
+    (job,) = done.jobs
+    assert job == SwapDone(Direction.OUT, done.out_bytes, expected_copies, job.seconds)
+    assert job.seconds == engine.copy_seconds > 0
     assert torch.equal(host[blocks(out, "host")], before[blocks(out, "device")])
     others = sorted(set(range(96)) - set(blocks(out, "host")))
     assert int(host[others].count_nonzero()) == 0  # nothing else written
@@ -134,7 +145,7 @@ def test_out_then_in_restores_bytes(
     assert torch.equal(after[blocks(into, "device")], before[blocks(out, "device")])
     untouched = sorted(set(range(64)) - set(blocks(into, "device")))
     assert torch.equal(after[untouched], clobbered[untouched])
-    assert engine.poll() == ((), (), (), 0, 0, 0)  # each completion is reported once
+    assert engine.poll() == SwapCompletions()  # each completion is reported once
 
 
 @pytest.mark.parametrize("sync", [False, True])
@@ -186,7 +197,7 @@ def test_cancel_before_start_writes_nothing(engine_factory: list[SwapEngine]) ->
     assert not engine.cancel_out(1)  # already gone
     assert not engine.cancel_out(99)  # never submitted
     engine.wait_all()
-    assert engine.poll() == ((), (), (), 0, 0, 0)
+    assert engine.poll() == SwapCompletions()
     assert engine.copies_issued == 0 and engine.in_flight == 0
     assert int(host.count_nonzero()) == 0
 
