@@ -31,3 +31,11 @@ def door() -> Iterator[Deployment]:
 def door_no_reuse() -> Iterator[Deployment]:
     """Nothing retained: every turn prefills its whole history."""
     yield from _up(retain=False, extra_api_args=("--no-chat-retain",))
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Keys on (alice, bob), one request in flight at most, a long drain."""
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text("sk-alice-0000 alice\nsk-bob-00000 bob\n")
+    yield from _up(api_keys=keys, extra_api_args=("--max-in-flight", "1", "--drain-s", "20"))

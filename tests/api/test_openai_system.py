@@ -208,15 +208,6 @@ async def test_fuzzed_requests_get_json_4xx_and_the_server_keeps_serving(door):
         assert done.usage.completion_tokens == 2
 
 
-@pytest.fixture(scope="module")
-def keyed(tmp_path_factory):
-    from conftest import _up
-
-    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
-    keys.write_text("sk-alice-0000 alice\nsk-bob-00000 bob\n")
-    yield from _up(api_keys=keys, extra_api_args=("--max-in-flight", "1", "--drain-s", "20"))
-
-
 async def test_keys_limits_and_draining(keyed):
     with pytest.raises(openai.AuthenticationError):
         await api(keyed, key="sk-wrong-000").models.list()
@@ -239,10 +230,26 @@ async def test_keys_limits_and_draining(keyed):
         with pytest.raises(openai.RateLimitError):
             await api(keyed, key="sk-bob-00000").completions.create(model="tiny", prompt="hi")
         keyed.child("api").proc.send_signal(signal.SIGTERM)  # drains: new work 503, alice ends
+
+        async def draining() -> bool:
+            async with httpx.AsyncClient(timeout=5) as http:
+                return (await http.get(f"{keyed.http_url}/health")).status_code == 503
+
+        await until(draining, timeout_s=10, what="the door to say it drains")
         with pytest.raises(openai.APIStatusError) as info:
             await api(keyed, key="sk-bob-00000").completions.create(model="tiny", prompt="hi")
-        assert info.value.status_code in (429, 503)
+        assert info.value.status_code == 503 and info.value.body["code"] == "draining"
         done = await slow
         assert done.usage.completion_tokens == 400
         tenants = {t.tenant for t in (await grpc_client.stats()).tenants}
     assert "alice" in tenants and "bob" not in tenants
+
+
+async def test_the_door_exports_exactly_its_documented_metrics(door):
+    from metrics_doc import documented, exported
+
+    await api(door).completions.create(model="tiny", prompt="hi", max_tokens=2)
+    async with httpx.AsyncClient(timeout=30) as http:
+        text = (await http.get(f"{door.http_url}/metrics")).text
+    assert exported(text) == documented()["api"]
+    assert 'route="/v1/completions",status="200"' in text
