@@ -253,3 +253,20 @@ async def test_the_door_exports_exactly_its_documented_metrics(door):
         text = (await http.get(f"{door.http_url}/metrics")).text
     assert exported(text) == documented()["api"]
     assert 'route="/v1/completions",status="200"' in text
+
+
+async def test_stop_strings_cut_the_text_also_when_they_span_chunks(door):
+    client = api(door)
+    kw = {"model": "tiny", "prompt": PROMPT, "max_tokens": 40, "temperature": 0}
+    whole = (await client.completions.create(**kw)).choices[0].text
+    printable = [i for i in range(8, len(whole) - 4) if whole[i : i + 3].isprintable()]
+    assert printable, f"no printable 3 characters in {whole!r}"
+    at = printable[0]
+    stop = whole[at : at + 3]
+    cut = whole[: whole.index(stop)]
+    done = await client.completions.create(stop=[stop], **kw)
+    assert done.choices[0].text == cut and done.choices[0].finish_reason == "stop"
+    parts = []
+    async for chunk in await client.completions.create(stop=stop, stream=True, **kw):
+        parts.extend(c.text for c in chunk.choices)
+    assert "".join(parts) == cut
