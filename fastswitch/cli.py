@@ -62,13 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser(
         "up",
-        help="start a KV store, N workers and the scheduler here; Ctrl-C stops them",
-        description="Start a KV store, N workers and the scheduler on this machine, print the "
-        "address, metrics ports and log directory, and run until Ctrl-C or SIGTERM. Every flag "
-        "also reads FASTSWITCH_<FLAG> from the environment (e.g. FASTSWITCH_WORKERS=2). A bad "
+        help="start a KV store, N workers, the scheduler and the HTTP API here; Ctrl-C stops them",
+        description="Start a KV store, N workers, the scheduler and the OpenAI-compatible HTTP "
+        "API on this machine, print the addresses, metrics ports and log directory, and run "
+        "until Ctrl-C or SIGTERM. Every flag also reads FASTSWITCH_<FLAG> from the environment "
+        "(e.g. FASTSWITCH_WORKERS=2). A bad "
         "model, a taken port or an unreachable store exits 2 with one line on stderr.",
     )
-    add_deployment_args(up, port=50051, workers=1)
+    add_deployment_args(up, port=50051, workers=1, http_port=8000)
     add_service_args(up)
     up.set_defaults(handler=_cmd_up)
 
@@ -149,6 +150,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _print_up(dep: Deployment) -> None:
     cfg = dep.config
     print(f"FastSwitch is up at {dep.address}  (policy {cfg.policy}, mode {cfg.mode})")
+    if cfg.http_port is not None:
+        print(f"OpenAI-compatible API at {dep.http_url}/v1  (its /metrics and /health there too)")
     ports = ", ".join(f"{name} {port}" for name, port in dep.metrics_ports.items())
     print(f"metrics (http://{cfg.host}:PORT/metrics): {ports}")
     if dep.log_dir is not None:

@@ -30,9 +30,11 @@ def add_deployment_args(
     port: int,
     workers: int,
     kv_blocks: int | None = None,
+    http_port: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> None:
-    """Every deployment flag; `environ` gives the FASTSWITCH_* fallbacks ({}: none)."""
+    """Every deployment flag; `environ` gives the FASTSWITCH_* fallbacks ({}: none).
+    `http_port` None: no HTTP door flags (the deployment starts none)."""
     env = os.environ if environ is None else environ
 
     def arg(flag: str, default: object, **kw: Any) -> None:
@@ -53,6 +55,26 @@ def add_deployment_args(
         metavar="BASE",
         help="/metrics ports: scheduler BASE, store BASE+1, worker i BASE+2+i; 0: any free",
     )
+    if http_port is not None:
+        arg(
+            "--http-port",
+            http_port,
+            type=int,
+            help="the OpenAI-compatible HTTP API's port; 0: any free (%(default)s)",
+        )
+        switch("--no-http", "do not start the HTTP API (gRPC only)")
+        arg("--api-keys", None, type=Path, metavar="FILE", help="HTTP API keys: 'KEY TENANT' lines")
+        arg(
+            "--served-model-name", None, help="the model's name in the HTTP API (default: dir name)"
+        )
+        extra = env_default("--api-arg", None, env)
+        p.add_argument(
+            "--api-arg",
+            action="append",
+            default=[] if extra is None else [extra],
+            metavar="ARGS",
+            help="extra HTTP API flags, e.g. --api-arg='--max-in-flight 256'",
+        )
     arg("--devices", "", help="worker devices: cuda:0,cuda:2 or cpu (default: cuda:i if any)")
     arg("--host-kv-gib", 0.25, type=float, help="host KV arena size (default %(default)s)")
     arg("--device-kv-blocks", kv_blocks, type=int, help=f"KV blocks per worker{small}")
@@ -106,7 +128,14 @@ def config_from_args(args: argparse.Namespace, *, keep_logs: bool) -> Deployment
     if log_dir is None and keep_logs and not args.verbose:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         log_dir = Path(tempfile.gettempdir()) / "fastswitch-logs" / f"{stamp}-{os.getpid()}"
+    http = getattr(args, "http_port", None)
+    if getattr(args, "no_http", False):
+        http = None
     return DeploymentConfig(
+        http_port=http,
+        api_keys=getattr(args, "api_keys", None) if http is not None else None,
+        served_model_name=getattr(args, "served_model_name", None) if http is not None else None,
+        extra_api_args=tuple(x for s in getattr(args, "api_arg", []) for x in shlex.split(s)),
         model=args.model,
         workers=args.workers,
         host=args.host,

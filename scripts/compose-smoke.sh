@@ -262,7 +262,7 @@ dump_logs() {
 }
 
 wait_healthy() {
-  local want=$((WORKERS + 2 + (MONITORING == 1 ? 1 : 0))) deadline=$((SECONDS + START_TIMEOUT)) state healthy
+  local want=$((WORKERS + 3 + (MONITORING == 1 ? 1 : 0))) deadline=$((SECONDS + START_TIMEOUT)) state healthy
   while :; do
     state=$(stack_state)
     healthy=$(grep -c ' running healthy ' <<<"$state" || true)
@@ -306,6 +306,44 @@ print(f"{address}: SERVING, {len(workers)} workers joined")
 EOF
   ) || die "the published port: ${out:-no answer}"
   log "published port $out"
+}
+
+# The HTTP door's published port: the model listed, a completion and a streamed chat completion
+# answered in OpenAI's format, and an error in OpenAI's JSON.
+check_http_door() {
+  local out
+  out=$(python3 - "127.0.0.1:$FASTSWITCH_HTTP_PORT" 2>&1 <<'EOF'
+import json, sys, urllib.error, urllib.request
+base = f"http://{sys.argv[1]}"
+def call(path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+status, text = call("/v1/models")
+models = [m["id"] for m in json.loads(text)["data"]] if status == 200 else text
+if models != ["tiny"]:
+    sys.exit(f"/v1/models: {status} {models}")
+status, text = call("/v1/completions", {"model": "tiny", "prompt": "hello", "max_tokens": 8, "temperature": 0})
+usage = json.loads(text).get("usage", {}) if status == 200 else text
+if status != 200 or usage.get("completion_tokens") != 8:
+    sys.exit(f"/v1/completions: {status} {text[:300]}")
+body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+        "temperature": 0, "stream": True}
+status, text = call("/v1/chat/completions", body)
+events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+if status != 200 or events[-1] != "[DONE]" or json.loads(events[0])["object"] != "chat.completion.chunk":
+    sys.exit(f"/v1/chat/completions stream: {status} {text[:300]}")
+status, text = call("/v1/completions", {"model": "tiny", "prompt": "hi", "n": 3})
+if status != 400 or "error" not in json.loads(text):
+    sys.exit(f"n=3 should be a 400 error: {status} {text[:300]}")
+print(f"{base}: models, completion, streamed chat ({len(events)} events), a 400 error, as OpenAI's")
+EOF
+  ) || die "the HTTP door: ${out:-no answer}"
+  log "HTTP door $out"
 }
 
 run_bench() {
@@ -389,7 +427,7 @@ check_targets() {
   if ! out=$(python3 - "127.0.0.1:$FASTSWITCH_PROMETHEUS_PORT" "$WORKERS" "$TARGETS_TIMEOUT" 2>&1 <<'EOF'
 import json, sys, time, urllib.request
 address, workers, timeout_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-want = {"prometheus": 1, "scheduler": 1, "kvstore": 1, "worker": workers}
+want = {"prometheus": 1, "scheduler": 1, "kvstore": 1, "api": 1, "worker": workers}
 deadline, state = time.monotonic() + timeout_s, "no answer"
 while True:
     try:
@@ -460,8 +498,9 @@ if [ "$MONITORING" = 1 ]; then
 fi
 
 FASTSWITCH_PORT=$(free_port)
+FASTSWITCH_HTTP_PORT=$(free_port)
 mkdir -p "$RUN_DIR/out"
-export FASTSWITCH_IMAGE=$IMAGE FASTSWITCH_BASE_IMAGE=$BASE_IMAGE FASTSWITCH_PORT
+export FASTSWITCH_IMAGE=$IMAGE FASTSWITCH_BASE_IMAGE=$BASE_IMAGE FASTSWITCH_PORT FASTSWITCH_HTTP_PORT
 export FASTSWITCH_WORKERS=$WORKERS FASTSWITCH_RESTART=no FASTSWITCH_DEPLOYMENT_ID=smoke
 export FASTSWITCH_BENCH_OUT=$RUN_DIR/out FASTSWITCH_HEALTH_INTERVAL=2s
 FASTSWITCH_PROMETHEUS_PORT=$(free_port)
@@ -486,6 +525,8 @@ wait_healthy
 phase_done stack-up
 check_arena_size
 check_published_port
+check_http_door
+phase_done http-door
 if [ "$MONITORING" = 1 ]; then
   check_targets
   phase_done targets

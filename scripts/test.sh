@@ -11,5 +11,5 @@ if ! git diff --quiet -- proto/ 2>/dev/null; then
   exit 1
 fi
 .venv/bin/ruff check .
-.venv/bin/mypy scheduler_svc worker_svc kvstore_svc servekit client fastswitch
+.venv/bin/mypy scheduler_svc worker_svc kvstore_svc servekit client fastswitch api_svc
 exec .venv/bin/python -m pytest -q "$@"

@@ -11,7 +11,12 @@ DOC = ROOT / "docs" / "metrics.md"
 DASHBOARD = ROOT / "monitoring" / "grafana" / "fastswitch-dashboard.json"
 
 # The doc's section headings, by the service whose /metrics they list.
-SECTIONS = {"Scheduler": "scheduler", "Worker": "worker", "KV store": "kvstore"}
+SECTIONS = {
+    "Scheduler": "scheduler",
+    "Worker": "worker",
+    "KV store": "kvstore",
+    "HTTP door": "api",
+}
 _ROW = re.compile(r"^\| `(fastswitch_[a-z0-9_]+)` \| (counter|gauge|histogram) \|")
 _NAME = re.compile(r"\bfastswitch_[a-z0-9_]+")
 _TYPE = re.compile(r"^# TYPE (fastswitch_[a-z0-9_]+) (\w+)$", re.MULTILINE)

@@ -199,7 +199,7 @@ def test_the_model_override_mounts_one_directory_into_every_model_service(compos
         for name, svc in compose["services"].items()
         if "FASTSWITCH_MODEL" in svc.get("environment", {})
     }
-    assert using_the_model == {"scheduler", *WORKERS}
+    assert using_the_model == {"scheduler", "api", *WORKERS}
     assert set(override) == using_the_model
     for name, svc in override.items():
         (volume,) = svc["volumes"]

@@ -31,7 +31,8 @@ class DeploymentConfig:
     (else the worker's own choice); one entry is every worker's, N entries one per worker.
     ``log_dir`` None keeps the children's logs in the runtime directory, removed on stop; a
     directory keeps them there after stop. ``kvstore`` names a running store to use instead of
-    starting one.
+    starting one. ``http_port`` starts the OpenAI-compatible HTTP door (api_svc) on that port (0:
+    a free one); None starts none. ``api_keys`` is its key file (docs/api.md).
     """
 
     model: str = "tiny"
@@ -54,6 +55,10 @@ class DeploymentConfig:
     max_batched_tokens: int | None = None
     max_num_seqs: int | None = None
     kvstore: str | None = None
+    http_port: int | None = None
+    api_keys: Path | None = None
+    served_model_name: str | None = None
+    extra_api_args: tuple[str, ...] = ()
     extra_scheduler_args: tuple[str, ...] = ()
     extra_worker_args: tuple[str, ...] = ()
     log_dir: Path | None = None
@@ -70,6 +75,10 @@ class DeploymentConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
+        if self.http_port is None and (self.api_keys or self.served_model_name):
+            raise ValueError("api_keys and served_model_name need the HTTP door (http_port)")
         if not 0 <= self.metrics_port <= 65535 - (self.workers + 1):
             raise ValueError(
                 f"metrics_port must be 0 or a base leaving room for {self.workers + 2} ports, "

@@ -28,6 +28,7 @@ from fastswitch.deploy.flags import (
 )
 from fastswitch.deploy.ports import free_ports
 from fastswitch.deploy.preflight import check_model, check_ports, check_store, place
+from servekit.healthcheck import wait_http_ok
 from servekit.service import wait_healthy
 
 T = TypeVar("T")
@@ -69,6 +70,15 @@ class Deployment:
     def address(self) -> str:
         """The scheduler's public address, ``127.0.0.1:PORT``."""
         return self._require_layout().scheduler_address
+
+    @property
+    def http_url(self) -> str:
+        """The OpenAI-compatible door, ``http://127.0.0.1:PORT`` (its API under ``/v1``);
+        RuntimeError when the deployment has none (``http_port`` None)."""
+        url = self._require_layout().http_url
+        if url is None:
+            raise RuntimeError("this deployment has no HTTP door (http_port is None)")
+        return url
 
     @property
     def port(self) -> int:
@@ -149,7 +159,7 @@ class Deployment:
             return
         self._stopped = True
         by_service = {s: [c for c in self._children if c.spec.service == s] for s in SERVICES}
-        for service in SERVICES:  # scheduler, worker, kvstore
+        for service in SERVICES:  # api (drains), scheduler, worker, kvstore
             terminate(by_service[service], self.config.stop_timeout_s)
         for child in self._children:
             child.close()
@@ -199,8 +209,14 @@ class Deployment:
             *(f"worker-{i}" for i in range(cfg.workers)),
         ]
         metrics = self._metrics_ports(names)
-        port = cfg.port or free_ports(1, cfg.host)[0]
+        port, http_port = cfg.port, cfg.http_port
+        spare = free_ports(2, cfg.host)
+        port = port or spare[0]
+        if http_port == 0:
+            http_port = spare[1]
         wanted = {"the public API": cfg.port} if cfg.port else {}
+        if cfg.http_port:
+            wanted["the HTTP API"] = cfg.http_port
         if cfg.metrics_port:
             wanted |= {f"{name} metrics": p for name, p in metrics.items()}
         check_ports(cfg.host, wanted)
@@ -215,6 +231,7 @@ class Deployment:
             host=cfg.host,
             kvstore=cfg.kvstore,
             devices=devices,
+            http_port=http_port,
         )
         longest = len(layout.unix(f"worker-{cfg.workers - 1}")) - len("unix://")
         if longest > _MAX_UNIX_PATH:
@@ -255,8 +272,12 @@ class Deployment:
         """Waits until every child in `children` answers SERVING on gRPC health."""
 
         async def healthy(child: Child) -> None:
+            target = child.spec.health_target
             try:
-                await wait_healthy(child.spec.health_target, timeout_s=_remaining(deadline))
+                if target.startswith("http://"):
+                    await wait_http_ok(target, timeout_s=_remaining(deadline))
+                else:
+                    await wait_healthy(target, timeout_s=_remaining(deadline))
             except TimeoutError as err:
                 raise DeploymentError(f"{child.name}: {err}\n{child.log_tail()}") from None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastswitch.deploy.config import DeploymentConfig
 
-SERVICES = ("scheduler", "worker", "kvstore")
+SERVICES = ("api", "scheduler", "worker", "kvstore")
 
 #: Builds a child's command line from (service, flags); tests inject dummies.
 CommandBuilder = Callable[[str, Sequence[str]], list[str]]
@@ -36,6 +36,7 @@ class Layout:
     host: str = "127.0.0.1"
     kvstore: str | None = None
     devices: tuple[str, ...] = ()
+    http_port: int | None = None
 
     def unix(self, name: str) -> str:
         return f"unix://{self.run_dir / f'{name}.sock'}"
@@ -51,13 +52,21 @@ class Layout:
         return f"{_bracketed(_reachable(self.host))}:{self.port}"
 
     @property
+    def http_url(self) -> str | None:
+        """Where this machine reaches the HTTP door, ``http://127.0.0.1:PORT`` (None: no door)."""
+        if self.http_port is None:
+            return None
+        return f"http://{_bracketed(_reachable(self.host))}:{self.http_port}"
+
+    @property
     def kvstore_address(self) -> str:
         return self.kvstore or self.unix("kvstore")
 
 
 @dataclass(frozen=True, slots=True)
 class ChildSpec:
-    """One service process: its name (log file, metrics key), service kind, flags, health target."""
+    """One service process: its name (log file, metrics key), service kind, flags, health target
+    (a gRPC address, or an ``http://`` URL that answers 200 once the process serves)."""
 
     name: str
     service: str
@@ -66,7 +75,8 @@ class ChildSpec:
 
 
 def child_specs(cfg: DeploymentConfig, layout: Layout) -> list[ChildSpec]:
-    """The flags of every child, in start order (kvstore unless external, scheduler, workers).
+    """The flags of every child, in start order (kvstore unless external, scheduler, the HTTP door
+    when it has a port, workers).
 
     Options left None are not passed (the service's own default holds); the extra arguments come
     last, so they override what comes before."""
@@ -91,6 +101,8 @@ def child_specs(cfg: DeploymentConfig, layout: Layout) -> list[ChildSpec]:
         *cfg.extra_scheduler_args,
     )
     specs.append(ChildSpec("scheduler", "scheduler", scheduler, layout.scheduler_address))
+    if layout.http_url is not None:
+        specs.append(_api_spec(cfg, layout))
     for i in range(cfg.workers):
         specs.append(_worker_spec(cfg, layout, i, common))
     return specs
@@ -105,6 +117,19 @@ def _kvstore_spec(cfg: DeploymentConfig, layout: Layout, common: tuple[str, ...]
         *common,
     )
     return ChildSpec("kvstore", "kvstore", flags, kv)
+
+
+def _api_spec(cfg: DeploymentConfig, layout: Layout) -> ChildSpec:
+    flags = (
+        *("--listen", f"{_bracketed(layout.host)}:{layout.http_port}"),
+        *("--scheduler", layout.scheduler_address),
+        *("--model", cfg.model),
+        *_opt("--api-keys", cfg.api_keys),
+        *_opt("--served-model-name", cfg.served_model_name),
+        *("--log-level", cfg.log_level),
+        *cfg.extra_api_args,
+    )
+    return ChildSpec("api", "api", flags, f"{layout.http_url}/version")
 
 
 def _worker_spec(

@@ -29,7 +29,7 @@ def check_ports(host: str, ports: Mapping[str, int]) -> None:
         if not port_is_free(port, host):
             raise StartRefused(
                 f"port {port} on {host} ({what}) is in use; pick another "
-                f"(--port / --metrics-port; 0: any free one)"
+                f"(--port / --http-port / --metrics-port; 0: any free one)"
             )
 
 

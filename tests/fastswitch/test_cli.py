@@ -3,11 +3,13 @@ onto a deployment, one-line refusals with exit 2, versions, and the logs of ``up
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -107,12 +109,15 @@ def test_up_reads_every_setting_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_bad_model_is_one_line_and_exit_2(capsys, tmp_path):
-    assert cli_main(["up", "--port", "0", "--model", str(tmp_path / "missing")]) == 2
+    assert (
+        cli_main(["up", "--http-port", "0", "--port", "0", "--model", str(tmp_path / "missing")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("fastswitch: error: bad model") and err.count("\n") == 1
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
-    assert cli_main(["up", "--port", "0", "--model", str(tmp_path / "m")]) == 2
+    assert cli_main(["up", "--http-port", "0", "--port", "0", "--model", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert "bad model" in err and err.count("\n") == 1
 
@@ -124,6 +129,7 @@ def test_taken_port_is_one_line_and_exit_2(capsys, which):
         busy.listen()
         taken = str(busy.getsockname()[1])
         argv = ["--port", taken] if which == "--port" else ["--port", "0", which, taken]
+        argv = [*argv, "--http-port", "0"]
         assert cli_main(["up", *argv]) == 2
     err = capsys.readouterr().err
     assert f"port {taken} on 127.0.0.1" in err and "in use" in err and err.count("\n") == 1
@@ -131,7 +137,12 @@ def test_taken_port_is_one_line_and_exit_2(capsys, which):
 
 def test_unreachable_store_is_one_line_and_exit_2(capsys, tmp_path):
     store = f"unix://{tmp_path}/none.sock"
-    assert cli_main(["up", "--port", "0", "--kvstore", store, "--start-timeout", "1"]) == 2
+    assert (
+        cli_main(
+            ["up", "--http-port", "0", "--port", "0", "--kvstore", store, "--start-timeout", "1"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"the KV store at {store} is unreachable" in err and err.count("\n") == 1
 
@@ -167,7 +178,8 @@ def test_run_help_says_it_takes_one_prompt(capsys):
 @pytest.mark.system
 def test_up_keeps_its_logs_after_stop(tmp_path):
     logs = tmp_path / "logs"
-    cmd = [sys.executable, "-m", "fastswitch", "up", "--port", "0", "--log-dir", str(logs)]
+    cmd = [sys.executable, "-m", "fastswitch", "up", "--port", "0", "--http-port", "0"]
+    cmd += ["--log-dir", str(logs)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -179,6 +191,10 @@ def test_up_keeps_its_logs_after_stop(tmp_path):
                 break
             lines.append(line)
         assert f"logs: {logs} (kept after stop)\n" in lines, lines
+        http = next(s for s in lines if s.startswith("OpenAI-compatible API at http://127.0.0.1:"))
+        url = http.split()[3]
+        with urllib.request.urlopen(f"{url}/models", timeout=10) as resp:
+            assert json.load(resp)["data"][0]["id"] == "tiny"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -187,5 +203,6 @@ def test_up_keeps_its_logs_after_stop(tmp_path):
             proc.wait()
     assert proc.returncode == 0, err
     assert f"logs kept in {logs}" in err
-    assert {p.name for p in logs.iterdir()} == {"kvstore.log", "scheduler.log", "worker-0.log"}
+    logs_kept = {p.name for p in logs.iterdir()}
+    assert logs_kept == {"kvstore.log", "scheduler.log", "api.log", "worker-0.log"}
     assert "=== scheduler of deployment" in (logs / "scheduler.log").read_text()
