@@ -54,7 +54,9 @@ class HttpTransport:
         model_name: str | None = None,
         max_connections: int | None = None,
         connect_timeout_s: float = 5.0,
+        network: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """``network``: an httpx transport in place of the real network (tests)."""
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self.target = url.rstrip("/")
@@ -68,6 +70,7 @@ class HttpTransport:
         self._model = model_name
         self._stats_api = None if stats_target is None else AsyncClient(stats_target)
         self._stats_target = stats_target
+        self._network = network
         self._http: httpx.AsyncClient | None = None
         self._server_ids: dict[str, str] = {}  # our request id -> the scheduler's (x-request-id)
 
@@ -76,6 +79,7 @@ class HttpTransport:
             base_url=self.target,
             limits=self._limits,
             timeout=httpx.Timeout(self._timeout_s, connect=self._connect_timeout_s),
+            transport=self._network,
         )
         return self
 
@@ -162,8 +166,14 @@ class HttpTransport:
         request_id: str,
         timeout_s: float,
     ) -> AsyncGenerator[Piece, None]:
-        body = {
-            "model": self._model or await self._model_name(self._connect_timeout_s),
+        model = self._model
+        if model is None:
+            try:
+                model = await self._model_name(self._connect_timeout_s)
+            except TargetError as err:
+                raise RequestFailed("UNAVAILABLE", str(err)) from None
+        body: dict[str, Any] = {
+            "model": model,
             "prompt": list(prompt_ids),
             "max_tokens": options.max_tokens,
             "temperature": options.temperature,
