@@ -3,6 +3,7 @@
 ::
 
     fastswitch-bench [run] --target HOST:PORT --workload WORKLOAD [options]
+    fastswitch-bench [run] --target http://HOST:PORT [--stats-target HOST:PORT] ...
     fastswitch-bench compare --modes fastswitch,vllm-baseline --workload WORKLOAD [options]
 
 Exit status: 0 the run completed (failed requests are counted in the report); 1 the run stopped
@@ -43,6 +44,7 @@ EXIT_OK, EXIT_STOPPED, EXIT_USAGE, EXIT_TARGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 1
 EPILOG = f"""\
 commands:
   {PROG} [run] --target HOST:PORT --workload W ...     benchmark a running deployment
+  {PROG} [run] --target http://HOST:PORT ...           the same through its HTTP door
   {PROG} compare --modes fastswitch,vllm-baseline ...  a deployment per mode, side by side
 
 exit status: 0 the run completed (failed requests are counted in the report); 1 it stopped
@@ -96,9 +98,9 @@ def run_once(workload: Workload, cfg: RunConfig, *, progress: bool) -> RunResult
             bar.close()
 
 
-def server_max_model_len(target: str) -> int | None:
+def server_max_model_len(target: str, model_name: str | None = None) -> int | None:
     """The context the server reports; None when it cannot be asked (the run then says why)."""
-    return asyncio.run(probe_max_model_len(target))
+    return asyncio.run(probe_max_model_len(target, model_name=model_name))
 
 
 def summarize_run(workload: Workload, result: RunResult, slo: Slo) -> Summary:
@@ -146,7 +148,24 @@ def build_run_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--target", metavar="HOST:PORT", default="127.0.0.1:50051", help="scheduler address"
+        "--target",
+        metavar="ADDR",
+        default="127.0.0.1:50051",
+        help="the scheduler's gRPC address (HOST:PORT or unix:///PATH), or the "
+        "OpenAI-compatible HTTP door (http://HOST:PORT: POST /v1/completions with token ids, "
+        "streamed; multiturn then resends each turn's whole history, reused only through the "
+        "scheduler's --retain-generate) (default %(default)s)",
+    )
+    p.add_argument(
+        "--stats-target",
+        metavar="HOST:PORT",
+        help="with an http:// target: the scheduler's gRPC address, for its stats (preemptions, "
+        "swaps, per-tenant VTC) and priority changes; without it they are not collected",
+    )
+    p.add_argument(
+        "--model-name",
+        metavar="NAME",
+        help="with an http:// target: the model to ask for (default: the first of /v1/models)",
     )
     p.add_argument(
         "--wait-workers",
@@ -197,8 +216,8 @@ def run_main(argv: Sequence[str]) -> int:
     a = build_run_parser().parse_args(argv)
     if (code := wait_workers(a)) is not None:
         return code
-    server_len = None if a.max_model_len else server_max_model_len(a.target)
     try:
+        server_len = None if a.max_model_len else server_max_model_len(a.target, a.model_name)
         spec, workload, cfg, slo = prepare_run(a, a.target, server_len)
     except (ValueError, RuntimeError) as err:
         return fail(str(err), EXIT_USAGE)

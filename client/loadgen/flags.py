@@ -14,6 +14,7 @@ from client.loadgen.arrivals import ARRIVALS
 from client.loadgen.priorities import PATTERNS
 from client.loadgen.runner import RunConfig
 from client.loadgen.stats import Slo
+from client.loadgen.transport import is_http
 from client.loadgen.workloads import WORKLOADS, WorkloadSpec
 
 DEFAULT_MAX_MODEL_LEN = 2048  # the tiny model's context, when neither flag nor server says
@@ -105,7 +106,8 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
         dest="use_chat",
         action="store_const",
         const=True,
-        help="send turns with the Chat RPC, so later turns reuse retained KV (multiturn default)",
+        help="send turns with the Chat RPC, so later turns reuse retained KV (multiturn default "
+        "over gRPC; an http:// target has no conversations and always resends the history)",
     )
     chat.add_argument(
         "--no-chat",
@@ -240,6 +242,9 @@ def spec_from_args(a: argparse.Namespace, server_max_model_len: int | None = Non
 
 
 def run_config_from_args(a: argparse.Namespace, target: str) -> RunConfig:
+    """The run config of the flags; multiturn uses Chat by default over gRPC only (the HTTP
+    door has no conversations)."""
+    use_chat = a.workload == "multiturn" and not is_http(target)
     return RunConfig(
         target=target,
         concurrency=a.concurrency,
@@ -248,8 +253,10 @@ def run_config_from_args(a: argparse.Namespace, target: str) -> RunConfig:
         drain_timeout_s=a.drain_timeout,
         max_consecutive_failures=a.max_consecutive_failures,
         warmup_requests=a.warmup,
-        use_chat=a.workload == "multiturn" if a.use_chat is None else a.use_chat,
+        use_chat=use_chat if a.use_chat is None else a.use_chat,
         update_running_priorities=not a.no_priority_updates,
+        stats_target=getattr(a, "stats_target", None),
+        model_name=getattr(a, "model_name", None),
     )
 
 

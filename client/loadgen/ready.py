@@ -2,8 +2,9 @@
 
 The bench then starts whatever the worker count of a deployment is and however its workers
 come up (a compose stack's `bench` service depends on the scheduler's health only). The wait
-polls ``GetStats`` and ends as soon as ``len(stats.workers) >= N``; until the deadline an
-unreachable or not yet serving scheduler is polled again, since it may be starting too.
+polls ``GetStats`` (an ``http://`` target: the door's ``GET /health``, which counts the workers)
+and ends as soon as N have joined; until the deadline an unreachable or not yet serving
+scheduler is polled again, since it may be starting too.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from client.aio import AsyncClient
-from client.errors import FastSwitchError
-from client.loadgen.runner import TargetError
+from client.loadgen.transport import RequestFailed, TargetError, is_http, open_transport
 
 POLL_S = 0.5  # between two GetStats
 CALL_S = 5.0  # deadline of one GetStats
@@ -37,15 +36,16 @@ async def wait_for_workers(
         raise ValueError(f"--wait-timeout must be > 0, got {timeout_s}")
     deadline = time.monotonic() + timeout_s
     joined, last_error, reported = 0, "", -1
-    async with AsyncClient(target, timeout_s=CALL_S) as api:
+    probe = "GET /health" if is_http(target) else "GetStats"
+    async with open_transport(target, timeout_s=CALL_S) as api:
         while True:
             left = deadline - time.monotonic()
             try:
-                stats = await api.stats(timeout_s=max(0.1, min(CALL_S, left)))
-            except FastSwitchError as err:
-                last_error = f"{type(err).__name__}: {err}"
+                n = await api.workers(timeout_s=max(0.1, min(CALL_S, left)))
+            except RequestFailed as err:
+                last_error = str(err)
             else:
-                joined, last_error = len(stats.workers), ""
+                joined, last_error = n, ""
                 if joined >= want:
                     return joined
             if on_wait is not None and joined != reported:
@@ -54,7 +54,7 @@ async def wait_for_workers(
             if time.monotonic() + interval_s > deadline:
                 break
             await asyncio.sleep(interval_s)
-    why = f"; last GetStats: {last_error}" if last_error else ""
+    why = f"; last {probe}: {last_error}" if last_error else ""
     raise TargetError(
         f"--wait-workers {want}: {joined} of {want} workers joined {target} "
         f"within --wait-timeout {timeout_s:g}s{why}"

@@ -24,6 +24,10 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:.1f}%"
 
 
+def _count(n: int | None) -> str:
+    return "-" if n is None else str(n)
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -39,7 +43,12 @@ def format_table(
     """The final report of one run."""
     srv = s.server
     n = len(srv.workers) if srv else 0
-    where = f"policy {srv.policy}, mode {srv.mode}, {n} worker{'s' * (n != 1)}" if srv else "?"
+    door = "HTTP door, " if run.kind == "http" else ""
+    where = (
+        f"{door}policy {srv.policy}, mode {srv.mode}, {n} worker{'s' * (n != 1)}"
+        if srv
+        else f"{door}server's stats not collected"
+    )
     lines = [
         title or f"fastswitch-bench: {workload.name} against {target} ({where})",
         *(f"  note: {n}" for n in (*workload.notes, *run.notes)),
@@ -91,6 +100,11 @@ def format_table(
             f"{_mib(w.swap_in_bytes)} in"
             for w in srv.workers
         ]
+    elif s.cached_prompt_tokens is not None:
+        lines.append(
+            f"  KV reuse: {s.cached_prompt_tokens} prompt tokens served from cached KV, as the "
+            f"server's usage of {s.usage_requests} requests counts them"
+        )
     if run.stats_error:
         lines.append(f"  {run.stats_error}")
     lines += [
@@ -108,7 +122,7 @@ def _reuse_line(s: Summary, srv: ServerDelta) -> str:
         retained = (
             f"{srv.reuse_hit_tokens} prompt tokens taken from retained KV "
             f"({srv.retained_hit_blocks} blocks hit in {srv.retained_lookups} lookups; "
-            f"{s.cached_prompt_tokens} cached prompt tokens in the requests' metrics)"
+            f"{_count(s.cached_prompt_tokens)} cached prompt tokens in the requests' metrics)"
         )
     else:
         retained = "no prompt tokens taken from retained KV (no retained-KV lookups)"
@@ -170,6 +184,7 @@ def record_json(r: RequestRecord) -> dict[str, Any]:
         "tbt_max_s": max(gaps) if gaps else None,
         "e2e_s": r.e2e_s,
         "server": None if m is None else {k: v for k, v in _asdict(m).items() if k != "tbt_s"},
+        "usage": None if r.usage is None else _asdict(r.usage),
     }
 
 
@@ -184,7 +199,12 @@ def run_json(
             "tenants": list(workload.tenants),
             "planned_requests": workload.planned_requests,
         },
-        "run": {"stopped": run.stopped, "notes": list(run.notes), "stats_error": run.stats_error},
+        "run": {
+            "door": run.kind,
+            "stopped": run.stopped,
+            "notes": list(run.notes),
+            "stats_error": run.stats_error,
+        },
         "summary": _asdict(s),
         "requests": [record_json(r) for r in run.records],
     }

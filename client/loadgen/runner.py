@@ -1,4 +1,7 @@
-"""Runs a :class:`~client.loadgen.workloads.Workload` against a scheduler through the SDK.
+"""Runs a :class:`~client.loadgen.workloads.Workload` against a server through a
+:class:`~client.loadgen.transport.Transport`: the scheduler's gRPC API (``HOST:PORT``,
+``unix://``) or the OpenAI-compatible HTTP door (``http://HOST:PORT``; multi-turn histories are
+then resent whole each turn, and the server's stats come from ``stats_target`` when given).
 
 Open loop: each session starts at its arrival time whatever the server's state, and by default
 nothing queues in the client: a fairness benchmark must show the server's order, not a
@@ -24,15 +27,26 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from client import AsyncChat, AsyncClient, FastSwitchError, SamplingOptions, Stats
+from client import SamplingOptions, Stats
 from client.loadgen.stats import RequestRecord, Status, late, percentile, queued
+from client.loadgen.transport import (
+    Conversation,
+    RequestFailed,
+    TargetError,
+    Transport,
+    is_http,
+    open_transport,
+)
 from client.loadgen.workloads import Session, Turn, Workload
 
+__all__ = ["Live", "RunConfig", "RunResult", "Runner", "TargetError", "probe_max_model_len"]
+
 WARMUP_TENANT = "lg-warmup"
-
-
-class TargetError(RuntimeError):
-    """The target cannot be benchmarked: unreachable, no worker, or the warm-up failed."""
+HTTP_HISTORY_NOTE = (
+    "over HTTP every turn resends its whole history as token ids (OpenAI's API has no "
+    "conversations): earlier turns' KV is reused only by content address, when the scheduler "
+    "retains finished requests (its --retain-generate)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +62,20 @@ class RunConfig:
     use_chat: bool = False
     update_running_priorities: bool = True
     warn_after_s: float = 0.05  # behind schedule / waiting in the client by more: a warning
+    stats_target: str | None = None  # HTTP target: the scheduler's gRPC address, for its stats
+    model_name: str | None = None  # HTTP target: the model to ask for (None: the door's first)
 
     def __post_init__(self) -> None:
+        if self.use_chat and is_http(self.target):
+            raise ValueError(
+                "the Chat API is gRPC only: over an http:// target each turn sends its whole "
+                "history (drop --use-chat)"
+            )
+        if not is_http(self.target) and (self.stats_target or self.model_name):
+            raise ValueError(
+                "--stats-target and --model-name are for an http:// target; "
+                f"got target {self.target!r}"
+            )
         for name in ("concurrency", "tenant_concurrency", "max_consecutive_failures"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -70,6 +96,7 @@ class RunResult:
     before: Stats | None
     after: Stats | None
     stats_error: str | None  # why the scheduler's stats are missing
+    kind: str = "grpc"  # the door the run went through: "grpc" | "http"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +114,25 @@ class Live:
     tbt_mean_s: float | None
 
 
-async def probe_max_model_len(target: str, timeout_s: float = 5.0) -> int | None:
-    """The model's context as the scheduler reports it; None when it is unreachable or does
-    not say (an older server)."""
-    async with AsyncClient(target, timeout_s=timeout_s) as api:
-        try:
-            return (await api.stats()).max_model_len
-        except FastSwitchError:
-            return None
+def transport_of(cfg: RunConfig) -> Transport:
+    """The transport a run config names (its keep-alive pool sized to the concurrency)."""
+    return open_transport(
+        cfg.target,
+        timeout_s=cfg.request_timeout_s,
+        stats_target=cfg.stats_target,
+        model_name=cfg.model_name,
+        max_connections=cfg.concurrency,
+        connect_timeout_s=cfg.connect_timeout_s,
+    )
+
+
+async def probe_max_model_len(
+    target: str, timeout_s: float = 5.0, *, model_name: str | None = None
+) -> int | None:
+    """The model's context as the server reports it (GetStats, or the HTTP door's
+    ``/v1/models``); None when it is unreachable or does not say (an older server)."""
+    async with open_transport(target, timeout_s=timeout_s, model_name=model_name) as t:
+        return await t.max_model_len(timeout_s=timeout_s)
 
 
 class Runner:
@@ -137,18 +175,21 @@ class Runner:
     async def run(self) -> RunResult:
         """Runs the workload; TargetError when the target cannot be benchmarked at all."""
         self._loop = asyncio.get_running_loop()
-        async with AsyncClient(self._cfg.target, timeout_s=self._cfg.request_timeout_s) as api:
+        async with transport_of(self._cfg) as api:
             await self._preflight(api)
             before = await self._stats(api)
             self._t0 = self._loop.time()
             await self._main(api)
             wall_s = self._now()
             self._notes.extend(self._warning_notes())
-            after, stats_error = None, None
-            try:
-                after = await api.stats(timeout_s=self._cfg.connect_timeout_s)
-            except FastSwitchError as err:
-                stats_error = f"the scheduler's stats are unavailable after the run ({err})"
+            if api.kind == "http" and any(len(s.turns) > 1 for s in self._w.sessions):
+                self._notes.append(HTTP_HISTORY_NOTE)
+            after, stats_error = None, api.stats_note
+            if stats_error is None:
+                try:
+                    after = await api.stats(timeout_s=self._cfg.connect_timeout_s)
+                except RequestFailed as err:
+                    stats_error = f"the scheduler's stats are unavailable after the run ({err})"
         return RunResult(
             tuple(self._records),
             wall_s,
@@ -157,36 +198,42 @@ class Runner:
             before,
             after,
             stats_error,
+            api.kind,
         )
 
     # ------------------------------------------------------------------ set-up
 
-    async def _preflight(self, api: AsyncClient) -> None:
-        stats = await self._stats(api)
-        if stats is None:
-            raise TargetError(f"no FastSwitch scheduler answers at {self._cfg.target}")
-        if not stats.workers:
-            raise TargetError(f"the scheduler at {self._cfg.target} has no worker yet")
+    async def _preflight(self, api: Transport) -> None:
+        """The target answers and has a worker; the warm-up requests (through the same
+        transport as the run's) complete."""
+        await api.check(timeout_s=self._cfg.connect_timeout_s)
         for k in range(self._cfg.warmup_requests):
+            stream = api.stream(
+                [ord(c) for c in f"warm-up request {k}"],
+                options=SamplingOptions(max_tokens=4, ignore_eos=True),
+                tenant=WARMUP_TENANT,
+                priority=0,
+                request_id=f"lg-{self._run_id}-warmup-{k}",
+                timeout_s=self._cfg.request_timeout_s,
+            )
             try:
-                await api.generate(
-                    prompt_token_ids=[ord(c) for c in f"warm-up request {k}"],
-                    options=SamplingOptions(max_tokens=4, ignore_eos=True),
-                    tenant=WARMUP_TENANT,
-                    timeout_s=self._cfg.request_timeout_s,
-                )
-            except FastSwitchError as err:
+                async with contextlib.aclosing(stream):
+                    async for _ in stream:
+                        pass
+            except RequestFailed as err:
                 raise TargetError(f"the warm-up request failed: {err}") from None
 
-    async def _stats(self, api: AsyncClient) -> Stats | None:
+    async def _stats(self, api: Transport) -> Stats | None:
+        if api.stats_note is not None:
+            return None
         try:
             return await api.stats(timeout_s=self._cfg.connect_timeout_s)
-        except FastSwitchError:
+        except RequestFailed:
             return None
 
     # ------------------------------------------------------------------ the run
 
-    async def _main(self, api: AsyncClient) -> None:
+    async def _main(self, api: Transport) -> None:
         sessions: set[asyncio.Task[None]] = set()
         async with asyncio.TaskGroup() as tg:
             helpers = [tg.create_task(self._progress()), tg.create_task(self._priorities(api))]
@@ -222,8 +269,8 @@ class Runner:
             stop.cancel()
             await asyncio.gather(stop, return_exceptions=True)
 
-    async def _session(self, api: AsyncClient, s: Session) -> None:
-        chat = api.chat(tenant=s.tenant) if self._cfg.use_chat else None
+    async def _session(self, api: Transport, s: Session) -> None:
+        chat = api.conversation(s.tenant) if self._cfg.use_chat else None
         history: list[int] = []
         try:
             for k, turn in enumerate(s.turns):
@@ -255,13 +302,12 @@ class Runner:
                 history = prompt + reply
         finally:
             if chat is not None:
-                with contextlib.suppress(FastSwitchError):
-                    await chat.end(timeout_s=self._cfg.connect_timeout_s)
+                await chat.end(timeout_s=self._cfg.connect_timeout_s)
 
     async def _request(
         self,
-        api: AsyncClient,
-        chat: AsyncChat | None,
+        api: Transport,
+        chat: Conversation | None,
         rec: RequestRecord,
         prompt: list[int],
         turn: Turn,
@@ -292,21 +338,22 @@ class Runner:
 
     async def _stream(
         self,
-        api: AsyncClient,
-        chat: AsyncChat | None,
+        api: Transport,
+        chat: Conversation | None,
         rec: RequestRecord,
         prompt: list[int],
         turn: Turn,
         reply: list[int],
     ) -> None:
-        """The RPC of one request: Generate with the whole prompt, or the turn's message on the
-        conversation. Server failures mark ``rec`` FAILED; the tokens go to ``reply``."""
+        """One request: a completion of the whole prompt, or the turn's message on the
+        conversation. Server failures mark ``rec`` FAILED; the tokens go to ``reply``. Every
+        piece is stamped here, whatever the transport, so both doors are timed alike."""
         sampling = SamplingOptions(max_tokens=rec.max_tokens, ignore_eos=True)
         timeout_s = self._cfg.request_timeout_s
         try:
             if chat is None:
-                stream = api.generate_stream(
-                    prompt_token_ids=prompt,
+                stream = api.stream(
+                    prompt,
                     options=sampling,
                     tenant=rec.tenant,
                     priority=rec.priority,
@@ -315,28 +362,30 @@ class Runner:
                 )
             else:
                 message = bytes(turn.message).decode("ascii")
-                stream = chat.send_stream(
+                stream = chat.send(
                     message,
                     options=sampling,
                     priority=rec.priority,
                     request_id=rec.request_id,
                     timeout_s=timeout_s,
                 )
-            async with stream:
-                async for chunk in stream:
-                    rec.add_tokens(len(chunk.token_ids), self._now())
-                    reply.extend(chunk.token_ids)
-                    if chunk.metrics is not None:
-                        rec.server = chunk.metrics
+            async with contextlib.aclosing(stream):
+                async for piece in stream:
+                    rec.add_tokens(len(piece.token_ids), self._now())
+                    reply.extend(piece.token_ids)
+                    if piece.metrics is not None:
+                        rec.server = piece.metrics
+                    if piece.usage is not None:
+                        rec.usage = piece.usage
             rec.status = Status.OK
             self._failures_in_a_row = 0
-        except FastSwitchError as err:
-            rec.status, rec.error = Status.FAILED, f"{err.code.name}: {err.details}"[:300]
+        except RequestFailed as err:
+            rec.status, rec.error = Status.FAILED, f"{err.code}: {err.details}"[:300]
             self._failed(err)
 
-    def _failed(self, err: FastSwitchError) -> None:
+    def _failed(self, err: RequestFailed) -> None:
         self._failures_in_a_row += 1
-        if self._cfg.use_chat and err.code.name == "UNIMPLEMENTED":
+        if self._cfg.use_chat and err.code == "UNIMPLEMENTED":
             self.stop(f"the server does not serve Chat ({err}); run with --no-chat")
         elif self._failures_in_a_row >= self._cfg.max_consecutive_failures:
             self.stop(f"the target failed {self._failures_in_a_row} requests in a row ({err})")
@@ -377,10 +426,16 @@ class Runner:
             )
         return notes
 
-    async def _priorities(self, api: AsyncClient) -> None:
+    async def _priorities(self, api: Transport) -> None:
         """Moves the requests in flight to their tenant's new level when it changes."""
         schedule = self._w.priorities
         if schedule is None or not self._cfg.update_running_priorities:
+            return
+        if not api.can_set_priority:
+            self._notes.append(
+                "running requests kept their priority level (new levels applied to new "
+                "requests only): the HTTP door cannot change it; give --stats-target"
+            )
             return
         moved = 0
         try:
@@ -391,7 +446,7 @@ class Runner:
                     try:  # best effort: the request may have finished meanwhile
                         await api.set_priority(rid, level, timeout_s=self._cfg.connect_timeout_s)
                         moved += 1
-                    except FastSwitchError:
+                    except RequestFailed:
                         continue
         finally:
             self._notes.append(f"{moved} running requests moved to a new priority level")

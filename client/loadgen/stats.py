@@ -23,6 +23,15 @@ from client import RequestMetrics
 QUANTILES = (50.0, 95.0, 99.0, 99.9)
 
 
+@dataclass(frozen=True, slots=True)
+class ServerUsage:
+    """A request's prompt as the server counted it: its tokens, and those it took from cached
+    (retained) KV instead of prefilling them (None: the server did not say)."""
+
+    prompt_tokens: int
+    cached_prompt_tokens: int | None
+
+
 class Status(StrEnum):
     OK = "ok"
     FAILED = "failed"  # the server (or the connection) failed the request
@@ -47,7 +56,8 @@ class RequestRecord:
     end_s: float | None = None
     status: Status = Status.CANCELLED
     error: str | None = None
-    server: RequestMetrics | None = None
+    server: RequestMetrics | None = None  # the scheduler's own timings (gRPC only)
+    usage: ServerUsage | None = None  # the server's token counts (both doors)
 
     @property
     def output_tokens(self) -> int:

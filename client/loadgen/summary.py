@@ -14,6 +14,7 @@ from client import Stats, TenantStats
 from client.loadgen.stats import (
     Percentiles,
     RequestRecord,
+    ServerUsage,
     ServiceTimeline,
     Slo,
     SloAttainment,
@@ -141,7 +142,8 @@ class Summary:
     total_tokens_per_s: float
     prompt_tokens: int
     output_tokens: int
-    cached_prompt_tokens: int  # prompt tokens the server took from retained KV
+    cached_prompt_tokens: int | None  # prompt tokens the server took from retained KV
+    usage_requests: int  # finished requests whose token counts the server reported
     slo: Slo
     attainment: SloAttainment | None
     tenants: tuple[TenantSummary, ...]
@@ -171,6 +173,8 @@ def summarize(
     failed = [r for r in records if r.status is Status.FAILED]
     got = [r for r in records if r.token_times]
     metrics = [r.server for r in ok if r.server is not None]
+    usage = [u for r in ok if (u := _usage(r)) is not None]
+    cached = [n for u in usage if (n := u.cached_prompt_tokens) is not None]
     prompt = sum(r.prompt_tokens for r in got)
     output = sum(r.output_tokens for r in records)
     wall = max(wall_s, 1e-9)
@@ -204,7 +208,8 @@ def summarize(
         total_tokens_per_s=(prompt + output) / wall,
         prompt_tokens=prompt,
         output_tokens=output,
-        cached_prompt_tokens=sum(m.cached_prompt_tokens for m in metrics),
+        cached_prompt_tokens=sum(cached) if cached else None,
+        usage_requests=len(usage),
         slo=slo,
         attainment=attainment,
         tenants=tuple(per_tenant),
@@ -214,6 +219,13 @@ def summarize(
         server=server_delta(before, after) if before and after else None,
         timeline=service_timeline(records, names, wall_s, weights),
     )
+
+
+def _usage(r: RequestRecord) -> ServerUsage | None:
+    """The server's token counts of a request: as it reported them, else from its metrics."""
+    if r.usage is not None or r.server is None:
+        return r.usage
+    return ServerUsage(r.server.prompt_tokens, r.server.cached_prompt_tokens)
 
 
 def _code(error: str | None) -> str:

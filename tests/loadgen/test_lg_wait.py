@@ -40,7 +40,7 @@ async def test_too_few_workers_time_out_with_the_count(lg_fake):
 
 async def test_an_unreachable_scheduler_is_polled_until_the_timeout():
     addr = f"127.0.0.1:{free_port()}"
-    with pytest.raises(TargetError, match=r"0 of 1 workers joined .*last GetStats: Unavailable"):
+    with pytest.raises(TargetError, match=r"0 of 1 workers joined .*last GetStats: UNAVAILABLE"):
         await wait_for_workers(addr, 1, 0.5, interval_s=0.05)
 
 
