@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from api_svc.door import Usage
@@ -22,6 +23,7 @@ class Shape:
     token_ids: bool = False
     include_usage: bool = False
     continuous_usage: bool = False
+    _cached_head: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     @property
     def _object(self) -> str:
@@ -62,31 +64,49 @@ class Shape:
         usage: Usage,
         role: bool = False,
         ids: Sequence[int] = (),
-    ) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0}
+    ) -> bytes:
+        """One stream chunk as its whole ``data:`` event, encoded straight to bytes: this runs
+        for every chunk of every stream, so the parts every chunk of the answer shares are encoded
+        once (``_head``) and the rest is joined, not built as a dict and serialised (the output
+        is the JSON ``json.dumps`` would give; tests parse it)."""
+        parts = [self._head]
         if self.chat:
-            delta: dict[str, Any] = {"role": "assistant"} if role else {}
+            parts.append(b'"delta":{')
+            if role:
+                parts.append(b'"role":"assistant"')
             if text is not None:
-                delta["content"] = text
-            choice["delta"] = delta
+                parts.append(b',"content":' if role else b'"content":')
+                parts.append(_string(text))
+            parts.append(b"}")
         else:
-            choice["text"] = text or ""
-        choice["logprobs"] = None
-        choice["finish_reason"] = finish
+            parts.append(b'"text":')
+            parts.append(_string(text or ""))
+        parts.append(b',"logprobs":null,"finish_reason":')
+        parts.append(b"null" if finish is None else _string(finish))
         if self.token_ids:
-            choice["token_ids"] = list(ids)
-        out: dict[str, Any] = {
-            "id": self.id,
-            "object": self._object,
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-        }
+            parts.append(b',"token_ids":[')
+            parts.append(",".join(map(str, ids)).encode())
+            parts.append(b"]")
+        parts.append(b"}]")
         if self.continuous_usage:
-            out["usage"] = usage.as_json()
+            parts.append(b',"usage":')
+            parts.append(json.dumps(usage.as_json(), separators=(",", ":")).encode())
         elif self.include_usage:
-            out["usage"] = None
-        return out
+            parts.append(b',"usage":null')
+        parts.append(b"}\n\n")
+        return b"".join(parts)
+
+    @property
+    def _head(self) -> bytes:
+        head = self._cached_head
+        if not head:
+            head = (
+                b'data: {"id":' + _string(self.id) + b',"object":' + _string(self._object)
+                + b',"created":' + str(self.created).encode() + b',"model":'
+                + _string(self.model) + b',"choices":[{"index":0,'
+            )  # fmt: skip
+            object.__setattr__(self, "_cached_head", head)
+        return head
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         return {
@@ -97,3 +117,12 @@ class Shape:
             "choices": [],
             "usage": usage.as_json(),
         }
+
+
+_encode_string = json.encoder.encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
+
+
+def _string(text: str) -> bytes:
+    """A JSON string literal in UTF-8 (non-ASCII kept; a lone surrogate, which no detokenised
+    text holds, would become U+FFFD)."""
+    return _encode_string(text).encode("utf-8", "replace")

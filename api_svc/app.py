@@ -338,32 +338,38 @@ async def _events(
 ) -> AsyncIterator[bytes]:
     """The SSE events of one answer: (chat: a role chunk), a chunk per scheduler chunk that adds
     text (or token ids, when they are asked for), the finish chunk, (a usage chunk), ``[DONE]``.
-    A failure after the first byte is an ``error`` event."""
+    Events due together go out as one write (the role chunk with the first text; what the last
+    scheduler chunk brings, ending with ``[DONE]``). A failure after the first byte is an
+    ``error`` event."""
     async with gen:
-        if shape.chat:
-            yield event(shape.chunk("", role=True, usage=usage))
+        # a chat stream begins with the role's own chunk; it goes out with the first text
+        tail = [shape.chunk("", role=True, usage=usage)] if shape.chat else []
         chunk: GenerationChunk | None = first
         try:
             while chunk is not None:
                 usage.add(chunk.token_ids)
                 bad = _ended_badly(chunk)
                 if bad is not None:
-                    yield event(bad.body())
+                    tail.append(event(bad.body()))
                     break
                 done = chunk.finish_reason is not None
                 if done:
                     usage.finish(chunk.metrics)
                 if chunk.text or (shape.token_ids and chunk.token_ids):
-                    yield event(shape.chunk(chunk.text, usage=usage, ids=chunk.token_ids))
+                    tail.append(shape.chunk(chunk.text, usage=usage, ids=chunk.token_ids))
+                    if not done:
+                        yield b"".join(tail)
+                        tail = []
                 if done:
-                    yield event(shape.chunk(None, finish_reason(chunk.finish_reason), usage=usage))
+                    tail.append(shape.chunk(None, finish_reason(chunk.finish_reason), usage=usage))
                     if shape.include_usage:
-                        yield event(shape.usage_chunk(usage))
+                        tail.append(event(shape.usage_chunk(usage)))
                     break
                 chunk = await anext(gen, None)
         except FastSwitchError as err:
-            yield event(from_sdk(err).body())
-    yield DONE
+            tail.append(event(from_sdk(err).body()))
+    tail.append(DONE)
+    yield b"".join(tail)
 
 
 def _validation_error(err: RequestValidationError) -> ApiError:

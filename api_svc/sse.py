@@ -64,11 +64,16 @@ class EventStream(Response):
         watcher.add_done_callback(lambda t: t.cancelled() or self._on_disconnect())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            ended = False
             async for chunk in self._events:
                 if watcher.done():
                     break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                ended = chunk.endswith(DONE)  # the last write also ends the body: one send less
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+                if ended:
+                    break
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             self._on_disconnect()  # the transport broke while we wrote
         finally:

@@ -325,3 +325,50 @@ async def test_fuzzed_bodies_get_a_json_4xx_or_an_answer_never_a_5xx(route, body
             assert isinstance(err["message"], str) and err["message"]
         assert (await c.get("/v1/models")).status_code == 200
     assert state.in_flight == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.none() | st.text(),
+    finish=st.sampled_from([None, "stop", "length"]),
+    chat=st.booleans(),
+    role=st.booleans(),
+    ids=st.lists(st.integers(0, 1 << 31), max_size=5),
+    flags=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    model=st.text(min_size=1, max_size=10),
+)
+def test_stream_chunks_encode_to_the_json_openai_defines(
+    text, finish, chat, role, ids, flags, model
+):
+    from api_svc.answers import Shape
+    from api_svc.door import Usage
+
+    token_ids, include_usage, continuous = flags
+    shape = Shape('id-"1"', 17, model, chat, token_ids, include_usage, continuous)
+    usage = Usage(prompt_tokens=3, completion_tokens=len(ids), cached_tokens=1)
+    raw = shape.chunk(text, finish, usage=usage, role=role and chat, ids=ids)
+    assert raw.startswith(b"data: ") and raw.endswith(b"\n\n")
+    got = json.loads(raw[6:])
+    choice: dict = {"index": 0}
+    if chat:
+        delta: dict = {"role": "assistant"} if role else {}
+        if text is not None:
+            delta["content"] = text
+        choice["delta"] = delta
+    else:
+        choice["text"] = text or ""
+    choice |= {"logprobs": None, "finish_reason": finish}
+    if token_ids:
+        choice["token_ids"] = ids
+    want: dict = {
+        "id": 'id-"1"',
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": 17,
+        "model": model,
+        "choices": [choice],
+    }
+    if continuous:
+        want["usage"] = usage.as_json()
+    elif include_usage:
+        want["usage"] = None
+    assert got == want
