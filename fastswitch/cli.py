@@ -93,9 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
         "through the SDK, print latency percentiles and per-tenant service, then stop.",
     )
     add_deployment_args(demo, port=0, workers=2, kv_blocks=48, environ={})
-    demo.add_argument("--tenants", type=int, default=3)
-    demo.add_argument("--requests", type=int, default=24)
-    demo.add_argument("--max-tokens", type=int, default=32)
+    # dest demo_tenants: `tenants` is the deployment's NAME=WEIGHT setting (config_from_args)
+    demo.add_argument(
+        "--tenants",
+        dest="demo_tenants",
+        type=int,
+        default=3,
+        help="how many tenants send the workload (%(default)s)",
+    )
+    demo.add_argument("--requests", type=int, default=24, help="requests in all (%(default)s)")
+    demo.add_argument("--max-tokens", type=int, default=32, help="tokens per reply (%(default)s)")
     demo.add_argument("--concurrency", type=int, default=8, help="requests in flight at most")
     demo.set_defaults(handler=_cmd_demo)
     return parser
@@ -166,7 +173,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     try:
         cfg = demo.DemoConfig(
-            tenants=args.tenants,
+            tenants=args.demo_tenants,
             requests=args.requests,
             max_tokens=args.max_tokens,
             concurrency=args.concurrency,

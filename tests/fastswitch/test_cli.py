@@ -206,3 +206,18 @@ def test_up_keeps_its_logs_after_stop(tmp_path):
     logs_kept = {p.name for p in logs.iterdir()}
     assert logs_kept == {"kvstore.log", "scheduler.log", "api.log", "worker-0.log"}
     assert "=== scheduler of deployment" in (logs / "scheduler.log").read_text()
+
+
+def test_demo_tenant_count_is_not_the_deployments_tenant_weights():
+    args = build_parser().parse_args(["demo", "--tenants", "5"])
+    assert args.demo_tenants == 5
+    assert config_from_args(args, keep_logs=False).tenants == ""
+
+
+@pytest.mark.system
+def test_the_readme_demo_runs_end_to_end(capsys):
+    """The README's first command after set-up: `fastswitch demo` (a smaller workload)."""
+    argv = ["demo", "--requests", "6", "--max-tokens", "8", "--tenants", "2", "--workers", "1"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "FastSwitch demo: 6 requests from 2 tenants" in out and "0 failed" in out
