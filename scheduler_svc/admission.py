@@ -6,6 +6,13 @@
     waiting and swapped requests, best-ranked first, while budget, batch slots and blocks last
 
 Capacity is asked before it is taken: an allocation that does not fit changes nothing.
+
+The device tier (``device_prefix_cache``): a request placed on a worker first shares the
+longest prefix of its full blocks that worker holds cached (``BlockGroupAllocator.share``), at
+most every full block but the one holding its last token, so it always computes (or swaps in)
+at least one block of its own and never writes a shared one. A new or recomputed request then
+starts with ``num_computed`` at the matched tokens (its SeqStart's position, its first prefill
+chunk begins there); a swapped one swaps in only the blocks after the match.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from scheduler_svc.host_copies import HostCopies
 from scheduler_svc.plan import BlockAppend, PrefillChunk, SeqStart, StepPlan
 from scheduler_svc.policy import Policy
 from scheduler_svc.request import LookupState, Request, Status
@@ -36,6 +44,7 @@ class AdmissionLimits:
     min_swap_tokens: int
     priority_update_interval: int
     preempt_margin: float
+    device_prefix_cache: bool = False
 
 
 @dataclass(slots=True)
@@ -70,9 +79,11 @@ class Admission:
         table: RequestTable,
         waiting: WaitQueue,
         swaps: SwapController,
+        host: HostCopies,
         counters: Counters,
     ) -> None:
         self._limits = limits
+        self._host = host
         self._policy = policy
         self._table = table
         self._waiting = waiting
@@ -266,24 +277,44 @@ class Admission:
         total = min(len(req.prompt_ids) + req.limits.max_tokens, slot.info.max_model_len)
         return slot.info.blocks_for(total)
 
+    def _device_prefix(self, slot: WorkerSlot, req: Request, max_blocks: int) -> list[int]:
+        """The worker's cached blocks for the head of `req`'s tokens (at most `max_blocks`)."""
+        if not self._limits.device_prefix_cache or max_blocks <= 0:
+            return []
+        return slot.allocator.match(self._host.hashes(req, max_blocks))
+
     def _start(self, slot: WorkerSlot, req: Request, plan: StepPlan, budget: Budget) -> bool:
-        n = min(_remaining(req), budget.tokens, self._limits.max_prefill_chunk)
+        bs = slot.info.block_size
+        fresh = req.num_computed == 0  # new or recomputed (a WAITING request always is)
+        prefix = self._device_prefix(slot, req, (req.num_tokens - 1) // bs if fresh else 0)
+        computed = len(prefix) * bs if prefix else req.num_computed
+        n = min(req.num_tokens - computed, budget.tokens, self._limits.max_prefill_chunk)
+        slot.allocator.share(req.seq, prefix)
         runs = slot.allocator.allocate(
             req.seq,
-            slot.info.blocks_for(req.num_computed + n),
+            slot.info.blocks_for(computed + n) - len(prefix),
             expected_total=self._expected_blocks(slot, req),
         )
         if runs is None:
+            slot.allocator.free(req.seq)  # gives the shared prefix back
             return False
+        if prefix:
+            req.num_computed = computed
+            reused = min(computed, len(req.prompt_ids))
+            # Fairness charges computed work, not cache hits (as for a host hit).
+            req.prompt_charged = max(req.prompt_charged, reused)
+            req.device_cached_tokens = max(req.device_cached_tokens, reused)
+            req.cached_prompt_tokens = max(req.cached_prompt_tokens, req.device_cached_tokens)
+            self._count_hit(len(prefix), bs)
         _place(slot, req, Status.RUNNING)
         plan.start.append(
             SeqStart(
                 seq=req.seq,
                 sampling=req.sampling,
-                position=0,
+                position=req.num_computed,
                 last_token=None,
                 num_generated=len(req.output_ids),
-                blocks=tuple(runs),
+                blocks=slot.allocator.table(req.seq),
             )
         )
         self._add_compute(req, n, plan)
@@ -291,17 +322,30 @@ class Admission:
         return True
 
     def _resume(self, slot: WorkerSlot, req: Request) -> bool:
-        """Swap-in: device blocks now, the SeqStart + SwapIn once the host copy is pinned."""
+        """Swap-in: device blocks now, the SeqStart + SwapIn once the host copy is pinned; the
+        blocks this worker holds cached are shared, and only the rest is copied in."""
+        bs = slot.info.block_size
+        need = slot.info.blocks_for(req.num_computed)
+        prefix = self._device_prefix(slot, req, min(need - 1, req.num_computed // bs))
+        slot.allocator.share(req.seq, prefix)
         runs = slot.allocator.allocate(
-            req.seq,
-            slot.info.blocks_for(req.num_computed),
-            expected_total=self._expected_blocks(slot, req),
+            req.seq, need - len(prefix), expected_total=self._expected_blocks(slot, req)
         )
         if runs is None:
+            slot.allocator.free(req.seq)
             return False
+        if prefix:
+            # A retained (host) hit served partly from the device: that part is the device's.
+            device = min(len(prefix) * bs, req.cached_prompt_tokens)
+            req.device_cached_tokens = max(req.device_cached_tokens, device)
+            self._count_hit(len(prefix), bs)
         _place(slot, req, Status.SWAPPING_IN)
         self._swaps.begin_swap_in(req)
         return True
+
+    def _count_hit(self, num_blocks: int, block_size: int) -> None:
+        self._counters.device_hit_blocks += num_blocks
+        self._counters.device_hit_tokens += num_blocks * block_size
 
 
 def _place(slot: WorkerSlot, req: Request, status: Status) -> None:

@@ -25,14 +25,33 @@ Policy of ``allocate(owner, n)``:
    reservations are given back (oldest first) until one does; if none does, the rest is
    split into several smaller groups, largest first, down to single blocks -- never worse
    than per-block paging. Free runs coalesce on every release.
+
+Cached blocks (the device prefix cache, ``device_cache.py``) share the pool with groups:
+
+* ``free(owner, cache=hashes)`` keeps the owner's full blocks as *cached* blocks under their
+  content hashes instead of releasing them (the rest is released and coalesces as before); a
+  hash already cached is a duplicate, and its block is released.
+* ``share(owner, blocks)`` starts a new owner with a cached prefix, read-only and reference
+  counted: its block table is that *prefix* followed by its own groups. The prefix is not a
+  group: it is never grown into, never reserved behind, and never copied by a swap-in.
+  ``groups()`` and ``num_groups_of`` are the owner's own groups (the copies its private
+  blocks cost); ``table()`` and ``block_ids()`` are the whole table, prefix first.
+* To the free-space runs a cached block is a used block, so coalescing and growth in place
+  never see it: a free run never contains one, and a reservation never covers one. Counting
+  treats unshared cached blocks as free (``num_free`` includes them), and ``allocate`` takes
+  truly free space first -- free runs and reservations, by the policy above -- and evicts only
+  for the shortfall in *count*, least recently used leaves first (``DeviceCache.evict``); an
+  evicted block is released and coalesces like any other. It never evicts for contiguity, and
+  a block shared by any owner is never evicted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from itertools import pairwise
 from typing import NamedTuple
 
+from scheduler_svc.device_cache import DeviceCache
 from servekit.runs import BlockRun, RunAllocator
 
 __all__ = ["AllocatorStats", "BlockGroupAllocator", "BlockRun"]
@@ -52,6 +71,8 @@ class AllocatorStats(NamedTuple):
     num_free_runs: int
     largest_free_run: int
     num_reserved: int
+    num_cached: int = 0  # cached blocks, shared or not (the unshared ones count as free)
+    num_evictions: int = 0
 
 
 class BlockGroupAllocator:
@@ -71,7 +92,13 @@ class BlockGroupAllocator:
     * An owner exists from its first non-empty allocation until ``free``.
     """
 
-    def __init__(self, num_blocks: int, *, growth_allowance: int = 4) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        *,
+        growth_allowance: int = 4,
+        on_evict: Callable[[int], None] | None = None,
+    ) -> None:
         if num_blocks < 0:
             raise ValueError(f"num_blocks must be >= 0, got {num_blocks}")
         if growth_allowance < 0:
@@ -83,6 +110,10 @@ class BlockGroupAllocator:
         self._reserved: dict[Hashable, BlockRun] = {}  # starts at the owner's last group's stop
         self._num_reserved = 0
         self._num_groups = 0
+        self._cache = DeviceCache()
+        self._prefix: dict[Hashable, list[int]] = {}  # shared cached blocks heading a table
+        self._on_evict = on_evict
+        self._num_evictions = 0
 
     # ----------------------------------------------------------------- queries
 
@@ -92,8 +123,19 @@ class BlockGroupAllocator:
 
     @property
     def num_free(self) -> int:
-        """Blocks any owner can still get: unreserved free blocks plus reservations."""
-        return self._runs.num_free + self._num_reserved
+        """Blocks any owner can still get: unreserved free blocks, reservations, and cached
+        blocks no owner shares (evictable)."""
+        return self._runs.num_free + self._num_reserved + self._cache.num_evictable
+
+    @property
+    def num_cached(self) -> int:
+        """Cached blocks, shared or evictable."""
+        return len(self._cache)
+
+    @property
+    def num_evictable(self) -> int:
+        """Cached blocks no owner shares (counted in ``num_free``)."""
+        return self._cache.num_evictable
 
     @property
     def num_used(self) -> int:
@@ -112,11 +154,38 @@ class BlockGroupAllocator:
         return tuple(self._groups.get(owner, ()))
 
     def block_ids(self, owner: Hashable) -> list[int]:
-        """The owner's block table: its block ids in token order."""
-        return [b for g in self._groups.get(owner, ()) for b in range(g.start, g.stop)]
+        """The owner's block table: its shared prefix, then its groups' blocks, in token order."""
+        own = [b for g in self._groups.get(owner, ()) for b in range(g.start, g.stop)]
+        return self._prefix.get(owner, []) + own
+
+    def table(self, owner: Hashable) -> tuple[BlockRun, ...]:
+        """The owner's block table as runs: its shared prefix (adjacent blocks merged), then
+        its groups (what a SeqStart carries)."""
+        runs: list[BlockRun] = []
+        for b in self._prefix.get(owner, ()):
+            if runs and runs[-1].stop == b:
+                runs[-1] = BlockRun(runs[-1].start, runs[-1].count + 1)
+            else:
+                runs.append(BlockRun(b, 1))
+        return (*runs, *self._groups.get(owner, ()))
+
+    def prefix_of(self, owner: Hashable) -> list[int]:
+        """The cached blocks the owner shares at the head of its table (``[]``: none)."""
+        return list(self._prefix.get(owner, ()))
+
+    def prefix_hashes(self, owner: Hashable) -> list[bytes]:
+        return [self._cache.entry(b).hash for b in self._prefix.get(owner, ())]
 
     def num_blocks_of(self, owner: Hashable) -> int:
-        return self._counts.get(owner, 0)
+        """The length of the owner's block table (shared prefix included)."""
+        return self._counts.get(owner, 0) + len(self._prefix.get(owner, ()))
+
+    def match(self, hashes: Sequence[bytes]) -> list[int]:
+        """The cached blocks of the longest prefix of ``hashes`` (nothing changes)."""
+        return self._cache.match(hashes)
+
+    def is_cached(self, block: int) -> bool:
+        return block in self._cache
 
     def num_groups_of(self, owner: Hashable) -> int:
         """How many groups the owner has: the number of copies a swap of it costs."""
@@ -145,6 +214,8 @@ class BlockGroupAllocator:
             num_free_runs=self._runs.num_free_runs,
             largest_free_run=self._runs.largest_free_run(),
             num_reserved=self._num_reserved,
+            num_cached=len(self._cache),
+            num_evictions=self._num_evictions,
         )
 
     # ---------------------------------------------------------------- changing
@@ -171,12 +242,13 @@ class BlockGroupAllocator:
             return []
         if num_blocks > self.num_free:
             return None
+        self._evict(num_blocks - self._runs.num_free - self._num_reserved)
 
         groups = self._groups.setdefault(owner, [])
         added: list[BlockRun] = []
         remaining = num_blocks - self._grow_in_place(owner, groups, num_blocks, added)
         if remaining:
-            total_after = self._counts.get(owner, 0) + num_blocks
+            total_after = self.num_blocks_of(owner) + num_blocks
             room = (
                 self._growth_allowance
                 if expected_total is None
@@ -191,17 +263,47 @@ class BlockGroupAllocator:
         self._counts[owner] = self._counts.get(owner, 0) + num_blocks
         return added
 
-    def free(self, owner: Hashable) -> list[BlockRun]:
-        """Give back all of ``owner``'s groups and its reservation; its groups, or ``[]``."""
+    def share(self, owner: Hashable, blocks: Sequence[int]) -> None:
+        """Start ``owner`` with the cached ``blocks`` (a ``match`` result) as its table's
+        prefix, shared read-only: they cannot be evicted until every sharer is freed.
+        ``ValueError`` (nothing changes) for an owner that holds blocks already."""
+        if owner in self._groups:
+            raise ValueError(f"owner {owner!r} already holds blocks; a prefix comes first")
+        if not blocks:
+            return
+        self._cache.acquire(blocks)
+        self._prefix[owner] = list(blocks)
+        self._groups[owner] = []
+        self._counts[owner] = 0
+
+    def free(self, owner: Hashable, *, cache: Sequence[bytes] = ()) -> list[BlockRun]:
+        """Give back all of ``owner``'s blocks and its reservation; its groups, or ``[]``.
+
+        ``cache``: the content hashes of the first blocks of its table (its full, computed
+        blocks). Those of its own blocks stay cached under them (a hash cached already: its
+        block is released); its shared prefix, whose hashes must agree, is released to the
+        cache. Without ``cache`` every own block is released.
+        """
         groups = self._groups.pop(owner, None)
         if groups is None:
             return []
+        prefix = self._prefix.pop(owner, [])
         del self._counts[owner]
         self._num_groups -= len(groups)
         self._drop_reservation(owner)
+        kept = self._keep_cached(prefix, groups, cache) if len(cache) > len(prefix) else set()
         for run in groups:
-            self._runs.release(run)
+            self._release_except(run, kept)
+        self._cache.release(prefix)
         return groups
+
+    def drop_cached(self, hashes: Sequence[bytes]) -> int:
+        """Forget the unshared cached blocks under ``hashes`` and their continuations (their
+        KV was never written, say); how many blocks were released."""
+        dropped = self._cache.drop(hashes)
+        for b in dropped:
+            self._runs.release(BlockRun(b, 1))
+        return len(dropped)
 
     # --------------------------------------------------------------- integrity
 
@@ -214,11 +316,27 @@ class BlockGroupAllocator:
         its owner's last group.
         """
         self._runs.check_integrity()
+        self._cache.check_integrity()
         assert set(self._groups) == set(self._counts), "owner maps disagree"
+        assert set(self._prefix) <= set(self._groups), "a prefix of an unknown owner"
         spans: list[tuple[int, int, str]] = []
         num_groups = 0
+        refs: dict[int, int] = {}
+        for owner, prefix in self._prefix.items():
+            assert prefix, f"owner {owner!r} has an empty prefix"
+            for b in prefix:
+                assert b in self._cache, f"prefix block {b} of {owner!r} is not cached"
+                refs[b] = refs.get(b, 0) + 1
+            hashes = self.prefix_hashes(owner)
+            assert self._cache.match(hashes) == prefix, f"prefix of {owner!r} is not a chain"
+        shared = 0
+        for b in self._cache.blocks():
+            e = self._cache.entry(b)
+            assert e.refs == refs.get(b, 0), f"cached block {b}: {e.refs} refs, {refs.get(b, 0)}"
+            shared += e.refs > 0
+            spans.append((b, b + 1, "a cached block"))
         for owner, groups in self._groups.items():
-            assert groups, f"owner {owner!r} registered with no groups"
+            assert groups or owner in self._prefix, f"owner {owner!r} registered with no blocks"
             assert sum(g.count for g in groups) == self._counts[owner], (
                 f"block count of {owner!r} disagrees with its groups"
             )
@@ -246,7 +364,9 @@ class BlockGroupAllocator:
             assert start == pos, f"blocks near {pos} owned twice or lost ({what} [{start}, {stop}))"
             pos = stop
         assert pos == self.num_blocks, f"blocks [{pos}, {self.num_blocks}) neither owned nor free"
-        assert sum(self._counts.values()) + self.num_free == self.num_blocks, "used + free != total"
+        assert sum(self._counts.values()) + shared + self.num_free == self.num_blocks, (
+            "used + shared + free != total"
+        )
 
     def __repr__(self) -> str:
         s = self.stats()
@@ -257,6 +377,52 @@ class BlockGroupAllocator:
         )
 
     # ----------------------------------------------------------------- private
+
+    def _evict(self, count: int) -> None:
+        """Evict ``count`` cached blocks (no-op for ``count <= 0``); they coalesce as freed."""
+        for _ in range(count):
+            block = self._cache.evict()
+            assert block is not None, "the free count was checked first"
+            self._runs.release(BlockRun(block, 1))
+        if count > 0:
+            self._num_evictions += count
+            if self._on_evict is not None:
+                self._on_evict(count)
+
+    def _keep_cached(
+        self, prefix: list[int], groups: list[BlockRun], cache: Sequence[bytes]
+    ) -> set[int]:
+        """Caches the owner's own blocks under ``cache[len(prefix):]``; the blocks kept."""
+        n = len(prefix)
+        assert [self._cache.entry(b).hash for b in prefix] == list(cache[:n]), (
+            "a shared prefix freed under other hashes"
+        )
+        own = [b for g in groups for b in g.blocks()]
+        parent = prefix[-1] if prefix else None
+        kept: set[int] = set()
+        for block, h in zip(own, cache[n:], strict=False):
+            if self._cache.insert(block, h, parent):
+                kept.add(block)
+                parent = block
+            else:
+                parent = self._cache.block_of(h)
+        return kept
+
+    def _release_except(self, run: BlockRun, kept: set[int]) -> None:
+        """Releases the blocks of ``run`` not in ``kept``, as maximal sub-runs."""
+        if not kept:
+            self._runs.release(run)
+            return
+        start: int | None = None
+        for b in run.blocks():
+            if b in kept:
+                if start is not None:
+                    self._runs.release(BlockRun(start, b - start))
+                    start = None
+            elif start is None:
+                start = b
+        if start is not None:
+            self._runs.release(BlockRun(start, run.stop - start))
 
     def _grow_in_place(
         self, owner: Hashable, groups: list[BlockRun], wanted: int, added: list[BlockRun]

@@ -21,6 +21,9 @@ class CoreConfig:
     # Retained KV: finished requests' blocks are offloaded and content-addressed, and new prompts
     # look up their longest retained prefix (needs swap preemption and kv_reuse).
     retain: bool = False
+    # The device tier: finished requests' full blocks stay cached in the worker's pool, and new
+    # requests share their longest cached prefix there (read-only, reference counted).
+    device_prefix_cache: bool = False
 
     def __post_init__(self) -> None:
         for name in (

@@ -93,7 +93,7 @@ class SchedulerCore:
         self._eos = frozenset(eos_token_ids)
         self._clock = clock
         self._table = RequestTable()
-        self._workers = WorkerRegistry(config.growth_allowance)
+        self._workers = WorkerRegistry(config.growth_allowance, self.counters)
         self._waiting = WaitQueue()
         self._host = HostCopies(
             retain=config.retain,
@@ -104,6 +104,7 @@ class SchedulerCore:
         )
         self._swaps = SwapController(
             kv_reuse=config.kv_reuse,
+            device_prefix_cache=config.device_prefix_cache,
             table=self._table,
             workers=self._workers,
             waiting=self._waiting,
@@ -118,6 +119,7 @@ class SchedulerCore:
             min_swap_tokens=config.min_swap_tokens,
             priority_update_interval=config.priority_update_interval,
             preempt_margin=config.preempt_margin,
+            device_prefix_cache=config.device_prefix_cache,
         )
         self._admission = Admission(
             limits,
@@ -125,6 +127,7 @@ class SchedulerCore:
             table=self._table,
             waiting=self._waiting,
             swaps=self._swaps,
+            host=self._host,
             counters=self.counters,
         )
 
@@ -215,7 +218,12 @@ class SchedulerCore:
         return self._host.retained_hashes(tenant, token_ids)
 
     def free_retained(self, tenant: str, token_ids: list[int]) -> int:
-        """Drops the retained blocks of `token_ids` (a deleted conversation); how many asked."""
+        """Drops the retained blocks of `token_ids` (a deleted conversation), and the unshared
+        blocks every worker holds cached for them; how many host blocks were asked."""
+        if self.config.device_prefix_cache:
+            hashes = self._host.retained_hashes(tenant, token_ids)
+            for slot in self._workers:
+                slot.allocator.drop_cached(hashes)
         return self._host.free_retained(tenant, token_ids)
 
     def get(self, request_id: str) -> Request | None:
@@ -328,6 +336,10 @@ class SchedulerCore:
                 req.finish_message = message
                 self._finish(req, FinishReason.ABORTED)
                 events.append(TokenEvent(req, (), True))
+            elif req is not None and req.is_finished and req.hashes:
+                # Cancelled while this step ran, and its compute failed: the blocks it left
+                # cached were never written. (No plan of this worker was made since.)
+                slot.allocator.drop_cached(req.hashes)
         for seq, token in output.sampled.items():
             req = self._table.by_seq(seq)
             if req is None or req.is_finished or req.worker_id != worker_id:
@@ -384,7 +396,9 @@ class SchedulerCore:
         ):
             return  # its blocks go once the offload is copied (rule 1), then are retained
         slot.running.pop(req.seq)
-        slot.allocator.free(req.seq)
+        # The device tier keeps the full blocks of KV that was computed (not of a failure).
+        whole = req.status == Status.RUNNING and reason is not FinishReason.ABORTED
+        slot.allocator.free(req.seq, cache=self._swaps.cache_hashes(slot, req) if whole else ())
         if req.resident:
             slot.pending_drop.append(req.seq)
         if req.swap_lease is not None:

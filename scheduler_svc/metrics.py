@@ -49,7 +49,7 @@ QUEUE_BUCKETS = (
     *(60.0, 120.0, 240.0, 480.0, 960.0),
 )
 
-CACHE_TIERS = ("host",)  # where cached prompt KV came from; "device" is planned
+CACHE_TIERS = ("host", "device")  # where cached prompt KV came from
 PREEMPTION_KINDS = ("swap", "recompute")
 DIRECTIONS = ("out", "in")
 
@@ -61,6 +61,7 @@ class _TenantSeries:
     prompt: Counter
     generation: Counter
     cached_host: Counter
+    cached_device: Counter
     ttft: Histogram
     itl: Histogram
     e2e: Histogram
@@ -164,6 +165,12 @@ class SchedulerMetrics:
         self.running = Gauge(
             "fastswitch_requests_running", "Requests computing on a worker", m, registry=registry
         )
+        self.cache_evictions = Counter(
+            "fastswitch_cache_evictions",
+            "Cached KV blocks the scheduler evicted for space, by cache tier",
+            [*m, "tier"],
+            registry=registry,
+        )
         self.swapped = Gauge(
             "fastswitch_requests_swapped",
             "Requests swapped out to the host or moving (swapping out or in)",
@@ -177,6 +184,8 @@ class SchedulerMetrics:
         self._swap_in = self.swap_bytes.labels(model, "in")
         self._gauges = (self.waiting.labels(model), self.running.labels(model))
         self._swapped = self.swapped.labels(model)
+        self._device_evictions = self.cache_evictions.labels(model, "device")
+        self._evictions_counted = 0
         registry.register(_TenantCollector(self))
         self.refresh()
 
@@ -199,8 +208,10 @@ class SchedulerMetrics:
         self.requests.labels(self.model, tenant, reason.value).inc()
         s.prompt.inc(m.prompt_tokens)
         s.generation.inc(m.output_tokens)
-        if m.cached_prompt_tokens:
-            s.cached_host.inc(m.cached_prompt_tokens)
+        if m.cached_prompt_tokens > m.device_cached_tokens:
+            s.cached_host.inc(m.cached_prompt_tokens - m.device_cached_tokens)
+        if m.device_cached_tokens:
+            s.cached_device.inc(m.device_cached_tokens)
         if m.queue_s is not None:
             s.queue.observe(m.queue_s)
         if m.ttft_s is not None:
@@ -227,6 +238,9 @@ class SchedulerMetrics:
             if total > self._counted[kind]:
                 self._preemptions[kind].inc(total - self._counted[kind])
                 self._counted[kind] = total
+        if c.device_evicted_blocks > self._evictions_counted:
+            self._device_evictions.inc(c.device_evicted_blocks - self._evictions_counted)
+            self._evictions_counted = c.device_evicted_blocks
         tallies = core.tallies
         if len(tallies) > self._tenants_seen:  # new tenants, in arrival order, at the end
             for tenant in itertools.islice(tallies, self._tenants_seen, None):
@@ -241,6 +255,7 @@ class SchedulerMetrics:
                 prompt=self.prompt_tokens.labels(*labels),
                 generation=self.generation_tokens.labels(*labels),
                 cached_host=self.cached_prompt_tokens.labels(*labels, "host"),
+                cached_device=self.cached_prompt_tokens.labels(*labels, "device"),
                 ttft=self.ttft.labels(*labels),
                 itl=self.itl.labels(*labels),
                 e2e=self.e2e.labels(*labels),

@@ -114,7 +114,8 @@ class Request:
     swap_outs: int = 0
     swap_ins: int = 0
     recomputes: int = 0
-    cached_prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # reused, not computed: from the host or the device tier
+    device_cached_tokens: int = 0  # the part of cached_prompt_tokens shared on the device
 
     @property
     def num_tokens(self) -> int:

@@ -22,7 +22,8 @@ from scheduler_svc.request import Request
 class RequestMetrics:
     prompt_tokens: int
     output_tokens: int
-    cached_prompt_tokens: int  # prompt tokens whose KV came from the host arena (a retained hit)
+    cached_prompt_tokens: int  # prompt tokens whose KV was reused: host arena or device tier
+    device_cached_tokens: int  # the part of them shared from the worker's cached blocks
     preemptions: int
     swap_outs: int
     swap_ins: int
@@ -39,6 +40,7 @@ def request_metrics(req: Request) -> RequestMetrics:
         prompt_tokens=len(req.prompt_ids),
         output_tokens=len(req.output_ids),
         cached_prompt_tokens=req.cached_prompt_tokens,
+        device_cached_tokens=req.device_cached_tokens,
         preemptions=req.preemptions,
         swap_outs=req.swap_outs,
         swap_ins=req.swap_ins,

@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not retain finished requests' KV for later turns and shared prefixes",
     )
+    g.add_argument(
+        "--device-prefix-cache",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the device tier: finished requests' full blocks stay cached in the worker's pool, "
+        "and a new request on that worker shares its longest cached prefix there, read-only "
+        "(default off)",
+    )
     return p
 
 
@@ -184,6 +192,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             and not args.no_retain
             and mode.kv_reuse
             and mode.retain,
+            device_prefix_cache=args.device_prefix_cache,
         ),
         host_lease_s=args.host_lease_s,
         retain_generate_ttl_s=None if args.retain_generate is None else float(args.retain_generate),

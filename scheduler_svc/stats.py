@@ -25,6 +25,9 @@ class Counters:
     retained_lookups: int = 0
     retained_hit_blocks: int = 0
     offloaded_blocks: int = 0
+    device_hit_tokens: int = 0  # tokens whose KV a request shared from a worker's cached blocks
+    device_hit_blocks: int = 0
+    device_evicted_blocks: int = 0  # cached device blocks taken back for other allocations
 
 
 @dataclass(frozen=True, slots=True)

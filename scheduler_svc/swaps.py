@@ -40,6 +40,7 @@ class SwapController:
         self,
         *,
         kv_reuse: bool,
+        device_prefix_cache: bool = False,
         table: RequestTable,
         workers: WorkerRegistry,
         waiting: WaitQueue,
@@ -47,6 +48,7 @@ class SwapController:
         counters: Counters,
     ) -> None:
         self._kv_reuse = kv_reuse
+        self._device_prefix_cache = device_prefix_cache
         self._table = table
         self._workers = workers
         self._waiting = waiting
@@ -90,6 +92,7 @@ class SwapController:
             self._host.release_lease(seq, lease_id)
             return
         n = len(req.host_blocks)
+        k = len(slot.allocator.prefix_of(seq))  # shared from the device tier: not copied
         device = slot.allocator.block_ids(seq)
         req.swap_lease = lease_id
         req.swap_sent = True
@@ -99,9 +102,9 @@ class SwapController:
             position=req.num_computed,
             last_token=req.output_ids[-1] if req.decode_ready else None,
             num_generated=len(req.output_ids),
-            blocks=slot.allocator.groups(seq),
+            blocks=slot.allocator.table(seq),
         )
-        order = SwapOrder(seq, tuple(pair_runs(device[:n], req.host_blocks)), lease_id)
+        order = SwapOrder(seq, tuple(pair_runs(device[k:n], req.host_blocks[k:])), lease_id)
         slot.swap_in_orders.append((start, order))
 
     def on_host_failed(self, seq: int, kind: HostOpKind, message: str) -> None:
@@ -200,9 +203,18 @@ class SwapController:
         req.status = Status.SWAPPED
         self._waiting.append(req)
 
+    def cache_hashes(self, slot: WorkerSlot, req: Request) -> list[bytes]:
+        """The content addresses under which a leaving request's full computed blocks stay
+        cached on the device (empty with the device tier off)."""
+        if not self._device_prefix_cache:
+            return []
+        return self._host.hashes(req, req.num_computed // slot.info.block_size)
+
     def release_after_swap(self, slot: WorkerSlot, req: Request) -> None:
-        """A finished request whose copy is over: free its device blocks now (rule 1)."""
-        slot.allocator.free(req.seq)
+        """A finished request whose copy is over: free its device blocks now (rule 1). After an
+        offload (it finished computing, its KV is whole) its full blocks stay cached."""
+        cache = self.cache_hashes(slot, req) if req.offloading else []
+        slot.allocator.free(req.seq, cache=cache)
         slot.running.pop(req.seq, None)
         slot.pending_drop.append(req.seq)
         self._host.clear_swap(req)

@@ -12,7 +12,7 @@ from scheduler_svc.block_groups import BlockGroupAllocator
 from scheduler_svc.errors import AlreadyExists, FailedPrecondition
 from scheduler_svc.plan import SeqStart, StepPlan, SwapOrder
 from scheduler_svc.request import Request, Status
-from scheduler_svc.stats import WorkerStats
+from scheduler_svc.stats import Counters, WorkerStats
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,12 @@ class WorkerSlot:
             assert not req.is_finished or req.swap_sent or req.offloading, f"{seq} finished"
             need = self.info.blocks_for(req.num_computed)
             assert self.allocator.num_blocks_of(seq) >= need, f"request {seq} lacks blocks"
+            prefix = self.allocator.prefix_hashes(seq)
+            if prefix:  # the device tier: shared blocks hold this request's own content
+                assert prefix == req.hashes[: len(prefix)], f"request {seq} shares another's KV"
+                assert len(prefix) * self.info.block_size <= req.num_computed, (
+                    f"request {seq} shares blocks it has not computed past"
+                )
         for owner in self.allocator.owners():
             assert owner in self.running, f"blocks owned by non-running {owner}"
 
@@ -123,8 +129,9 @@ class WorkerRegistry:
     that needs the slot a request is resident on. Invariant: no request is resident on two
     workers."""
 
-    def __init__(self, growth_allowance: int) -> None:
+    def __init__(self, growth_allowance: int, counters: Counters | None = None) -> None:
         self._growth_allowance = growth_allowance
+        self._counters = counters if counters is not None else Counters()
         self._slots: dict[str, WorkerSlot] = {}
         self.block_size: int | None = None
 
@@ -139,11 +146,16 @@ class WorkerRegistry:
                 f"use {self.block_size} (content addresses depend on it)"
             )
         self.block_size = info.block_size
-        allocator = BlockGroupAllocator(info.num_blocks, growth_allowance=self._growth_allowance)
+        allocator = BlockGroupAllocator(
+            info.num_blocks, growth_allowance=self._growth_allowance, on_evict=self._on_evict
+        )
         slot = WorkerSlot(info, allocator)
         self._slots[info.worker_id] = slot
         log.info("worker joined", extra={"worker": info.worker_id, "blocks": info.num_blocks})
         return slot
+
+    def _on_evict(self, num_blocks: int) -> None:
+        self._counters.device_evicted_blocks += num_blocks
 
     def pop(self, worker_id: str) -> WorkerSlot | None:
         return self._slots.pop(worker_id, None)

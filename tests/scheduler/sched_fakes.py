@@ -4,7 +4,9 @@ the helpers that drive the core through its front door (``step``, ``drive``).
 The fake worker keeps KV only in its device blocks (one token id per slot) and rebuilds a
 sequence's history from its block table, so a plan that maps the wrong blocks, copies the wrong
 runs, frees blocks under a copy, or resumes from the wrong position changes the output.
-Its "model" hashes the whole history it reads back.
+Its "model" hashes the whole history it reads back. A block may be in several tables only
+while none of them writes it (the device prefix cache shares blocks read-only): a write into a
+block another sequence holds fails.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ class FakeWorker:
         self.swap_delay = swap_delay
         self.device: dict[int, list[int | None]] = {}
         self.seqs: dict[int, _Seq] = {}
-        self.owner_of_block: dict[int, int] = {}
+        self.holders: dict[int, set[int]] = {}  # device block -> the seqs whose table has it
         self.in_flight: list[tuple[int, str, SwapOrder]] = []  # (due step, kind, order)
         self.busy_blocks: set[int] = set()  # device blocks under a copy
         self.steps = 0
@@ -177,7 +179,9 @@ class FakeWorker:
             s = self.seqs.pop(seq, None)
             for b in s.table if s else []:
                 assert b not in self.busy_blocks, f"block {b} dropped under a copy"
-                self.owner_of_block.pop(b, None)
+                self.holders[b].discard(seq)
+                if not self.holders[b]:
+                    del self.holders[b]
         for start in plan.start:
             assert start.seq not in self.seqs, f"seq {start.seq} started twice"
             self.seqs[start.seq] = _Seq([], start.position, start.last_token)
@@ -266,16 +270,20 @@ class FakeWorker:
         return out_done, in_done, committed
 
     def _append(self, seq: int, blocks: list[int]) -> None:
+        s = self.seqs[seq]
+        bs = self.info.block_size
         for b in blocks:
-            assert b not in self.owner_of_block, f"block {b} given to two sequences"
             assert b not in self.busy_blocks, f"block {b} reallocated under a copy (rule 1)"
-            self.owner_of_block[b] = seq
-            self.seqs[seq].table.append(b)
+            if b in self.holders:  # shared: only a prefix the sequence will never write
+                assert (len(s.table) + 1) * bs <= s.position, f"block {b} given to two sequences"
+            self.holders.setdefault(b, set()).add(seq)
+            s.table.append(b)
 
     def _write(self, s: _Seq, token: int) -> None:
         bs = self.info.block_size
         assert s.position < len(s.table) * bs, "write past the block table"
         block = s.table[s.position // bs]
+        assert len(self.holders[block]) == 1, f"write into block {block}, shared by {self.holders}"
         self.device.setdefault(block, [None] * bs)[s.position % bs] = token
         s.position += 1
 

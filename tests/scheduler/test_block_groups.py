@@ -349,3 +349,66 @@ BlockGroupMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestBlockGroupMachine = BlockGroupMachine.TestCase
+
+
+# ------------------------------------------------------- cached blocks (device tier)
+
+H = [bytes([i]) * 16 for i in range(8)]
+
+
+def test_freed_blocks_stay_cached_and_count_as_free():
+    alloc = BlockGroupAllocator(8, growth_allowance=0)
+    alloc.allocate("a", 3)
+    alloc.free("a", cache=H[:2])  # two full blocks keep their hashes, the third is released
+    alloc.check_integrity()
+    assert alloc.num_cached == 2 and alloc.num_evictable == 2 and alloc.num_free == 8
+    assert alloc.match(H[:3]) == [0, 1] and alloc.stats().num_free_runs == 1
+
+
+def test_a_shared_prefix_heads_the_table_and_is_not_a_group():
+    alloc = BlockGroupAllocator(8, growth_allowance=0)
+    alloc.allocate("a", 2)
+    alloc.free("a", cache=H[:2])
+    alloc.share("b", alloc.match(H[:2]))
+    assert alloc.allocate("b", 2) == [BlockRun(2, 2)]
+    alloc.check_integrity()
+    assert alloc.block_ids("b") == [0, 1, 2, 3] and alloc.table("b") == (
+        BlockRun(0, 2),
+        BlockRun(2, 2),
+    )
+    assert alloc.groups("b") == (BlockRun(2, 2),) and alloc.num_groups_of("b") == 1
+    assert alloc.num_blocks_of("b") == 4 and alloc.num_free == 4 and alloc.num_evictable == 0
+    with pytest.raises(ValueError, match="already holds"):
+        alloc.share("b", [0])
+    alloc.free("b", cache=H[:3])  # the prefix is released to the cache, block 2 joins it
+    alloc.check_integrity()
+    assert alloc.match(H[:4]) == [0, 1, 2] and alloc.num_free == 8
+
+
+def test_eviction_takes_truly_free_space_first_then_lru_leaves_and_coalesces():
+    alloc = BlockGroupAllocator(6, growth_allowance=0)
+    alloc.allocate("a", 2)
+    alloc.allocate("b", 2)
+    alloc.free("a", cache=H[:2])  # older chain at 0, 1
+    alloc.free("b", cache=[H[4], H[5]])  # newer chain at 2, 3
+    assert alloc.allocate("c", 2) == [BlockRun(4, 2)]  # truly free first: nothing evicted
+    assert alloc.stats().num_evictions == 0
+    assert alloc.allocate("d", 1) == [BlockRun(1, 1)]  # the oldest chain's leaf
+    assert alloc.match(H[:2]) == [0] and alloc.match([H[4], H[5]]) == [2, 3]
+    alloc.free("c")
+    alloc.free("d")
+    alloc.check_integrity()
+    assert alloc.stats().num_evictions == 1 and alloc.stats().num_free_runs == 2  # 1 and 4-5
+
+
+def test_a_duplicate_hash_releases_its_block_and_drop_forgets_a_subtree():
+    alloc = BlockGroupAllocator(8, growth_allowance=0)
+    alloc.allocate("a", 2)
+    alloc.allocate("b", 3)
+    alloc.free("a", cache=H[:2])
+    alloc.free("b", cache=H[:3])  # blocks 2, 3 duplicate 0, 1; block 4 continues block 1
+    alloc.check_integrity()
+    assert alloc.match(H[:3]) == [0, 1, 4] and alloc.num_cached == 3
+    assert alloc.drop_cached([H[1]]) == 2  # block 1 and its continuation
+    alloc.check_integrity()
+    assert alloc.match(H[:3]) == [0] and alloc.num_free == 8

@@ -55,7 +55,7 @@ def test_requests_run_to_max_tokens_and_free_everything():
     assert core.workers["w0"].allocator.num_free == 64
     # The worker was told to forget every sequence, and holds nothing.
     assert sorted(itertools.chain.from_iterable(p.drop for p in plans)) == [r.seq for r in reqs]
-    assert w.seqs == {} and w.owner_of_block == {}
+    assert w.seqs == {} and w.holders == {}
     assert core.schedule("w0") is None
 
 

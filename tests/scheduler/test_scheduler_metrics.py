@@ -21,11 +21,15 @@ from servekit.labels import OTHER
 MODEL = "tiny-test"
 
 
-def make(registry: CollectorRegistry, *, blocks: int = 64, **metrics_kw):
+def make(registry: CollectorRegistry, *, blocks: int = 64, device_cache=False, **metrics_kw):
     clock = itertools.count()
     core = SchedulerCore(
         CoreConfig(
-            preemption="swap", min_swap_tokens=1, preempt_margin=0, priority_update_interval=1
+            preemption="swap",
+            min_swap_tokens=1,
+            preempt_margin=0,
+            priority_update_interval=1,
+            device_prefix_cache=device_cache,
         ),
         make_policy("vtc", tenant_weights={"vip": 2.0}),
         eos_token_ids=[255],
@@ -107,6 +111,31 @@ def test_finished_requests_feed_counters_and_histograms_per_tenant():
         vtc = value(registry, "fastswitch_tenant_virtual_counter", tenant=tenant)
         assert vtc == core.policy.counter(tenant) and vtc > 0
         assert value(registry, "fastswitch_tenant_weight", tenant=tenant) == 1.0
+
+
+def test_device_hits_and_evictions_are_counted_in_the_device_tier():
+    registry = CollectorRegistry()
+    core, worker, metrics = make(registry, blocks=12, device_cache=True)
+    system = [(5 * j) % 200 for j in range(17)]  # 4 full blocks
+    reqs = []
+    for i in range(6):
+        reqs.append(
+            core.submit(
+                prompt_ids=[*system, i, i + 1],
+                sampling=Sampling(),
+                limits=GenerationLimits(max_tokens=8),
+                tenant="a",
+            )
+        )
+        drive(core, worker, metrics)  # one after another: each later one hits the device
+    device = sum(r.device_cached_tokens for r in reqs)
+    assert device == 5 * 16 and all(r.cached_prompt_tokens == r.device_cached_tokens for r in reqs)
+    t = {"tenant": "a"}
+    assert value(registry, "fastswitch_cached_prompt_tokens_total", **t, tier="device") == device
+    assert value(registry, "fastswitch_cached_prompt_tokens_total", **t, tier="host") == 0
+    evicted = core.counters.device_evicted_blocks
+    assert evicted > 0, "12 blocks hold no 6 requests' chains: something must be evicted"
+    assert value(registry, "fastswitch_cache_evictions_total", tier="device") == evicted
 
 
 def test_swap_bytes_and_gauges_follow_the_steps():
