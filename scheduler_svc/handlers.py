@@ -47,8 +47,15 @@ async def parse(cls: type[M], raw: bytes, context: Context) -> M:
 
 
 async def _internal(context: Context, method: str) -> None:
+    """Logs the exception being handled and ends the call ABORTED; does nothing more when the
+    call is already over (its client left, or a status was already being sent)."""
     log.exception("unexpected error in a public call", extra={"method": method})
-    await context.abort(grpc.StatusCode.ABORTED, INTERNAL)
+    try:
+        await context.abort(grpc.StatusCode.ABORTED, INTERNAL)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        log.debug("the call ended before its status could be sent", extra={"method": method})
 
 
 def _unary(method: Unary, cls: type[Message]) -> Callable[[bytes, Context], Awaitable[Message]]:
@@ -59,8 +66,9 @@ def _unary(method: Unary, cls: type[Message]) -> Callable[[bytes, Context], Awai
         except grpc.aio.AbortError:
             raise
         except Exception:
-            await _internal(context, method.__name__)
-            raise  # pragma: no cover (abort raises)
+            if not context.cancelled():  # the client left: nobody to answer
+                await _internal(context, method.__name__)
+            raise
 
     return handle
 
@@ -74,7 +82,8 @@ def _streaming(method: Streaming, cls: type[Message]) -> Callable[[bytes, Contex
         except grpc.aio.AbortError:
             raise
         except Exception:
-            await _internal(context, method.__name__)
+            if not context.cancelled():  # the client left: nobody to answer
+                await _internal(context, method.__name__)
 
     return handle
 

@@ -91,7 +91,7 @@ def test_a_pruned_heavy_tenant_earns_no_credit_by_idling():
 
 
 def test_a_tenant_never_served_leaves_no_counter():
-    core, worker, clock, policy = setup(tenant_idle_s=1.0)
+    core, _, clock, policy = setup(tenant_idle_s=1.0)
     req = submit(core, "ghost")
     core.cancel(req.request_id)  # cancelled before it was ever scheduled
     core.forget(req.request_id)
@@ -100,7 +100,7 @@ def test_a_tenant_never_served_leaves_no_counter():
 
 
 def test_the_table_holds_at_most_max_tenants_and_idle_ones_make_room():
-    core, worker, clock, policy = setup(max_tenants=3, tenant_idle_s=3600.0)
+    core, worker, clock, _ = setup(max_tenants=3, tenant_idle_s=3600.0)
     for tenant in ("a", "b", "c"):
         submit(core, tenant)
     with pytest.raises(ResourceExhausted) as err:
@@ -115,7 +115,7 @@ def test_the_table_holds_at_most_max_tenants_and_idle_ones_make_room():
 
 
 def test_five_thousand_made_up_tenants_do_not_grow_the_stats():
-    core, worker, clock, policy = setup(max_tenants=64, tenant_idle_s=60.0)
+    core, worker, clock, _ = setup(max_tenants=64, tenant_idle_s=60.0)
     for i in range(5000):
         clock.now = i * 0.01
         submit(core, f"t{i}", n_out=1)
