@@ -31,7 +31,7 @@ from scheduler_svc.errors import (
 from scheduler_svc.frontend import Frontend, RequestStream
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.plan import StepOutput, StepPlan
-from scheduler_svc.request import Fault, Request
+from scheduler_svc.request import Fault, FinishReason, Request
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ def status_for(err: SchedulerError) -> grpc.StatusCode:
 def fault_status(req: Request) -> SchedulerError | None:
     """The error a finished request's stream ends with: None when it ended normally (stop,
     length) or by its client's cancel; else Unavailable or Aborted, with its message."""
-    if req.fault is None:
+    if req.fault is None and req.finish_reason is not FinishReason.ABORTED:
         return None
-    return _FAULT[req.fault](req.finish_message or "the request failed")
+    return _FAULT[req.fault or Fault.ABORTED](req.finish_message or "the request failed")
 
 
 class FastSwitchServicer(api_grpc.FastSwitchServicer):
