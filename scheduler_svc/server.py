@@ -224,6 +224,15 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
     )
 
 
+def max_message_mb(max_prompt_bytes: int, max_model_len: int) -> int:
+    """The largest message the scheduler takes, in MiB: room for the largest valid request (a
+    chat turn's message and system prompt at their bound, or a whole id list) and 1 MiB more, at
+    least 4. gRPC refuses a larger one (RESOURCE_EXHAUSTED) before anything parses it, so a huge
+    prompt cannot stall the event loop while its bytes are decoded."""
+    largest = 2 * max_prompt_bytes + 10 * max_model_len
+    return max(4, -(-largest // (1 << 20)) + 1)
+
+
 async def serve(cfg: SchedulerConfig) -> int:
     spec = load_model_spec(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
@@ -244,7 +253,11 @@ async def serve(cfg: SchedulerConfig) -> int:
         max_prompt_bytes=cfg.max_prompt_bytes or None,
     )
     service = GrpcService(
-        "scheduler", listen=cfg.listen, metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host
+        "scheduler",
+        listen=cfg.listen,
+        metrics_port=cfg.metrics_port,
+        metrics_host=cfg.metrics_host,
+        max_message_mb=max_message_mb(frontend.max_prompt_bytes, spec.max_model_len),
     )
     metrics = SchedulerMetrics(
         service.registry,

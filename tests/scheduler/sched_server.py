@@ -27,7 +27,11 @@ MAX_LEN = 256
 
 @asynccontextmanager
 async def scheduler_server(
-    *, policy: str = "vtc", core: CoreConfig | None = None, **frontend: Any
+    *,
+    policy: str = "vtc",
+    core: CoreConfig | None = None,
+    max_message_mb: int = 64,
+    **frontend: Any,
 ) -> AsyncIterator[tuple[str, Frontend, FastSwitchServicer]]:
     """Serves until the block ends, then shuts down in the server's order (frontend first)."""
     registry = CollectorRegistry()
@@ -41,7 +45,11 @@ async def scheduler_server(
         **frontend,
     )
     service = GrpcService(
-        "scheduler-test", listen="127.0.0.1:0", metrics_port=None, registry=registry
+        "scheduler-test",
+        listen="127.0.0.1:0",
+        metrics_port=None,
+        registry=registry,
+        max_message_mb=max_message_mb,
     )
     metrics = SchedulerMetrics(registry, sched, model="tiny", reject_reasons=REJECT_REASONS)
     front.on_step = metrics.on_step

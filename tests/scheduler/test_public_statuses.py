@@ -21,6 +21,7 @@ from proto import worker_pb2 as wk
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.handlers import INTERNAL, MALFORMED
 from scheduler_svc.host_agent import HostAgent
+from scheduler_svc.server import max_message_mb
 
 METHODS = {
     "Generate": True,
@@ -229,3 +230,25 @@ async def test_a_dead_store_costs_a_retained_request_nothing():
                 await fake.kill()
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_message_bound_leaves_room_for_the_largest_valid_request():
+    assert max_message_mb(256 * 16, 256) == 4  # the floor
+    mb = max_message_mb(131_072 * 16, 131_072)  # a 128K context: 2 MiB texts
+    assert (mb - 1) << 20 >= 2 * (131_072 * 16) + 10 * 131_072
+
+
+async def test_a_message_over_the_bound_is_refused_before_it_is_parsed():
+    async with scheduler_server(max_message_mb=4) as (target, _, _):
+        fake = await worker_for(target)
+        opts = [("grpc.max_send_message_length", 64 << 20)]
+        async with grpc.aio.insecure_channel(target, options=opts) as ch:
+            stub = api_grpc.FastSwitchStub(ch)
+            big = api.GenerateRequest(
+                text="x" * (5 << 20), sampling=api.SamplingParams(max_tokens=4)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await _drain(stub.Generate(big, timeout=10))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert len(await _drain(stub.Generate(request(), timeout=10))) == 8
+        await fake.kill()
