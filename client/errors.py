@@ -10,6 +10,7 @@ The server's contract (``proto/scheduler.proto``) says which code means what::
     CANCELLED           -> Cancelled
     FAILED_PRECONDITION -> FailedPrecondition
     UNIMPLEMENTED       -> Unimplemented       a call this server does not serve (yet)
+    ABORTED             -> InternalError       a server fault ended the call (message: which)
     INTERNAL / UNKNOWN / DATA_LOSS -> InternalError
     anything else       -> FastSwitchError
 """
@@ -77,6 +78,7 @@ _BY_CODE: dict[grpc.StatusCode, type[FastSwitchError]] = {
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.ABORTED: InternalError,
     grpc.StatusCode.INTERNAL: InternalError,
     grpc.StatusCode.UNKNOWN: InternalError,
     grpc.StatusCode.DATA_LOSS: InternalError,

@@ -12,6 +12,10 @@ class CoreConfig:
     max_prefill_chunk: int = 512
     growth_allowance: int = 4
     max_waiting: int = 10_000
+    # Tenants: one idle (no waiting or running request) this long leaves the live table and the
+    # stats; at most this many are in the table (a new one over it: RESOURCE_EXHAUSTED).
+    tenant_idle_s: float = 600.0
+    max_tenants: int = 1024
     # Context switching.
     preemption: str = "recompute"  # "swap" needs a KV store
     kv_reuse: bool = True
@@ -32,11 +36,14 @@ class CoreConfig:
             "max_prefill_chunk",
             "max_waiting",
             "priority_update_interval",
+            "max_tenants",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.growth_allowance < 0 or self.min_swap_tokens < 0 or self.preempt_margin < 0:
             raise ValueError("growth_allowance, min_swap_tokens and preempt_margin must be >= 0")
+        if not self.tenant_idle_s >= 0:  # also NaN
+            raise ValueError(f"tenant_idle_s must be >= 0, got {self.tenant_idle_s}")
         if self.preemption not in ("swap", "recompute"):
             raise ValueError(f"preemption must be swap or recompute, got {self.preemption!r}")
         if self.retain and (self.preemption != "swap" or not self.kv_reuse):

@@ -21,6 +21,7 @@ from scheduler_svc.errors import (
     invalid_argument,
 )
 from servekit.tokenizer import Tokenizer
+from servekit.validation import clip, validate_ttl
 
 
 @dataclass(slots=True)
@@ -71,14 +72,17 @@ class Conversations:
         ConversationBusy while a turn is in progress; ResourceExhausted when the table is full.
         """
         now = self._clock()
-        if ttl_s is not None and ttl_s < 0:
-            raise InvalidArgument(f"ttl_s must be >= 0, got {ttl_s}")
+        if ttl_s is not None:
+            with invalid_argument():
+                validate_ttl(ttl_s, "ttl_s")  # finite: a NaN ttl would never expire
         if conversation_id is not None:
             conv = self._by_id.get(conversation_id)
             if conv is None or conv.tenant != tenant or self._expired(conv, now):
-                raise NotFound(f"conversation {conversation_id!r} (unknown, expired or not yours)")
+                raise NotFound(_unknown(conversation_id))
             if conv.busy:
-                raise ConversationBusy(f"conversation {conversation_id} has a turn in progress")
+                raise ConversationBusy(
+                    f"conversation {clip(conversation_id)} has a turn in progress"
+                )
             if system:
                 raise InvalidArgument("system is only accepted on a conversation's first turn")
             if ttl_s is not None:
@@ -128,7 +132,7 @@ class Conversations:
         """Deletes a conversation (NotFound if unknown or another tenant's)."""
         conv = self._by_id.get(conversation_id)
         if conv is None or conv.tenant != tenant:
-            raise NotFound(f"conversation {conversation_id!r} (unknown, expired or not yours)")
+            raise NotFound(_unknown(conversation_id))
         del self._by_id[conversation_id]
         return conv
 
@@ -143,3 +147,7 @@ class Conversations:
     @staticmethod
     def _expired(conv: Conversation, now: float) -> bool:
         return not conv.busy and now - conv.last_used_s > conv.ttl_s
+
+
+def _unknown(conversation_id: str) -> str:
+    return f"conversation {clip(conversation_id)} (unknown, expired or not yours)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from proto import scheduler_pb2 as api
 from proto import worker_pb2 as wk
 from scheduler_svc.deltas import Delta
@@ -24,7 +26,7 @@ FINISH = {
 def _new_request(
     msg: api.GenerateRequest | api.ChatRequest,
     text: str | None,
-    ids: list[int] | None,
+    ids: Sequence[int] | None,
     retain_ttl_s: float | None = None,
 ) -> NewRequest:
     s = msg.sampling
@@ -51,7 +53,7 @@ def new_request(msg: api.GenerateRequest) -> NewRequest:
     return _new_request(
         msg,
         msg.text if which == "text" else None,
-        list(msg.token_ids.ids) if which == "token_ids" else None,
+        msg.token_ids.ids if which == "token_ids" else None,  # copied once its length is checked
         msg.retain_ttl_s if msg.HasField("retain_ttl_s") else None,
     )
 

@@ -51,6 +51,7 @@ from scheduler_svc.host_ops import HostOp, HostOpKind
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.policy import Policy
 from scheduler_svc.request import (
+    Fault,
     FinishReason,
     GenerationLimits,
     LookupState,
@@ -64,6 +65,7 @@ from scheduler_svc.stats import Counters, SchedulerStats, TenantStats
 from scheduler_svc.swaps import SwapController
 from scheduler_svc.waiting import WaitQueue
 from scheduler_svc.workers import WorkerInfo, WorkerRegistry, WorkerSlot
+from servekit.validation import clip
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,17 @@ class SchedulerCore:
         if not request_id:
             request_id = uuid.uuid4().hex
         if request_id in self._table:
-            raise InvalidArgument(f"request id {request_id!r} is already in use")
+            raise InvalidArgument(f"request id {clip(request_id)} is already in use")
+        self.prune_idle_tenants()
+        if not self._table.knows_tenant(tenant) and self._table.num_tenants >= (
+            self.config.max_tenants
+        ):
+            gone = self._table.make_room()
+            if gone is None:
+                raise ResourceExhausted(
+                    f"too many tenants with live requests (at most {self.config.max_tenants})"
+                )
+            self.policy.on_pruned(gone)
         if len(self._waiting) >= self.config.max_waiting:
             raise ResourceExhausted(
                 f"the queue is full ({self.config.max_waiting} waiting requests)"
@@ -235,6 +247,17 @@ class SchedulerCore:
         if req is None or req.is_finished:
             return None
         self._finish(req, FinishReason.CANCELLED)
+        return TokenEvent(req, (), True)
+
+    def abort(self, request_id: str, message: str, fault: Fault) -> TokenEvent | None:
+        """Ends a live request through a server fault (shutdown, an internal failure): it
+        finishes as ABORTED with `fault` and `message`, its blocks freed as on a cancel."""
+        req = self._table.get(request_id)
+        if req is None or req.is_finished:
+            return None
+        req.finish_message = message
+        req.fault = fault
+        self._finish(req, FinishReason.ABORTED)
         return TokenEvent(req, (), True)
 
     def finish_on_stop_string(self, request_id: str) -> None:
@@ -333,7 +356,8 @@ class SchedulerCore:
         for seq, message in output.errors.items():
             req = self._table.by_seq(seq)
             if req is not None and not req.is_finished and req.worker_id == worker_id:
-                req.finish_message = message
+                req.finish_message = f"worker {worker_id} failed on this request: {message}"
+                req.fault = Fault.ABORTED
                 self._finish(req, FinishReason.ABORTED)
                 events.append(TokenEvent(req, (), True))
             elif req is not None and req.is_finished and req.hashes:
@@ -380,7 +404,7 @@ class SchedulerCore:
             self.counters.failed += 1
         else:
             self.counters.finished += 1
-        self._table.on_finished(req)
+        self._table.on_finished(req, req.finished_s)
 
     def _leave_device(self, slot: WorkerSlot, req: Request, reason: FinishReason) -> None:
         """A finishing request's device blocks go now, or once a copy of them is over."""
@@ -423,7 +447,13 @@ class SchedulerCore:
 
     @property
     def tallies(self) -> Mapping[str, TenantTally]:
+        """tenant -> its tally, for the tenants in the table, in the order they entered it."""
         return self._table.tallies
+
+    @property
+    def tenants_added(self) -> int:
+        """Tenants ever entered in the table (pruned ones included)."""
+        return self._table.tenants_added
 
     def tenants(self) -> dict[str, tuple[int, int]]:
         """tenant -> (waiting or swapped, running)."""
@@ -436,8 +466,17 @@ class SchedulerCore:
             out[req.tenant] = (w, r + 1)
         return out
 
+    def prune_idle_tenants(self) -> list[str]:
+        """Tenants idle (no waiting or running request) for ``config.tenant_idle_s`` leave the
+        table and the stats; the policy keeps what fairness needs of them (``on_pruned``)."""
+        gone = self._table.prune_idle(self._clock(), self.config.tenant_idle_s)
+        for tenant in gone:
+            self.policy.on_pruned(tenant)
+        return gone
+
     def stats(self) -> SchedulerStats:
-        """A snapshot of queues, counters, tenants and workers."""
+        """A snapshot of queues, counters, tenants (idle ones pruned first) and workers."""
+        self.prune_idle_tenants()
         queued = self.tenants()
         tenants = []
         for tenant, tally in sorted(self._table.tallies.items()):

@@ -28,12 +28,18 @@ class ResourceExhausted(SchedulerError):
 
 
 class Unavailable(SchedulerError):
-    """No worker has joined yet, or the scheduler is shutting down (-> UNAVAILABLE)."""
+    """No worker has joined yet, or the scheduler is shutting down, also for a request already
+    streaming (-> UNAVAILABLE)."""
 
 
 class FailedPrecondition(SchedulerError):
     """The scheduler's state forbids it now: a turn in progress, another block size
     (-> FAILED_PRECONDITION)."""
+
+
+class Aborted(SchedulerError):
+    """An internal failure ended the call; the message says which (-> ABORTED). Never
+    CANCELLED: that code is kept for a client's own cancel."""
 
 
 class AlreadyExists(SchedulerError):

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -22,14 +20,25 @@ from scheduler_svc.core import SchedulerCore
 from scheduler_svc.deltas import Delta, TextDelta
 from scheduler_svc.errors import InvalidArgument, NotFound, Unavailable, invalid_argument
 from scheduler_svc.plan import StepOutput, StepPlan
-from scheduler_svc.request import GenerationLimits, Request, Sampling, TokenEvent
+from scheduler_svc.request import Fault, GenerationLimits, Request, Sampling, TokenEvent
 from scheduler_svc.workers import WorkerInfo
 from servekit.tokenizer import Tokenizer, TokenizerUnavailableError
-from servekit.validation import validate_generation, validate_sampling, validate_stop
+from servekit.validation import (
+    MAX_STOP_TOKEN_IDS,
+    PROMPT_BYTES_PER_TOKEN,
+    clip,
+    validate_conversation_id,
+    validate_count,
+    validate_generation,
+    validate_request_id,
+    validate_sampling,
+    validate_stop,
+    validate_tenant,
+    validate_text_bytes,
+    validate_ttl,
+)
 
 log = logging.getLogger(__name__)
-
-_TENANT = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
 
 Exchange = Callable[[StepPlan], Awaitable[StepOutput]]
 
@@ -39,7 +48,7 @@ class NewRequest:
     """A request as the public API received it, before validation."""
 
     prompt_text: str | None
-    prompt_ids: list[int] | None
+    prompt_ids: Sequence[int] | None  # the message's own list: copied only once it is checked
     max_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
@@ -121,12 +130,20 @@ class Frontend:
         max_model_len: int,
         max_tokens_limit: int,
         tenants: Mapping[str, float] | None = None,
+        max_prompt_bytes: int | None = None,
     ) -> None:
         self.core = core
         self.tokenizer = tokenizer
         self._vocab_size = vocab_size
         self._max_model_len = max_model_len
         self._max_tokens_limit = max_tokens_limit
+        # A text prompt, chat message or system prompt longer than this many UTF-8 bytes is
+        # refused before it is tokenised (max_model_len * PROMPT_BYTES_PER_TOKEN by default).
+        self.max_prompt_bytes = (
+            max_prompt_bytes
+            if max_prompt_bytes is not None
+            else max_model_len * PROMPT_BYTES_PER_TOKEN
+        )
         self._tenants = dict(tenants) if tenants else None
         self.conversations = Conversations(tokenizer)
         # Plain generate requests keep their KV after finishing only when this is set.
@@ -150,50 +167,62 @@ class Frontend:
         return self._max_model_len
 
     def prepare_tenant(self, tenant: str) -> str:
-        """The tenant's name ("" is "default"); InvalidArgument if malformed or not configured."""
+        """The tenant's name ("" is "default"); InvalidArgument if malformed or not configured
+        (the message never quotes the name)."""
         tenant = tenant or "default"
-        if not _TENANT.match(tenant):
-            raise InvalidArgument(
-                f"tenant must be 1-64 characters of [A-Za-z0-9_.:@-], got {tenant!r}"
-            )
+        with invalid_argument():
+            validate_tenant(tenant)
         if self._tenants is not None and tenant not in self._tenants:
-            raise InvalidArgument(
-                f"unknown tenant {tenant!r} (configured: {sorted(self._tenants)})"
-            )
+            raise InvalidArgument("unknown tenant (not configured with --tenants)")
         return tenant
 
-    def prepare(self, new: NewRequest) -> tuple[list[int], Sampling, GenerationLimits, str]:
-        """Validates and tokenizes; InvalidArgument with the offending value otherwise."""
+    def _check_request(self, new: NewRequest) -> str:
+        """Every check of a request that needs no prompt, each bounded before any work; returns
+        the tenant. InvalidArgument (a short message, no input quoted past a few characters)."""
         tenant = self.prepare_tenant(new.tenant)
-        if (new.prompt_text is None) == (new.prompt_ids is None):
-            raise InvalidArgument("give exactly one of prompt text or prompt token ids")
+        with invalid_argument():
+            if new.request_id is not None:
+                validate_request_id(new.request_id)
+            validate_count(len(new.stop_token_ids), "stop_token_ids", MAX_STOP_TOKEN_IDS)
+            if new.retain_ttl_s is not None:
+                validate_ttl(new.retain_ttl_s, "retain_ttl_s")
+            validate_sampling(new.temperature, new.top_p, new.top_k, new.seed)
         if new.max_tokens > self._max_tokens_limit:
             raise InvalidArgument(
                 f"max_tokens must be <= {self._max_tokens_limit}, got {new.max_tokens}"
             )
-        with invalid_argument():
-            if new.prompt_text is not None:
-                prompt_ids = self.tokenizer.encode_prompt(new.prompt_text)
-            else:
-                prompt_ids = list(new.prompt_ids or [])
-            validate_generation(
-                prompt_ids,
-                new.max_tokens,
-                vocab_size=self._vocab_size,
-                max_model_len=self._max_model_len,
-            )
-            validate_sampling(new.temperature, new.top_p, new.top_k, new.seed)
         for t in new.stop_token_ids:
             if not 0 <= t < self._vocab_size:
                 raise InvalidArgument(
                     f"stop token id {t} is outside the vocabulary [0, {self._vocab_size})"
                 )
         self._check_stop(new.stop)
-        ttl = new.retain_ttl_s
-        if ttl is not None and not (math.isfinite(ttl) and ttl >= 0):
-            raise InvalidArgument(
-                f"retain_ttl_s must be a finite number of seconds >= 0 (0: until evicted), "
-                f"got {ttl}"
+        return tenant
+
+    def prepare(self, new: NewRequest) -> tuple[list[int], Sampling, GenerationLimits, str]:
+        """Validates, then tokenizes; InvalidArgument (a short message) otherwise. Sizes come
+        first: an over-long text never reaches the tokenizer, an over-long id list is never
+        copied."""
+        tenant = self._check_request(new)
+        if (new.prompt_text is None) == (new.prompt_ids is None):
+            raise InvalidArgument("give exactly one of prompt text or prompt token ids")
+        with invalid_argument():
+            if new.prompt_text is not None:
+                validate_text_bytes(new.prompt_text, "the prompt text", self.max_prompt_bytes)
+                prompt_ids = self.tokenizer.encode_prompt(new.prompt_text)
+            else:
+                ids = new.prompt_ids or ()
+                if len(ids) >= self._max_model_len:
+                    raise ValueError(
+                        f"prompt has {len(ids)} token ids, the model's context (max_model_len) "
+                        f"is {self._max_model_len}: the prompt must be shorter than that"
+                    )
+                prompt_ids = list(ids)
+            validate_generation(
+                prompt_ids,
+                new.max_tokens,
+                vocab_size=self._vocab_size,
+                max_model_len=self._max_model_len,
             )
         sampling = Sampling(new.temperature, new.top_p, new.top_k, new.seed)
         limits = GenerationLimits(
@@ -243,10 +272,21 @@ class Frontend:
         return stream
 
     async def open_turn(self, turn: NewTurn) -> tuple[Conversation, list[int], RequestStream]:
-        """Starts a chat turn: the conversation's exact history ids + the new message."""
-        self.prepare_tenant(turn.tenant)
+        """Starts a chat turn: the conversation's exact history ids + the new message. Every
+        bound (ids, ttl, message and system bytes, the request's own) is checked first."""
+        if self._closing:
+            raise Unavailable("the scheduler is shutting down")
+        tenant = self._check_request(replace(turn.request, tenant=turn.tenant))
+        with invalid_argument():
+            if turn.conversation_id is not None:
+                validate_conversation_id(turn.conversation_id)
+            if turn.ttl_s is not None:
+                validate_ttl(turn.ttl_s, "ttl_s")
+            validate_text_bytes(turn.message, "message", self.max_prompt_bytes)
+            if turn.system is not None:
+                validate_text_bytes(turn.system, "system", self.max_prompt_bytes)
         conv = self.conversations.open(
-            turn.conversation_id, turn.tenant or "default", system=turn.system, ttl_s=turn.ttl_s
+            turn.conversation_id, tenant, system=turn.system, ttl_s=turn.ttl_s
         )
         prompt = self.conversations.begin_turn(conv, turn.message)
         try:
@@ -263,7 +303,10 @@ class Frontend:
 
     def end_conversation(self, conversation_id: str, tenant: str) -> int:
         """Deletes a conversation and its retained KV; returns how many blocks were dropped."""
-        conv = self.conversations.end(conversation_id, tenant or "default")
+        tenant = self.prepare_tenant(tenant)
+        with invalid_argument():
+            validate_conversation_id(conversation_id)
+        conv = self.conversations.end(conversation_id, tenant)
         freed = self.core.free_retained(conv.tenant, conv.history)
         self._poke_host_agent()
         return freed
@@ -282,18 +325,23 @@ class Frontend:
             self.on_finish(req)
 
     async def cancel(self, request_id: str) -> bool:
+        """The client cancels its request (its stream ends as CANCELLED); False if finished."""
+        with invalid_argument():
+            validate_request_id(request_id)
         event = self.core.cancel(request_id)
         if event is None:
             if self.core.get(request_id) is None:
-                raise NotFound(f"request {request_id!r} not found")
+                raise NotFound(f"request {clip(request_id)} not found")
             return False
         self._dispatch([event])
         await self.notify()
         return True
 
     async def set_priority(self, request_id: str, priority: int) -> None:
+        with invalid_argument():
+            validate_request_id(request_id)
         if not self.core.set_priority(request_id, priority):
-            raise NotFound(f"request {request_id!r} not found")
+            raise NotFound(f"request {clip(request_id)} not found")
         await self.notify()
 
     def _poke_host_agent(self) -> None:
@@ -353,13 +401,15 @@ class Frontend:
             await self._changed.wait_for(lambda: self._version != seen or self._closing)
 
     async def shutdown(self) -> None:
-        """Stops sessions from planning further and ends every open stream as aborted."""
+        """Stops sessions from planning further and ends every open stream as aborted with
+        Fault.UNAVAILABLE (its call ends UNAVAILABLE, never CANCELLED: the client did not)."""
         self._closing = True
         for stream in list(self._streams.values()):
             req = stream.request
             if not req.is_finished:
-                req.finish_message = "the scheduler is shutting down"
-                event = self.core.cancel(req.request_id)
+                event = self.core.abort(
+                    req.request_id, "the scheduler is shutting down", Fault.UNAVAILABLE
+                )
                 if event is not None:
                     stream.put(event)
         await self.notify()

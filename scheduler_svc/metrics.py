@@ -17,7 +17,6 @@ per-tenant VTC gauges are read at scrape time for the tenants with their own lab
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -85,7 +84,7 @@ class SchedulerMetrics:
         self.core = core
         self.model = model
         self.tenants = BoundedLabels(max_tenants, seed=tenants)
-        self._tenants_seen = 0  # core.tallies entries already given a label
+        self._tenants_seen = 0  # core.tenants_added already given a label
         self._series: dict[str, _TenantSeries] = {}
         self._counted = {kind: 0 for kind in PREEMPTION_KINDS}
         m, mt = ["model"], ["model", "tenant"]
@@ -241,11 +240,11 @@ class SchedulerMetrics:
         if c.device_evicted_blocks > self._evictions_counted:
             self._device_evictions.inc(c.device_evicted_blocks - self._evictions_counted)
             self._evictions_counted = c.device_evicted_blocks
-        tallies = core.tallies
-        if len(tallies) > self._tenants_seen:  # new tenants, in arrival order, at the end
-            for tenant in itertools.islice(tallies, self._tenants_seen, None):
+        added = core.tenants_added - self._tenants_seen
+        if added > 0:  # new tenants are the table's last entries (idle ones leave from anywhere)
+            for tenant in list(core.tallies)[-added:]:  # in arrival order
                 self.tenants.label(tenant)
-            self._tenants_seen = len(tallies)
+            self._tenants_seen = core.tenants_added
 
     def _tenant(self, tenant: str) -> _TenantSeries:
         s = self._series.get(tenant)

@@ -7,6 +7,13 @@
   service it receives (prompt tokens x ``w_prompt``, output tokens x ``w_output``, divided by the
   tenant's weight); the least-served tenant goes first; a tenant that becomes active is lifted to
   the smallest counter among the active tenants, so idling earns no credit.
+
+Tenants idle for a while leave the scheduler's live table (``SchedulerCore.prune_idle_tenants``)
+and the policy hears ``on_pruned``. VTC keeps the pruned tenant's counter, one float (O(1) per
+pruned tenant), because the lift rule needs it: a tenant that returns while no other is active
+keeps its own counter, and one that returns among active tenants is lifted to their minimum
+only when its own is lower, so forgetting a counter would hand a heavy tenant back the credit
+it spent. A counter of 0 (a tenant never served) is the same as no counter and is dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ class Policy(Protocol):
 
     def on_served(self, tenant: str, prompt_tokens: int, output_tokens: int) -> None: ...
 
+    def on_pruned(self, tenant: str) -> None:
+        """`tenant` has been idle long enough to leave the live table (keep what ranking needs)."""
+
     def counter(self, tenant: str) -> float: ...
 
     def weight(self, tenant: str) -> float:
@@ -48,6 +58,9 @@ class FcfsPolicy:
         return None
 
     def on_served(self, tenant: str, prompt_tokens: int, output_tokens: int) -> None:
+        return None
+
+    def on_pruned(self, tenant: str) -> None:
         return None
 
     def counter(self, tenant: str) -> float:
@@ -111,6 +124,16 @@ class VtcPolicy:
     def on_served(self, tenant: str, prompt_tokens: int, output_tokens: int) -> None:
         cost = prompt_tokens * self.w_prompt + output_tokens * self.w_output
         self._counters[tenant] = self.counter(tenant) + cost / self.weight(tenant)
+
+    def on_pruned(self, tenant: str) -> None:
+        """Keeps the counter (the lift rule needs it, see the module docstring) unless it is 0."""
+        if self._counters.get(tenant) == 0.0:
+            del self._counters[tenant]
+
+    @property
+    def num_counters(self) -> int:
+        """Tenants whose counter is kept (live ones and pruned ones that were served)."""
+        return len(self._counters)
 
 
 def make_policy(

@@ -40,8 +40,16 @@ class LookupState(enum.IntEnum):
 class FinishReason(enum.Enum):
     STOP = "stop"
     LENGTH = "length"
-    CANCELLED = "cancelled"
-    ABORTED = "aborted"
+    CANCELLED = "cancelled"  # only the client's own doing: Cancel, or it left
+    ABORTED = "aborted"  # a server fault: ``Request.fault`` says which, ``finish_message`` why
+
+
+class Fault(enum.Enum):
+    """Why an ABORTED request ended, which is the status its stream ends with (servicer.py):
+    never CANCELLED, which is kept for the client's own cancel."""
+
+    UNAVAILABLE = "unavailable"  # the scheduler is shutting down, or nothing can run it
+    ABORTED = "aborted"  # an internal failure (a worker's error on this request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +114,7 @@ class Request:
     retain_ttl_s: float | None = None
     finish_reason: FinishReason | None = None
     finish_message: str | None = None
+    fault: Fault | None = None  # set with finish_reason ABORTED
     # Timing and counters, reported in RequestMetrics.
     first_scheduled_s: float | None = None
     token_times: list[float] = field(default_factory=list)

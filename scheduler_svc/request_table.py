@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,7 +26,10 @@ class RequestTable:
     Called by the core (submit, finish, forget) and by the swap controller (results by seq).
     Invariant: a request is in ``by_seq`` while it is in the table, and after it is forgotten only
     while a copy still reads or writes its blocks; a tenant's live count is the number of its
-    unfinished requests.
+    unfinished requests (tenants with none have no entry); every tenant with a tally is live or
+    idle (in ``_idle``, oldest first, with the time its last live request finished), never both.
+    Idle tenants are pruned (``prune_idle``, ``make_room``): their tally goes, so the table and
+    the stats stay bounded by the tenants that are actually active.
     """
 
     def __init__(self) -> None:
@@ -34,6 +38,8 @@ class RequestTable:
         self._by_seq: dict[int, Request] = {}
         self._live: dict[str, int] = {}
         self.tallies: dict[str, TenantTally] = {}
+        self._idle: OrderedDict[str, float] = OrderedDict()
+        self.tenants_added = 0  # tenants ever given a tally (the metrics label new ones)
 
     def next_seq(self) -> int:
         return next(self._seqs)
@@ -59,11 +65,52 @@ class RequestTable:
         self._by_id[req.request_id] = req
         self._by_seq[req.seq] = req
         self._live[req.tenant] = self._live.get(req.tenant, 0) + 1
-        self.tallies.setdefault(req.tenant, TenantTally())
+        self._idle.pop(req.tenant, None)
+        if req.tenant not in self.tallies:
+            self.tallies[req.tenant] = TenantTally()
+            self.tenants_added += 1
 
-    def on_finished(self, req: Request) -> None:
+    def on_finished(self, req: Request, now: float) -> None:
+        """A request finished: one live request less; a tenant left with none becomes idle."""
         self.tallies[req.tenant].finished += 1
-        self._live[req.tenant] = self._live.get(req.tenant, 1) - 1
+        left = self._live.get(req.tenant, 1) - 1
+        if left > 0:
+            self._live[req.tenant] = left
+            return
+        self._live.pop(req.tenant, None)
+        self._idle[req.tenant] = now
+        self._idle.move_to_end(req.tenant)
+
+    def knows_tenant(self, tenant: str) -> bool:
+        return tenant in self.tallies
+
+    @property
+    def num_tenants(self) -> int:
+        """Tenants in the table: live ones and idle ones not pruned yet."""
+        return len(self.tallies)
+
+    def prune_idle(self, now: float, idle_s: float) -> list[str]:
+        """Drops tenants idle for at least `idle_s` (no live request since); returns them.
+        O(1) per tenant dropped: the oldest idle tenant is first in ``_idle``."""
+        gone: list[str] = []
+        while self._idle:
+            tenant, since = next(iter(self._idle.items()))
+            if now - since < idle_s:
+                break
+            gone.append(self._drop_idle(tenant))
+        return gone
+
+    def make_room(self) -> str | None:
+        """Drops the longest idle tenant, however recent (the table is full); None when every
+        tenant in it has a live request."""
+        if not self._idle:
+            return None
+        return self._drop_idle(next(iter(self._idle)))
+
+    def _drop_idle(self, tenant: str) -> str:
+        del self._idle[tenant]
+        del self.tallies[tenant]
+        return tenant
 
     def forget(self, request_id: str) -> None:
         """Drops a finished request by id; by seq too unless a copy is still on its blocks."""
@@ -99,3 +146,6 @@ class RequestTable:
             assert req.seq == seq and kept, f"stale seq {seq}"
         for tenant, n in self._live.items():
             assert n == live.get(tenant, 0), f"tenant {tenant}: {n} live, {live.get(tenant)}"
+        assert set(live) == set(self._live), "a tenant's live count is missing"
+        assert not set(self._idle) & set(self._live), "a tenant is both live and idle"
+        assert set(self._idle) | set(self._live) == set(self.tallies), "a tally without a state"

@@ -9,11 +9,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proto import scheduler_pb2_grpc as api_grpc
 from proto import worker_pb2_grpc as wk_grpc
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.core import SchedulerCore
 from scheduler_svc.frontend import Frontend
+from scheduler_svc.handlers import add_fastswitch_servicer
 from scheduler_svc.host_agent import HostAgent
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.policy import make_policy
@@ -25,6 +25,7 @@ from servekit.modelspec import load_model_spec
 from servekit.names import MODES, POLICIES, mode_settings
 from servekit.service import GrpcService, run
 from servekit.tokenizer import load_tokenizer
+from servekit.validation import PROMPT_BYTES_PER_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class SchedulerConfig:
     mode: str
     core: CoreConfig
     max_tokens_limit: int
+    max_prompt_bytes: int
     tenants: tuple[tuple[str, float], ...]
     host_lease_s: float
     retain_generate_ttl_s: float | None
@@ -56,6 +58,8 @@ class SchedulerConfig:
         mode_settings(self.mode)  # ValueError for an unknown mode
         if self.max_tokens_limit <= 0:
             raise ValueError(f"--max-tokens-limit must be > 0, got {self.max_tokens_limit}")
+        if self.max_prompt_bytes < 0:
+            raise ValueError(f"--max-prompt-bytes must be >= 0, got {self.max_prompt_bytes}")
         if self.metrics_max_tenants < 0:
             raise ValueError(f"--metrics-max-tenants must be >= 0, got {self.metrics_max_tenants}")
 
@@ -86,6 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--growth-allowance", type=int, default=env_default("--growth-allowance", 4))
     p.add_argument("--max-waiting", type=int, default=env_default("--max-waiting", 10_000))
     p.add_argument("--max-tokens-limit", type=int, default=env_default("--max-tokens-limit", 4096))
+    p.add_argument(
+        "--max-prompt-bytes",
+        type=int,
+        default=env_default("--max-prompt-bytes", 0),
+        help="longest text prompt, chat message or system prompt in UTF-8 bytes, refused before "
+        f"tokenising (0: the model's max_model_len x {PROMPT_BYTES_PER_TOKEN})",
+    )
+    p.add_argument(
+        "--tenant-idle-s",
+        type=float,
+        default=env_default("--tenant-idle-s", 600.0),
+        help="a tenant with no waiting or running request for this long leaves the live table "
+        "and GetStats (its fairness counter is kept; %(default)s)",
+    )
+    p.add_argument(
+        "--max-tenants",
+        type=int,
+        default=env_default("--max-tenants", 1024),
+        help="most tenants in the live table; a request of a new one over it is refused with "
+        "RESOURCE_EXHAUSTED when no idle tenant can make room (%(default)s)",
+    )
     p.add_argument(
         "--tenants",
         default=env_default("--tenants", ""),
@@ -181,6 +206,8 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             max_prefill_chunk=args.max_prefill_chunk,
             growth_allowance=args.growth_allowance,
             max_waiting=args.max_waiting,
+            tenant_idle_s=args.tenant_idle_s,
+            max_tenants=args.max_tenants,
             preemption=args.preemption if args.kvstore else "recompute",
             kv_reuse=mode.kv_reuse and not args.no_kv_reuse,
             min_swap_tokens=args.min_swap_tokens,
@@ -197,12 +224,22 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         host_lease_s=args.host_lease_s,
         retain_generate_ttl_s=None if args.retain_generate is None else float(args.retain_generate),
         max_tokens_limit=args.max_tokens_limit,
+        max_prompt_bytes=args.max_prompt_bytes,
         tenants=tuple(parse_weights(args.tenants).items()),
         strict_tenants=args.strict_tenants,
         w_prompt=args.vtc_prompt_weight,
         w_output=args.vtc_output_weight,
         metrics_max_tenants=args.metrics_max_tenants,
     )
+
+
+def max_message_mb(max_prompt_bytes: int, max_model_len: int) -> int:
+    """The largest message the scheduler takes, in MiB: room for the largest valid request (a
+    chat turn's message and system prompt at their bound, or a whole id list) and 1 MiB more, at
+    least 4. gRPC refuses a larger one (RESOURCE_EXHAUSTED) before anything parses it, so a huge
+    prompt cannot stall the event loop while its bytes are decoded."""
+    largest = 2 * max_prompt_bytes + 10 * max_model_len
+    return max(4, -(-largest // (1 << 20)) + 1)
 
 
 async def serve(cfg: SchedulerConfig) -> int:
@@ -222,9 +259,14 @@ async def serve(cfg: SchedulerConfig) -> int:
         max_model_len=spec.max_model_len,
         max_tokens_limit=cfg.max_tokens_limit,
         tenants=weights if cfg.strict_tenants else None,
+        max_prompt_bytes=cfg.max_prompt_bytes or None,
     )
     service = GrpcService(
-        "scheduler", listen=cfg.listen, metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host
+        "scheduler",
+        listen=cfg.listen,
+        metrics_port=cfg.metrics_port,
+        metrics_host=cfg.metrics_host,
+        max_message_mb=max_message_mb(frontend.max_prompt_bytes, spec.max_model_len),
     )
     metrics = SchedulerMetrics(
         service.registry,
@@ -238,7 +280,7 @@ async def serve(cfg: SchedulerConfig) -> int:
     frontend.on_step = metrics.on_step
     frontend.on_finish = metrics.on_finish
     service.add(
-        api_grpc.add_FastSwitchServicer_to_server,
+        add_fastswitch_servicer,  # parses its own bytes: malformed ones are INVALID_ARGUMENT
         FastSwitchServicer(frontend, metrics, policy=cfg.policy, mode=cfg.mode),
         "fastswitch.v1.FastSwitch",
     )

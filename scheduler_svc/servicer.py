@@ -1,7 +1,9 @@
 """gRPC adapters of the scheduler: the public FastSwitch API and the workers' StepLink stream.
 
 Thin by design: convert the message, call the frontend, convert back. Exceptions become status
-codes in one place (`status_for`).
+codes in one place (`status_for`), and so do faults that end a streaming request (`fault_status`):
+a stream ends CANCELLED only when its client cancelled it. The public servicer is registered
+with `scheduler_svc.handlers.add_fastswitch_servicer` (malformed bytes: INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
 from scheduler_svc import convert
 from scheduler_svc.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -28,6 +31,7 @@ from scheduler_svc.errors import (
 from scheduler_svc.frontend import Frontend, RequestStream
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.plan import StepOutput, StepPlan
+from scheduler_svc.request import Fault, FinishReason, Request
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,12 @@ _STATUS: dict[type[SchedulerError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    Aborted: grpc.StatusCode.ABORTED,
+}
+
+_FAULT: dict[Fault, type[SchedulerError]] = {
+    Fault.UNAVAILABLE: Unavailable,
+    Fault.ABORTED: Aborted,
 }
 
 
@@ -52,6 +62,14 @@ def status_for(err: SchedulerError) -> grpc.StatusCode:
         if cls in _STATUS:
             return _STATUS[cls]
     return grpc.StatusCode.INTERNAL
+
+
+def fault_status(req: Request) -> SchedulerError | None:
+    """The error a finished request's stream ends with: None when it ended normally (stop,
+    length) or by its client's cancel; else Unavailable or Aborted, with its message."""
+    if req.fault is None and req.finish_reason is not FinishReason.ABORTED:
+        return None
+    return _FAULT[req.fault or Fault.ABORTED](req.finish_message or "the request failed")
 
 
 class FastSwitchServicer(api_grpc.FastSwitchServicer):
@@ -68,7 +86,7 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
             stream = await self._frontend.open(convert.new_request(request))
         except SchedulerError as err:
             await self._reject(context, err)
-        async for chunk in self._stream(stream):
+        async for chunk in self._stream(stream, context):
             yield chunk
 
     async def _reject(self, context: grpc.aio.ServicerContext, err: SchedulerError) -> None:
@@ -77,13 +95,23 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         self._metrics.on_rejected(code.name.lower())
         await context.abort(code, str(err))
 
-    async def _stream(self, stream: RequestStream) -> AsyncIterator[api.GenerateChunk]:
+    async def _stream(
+        self, stream: RequestStream, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.GenerateChunk]:
+        """The request's chunks; one that a fault ended (shutdown, a worker's error) ends its
+        call with that status and message after its last tokens, not with a final chunk."""
         try:
             while True:
                 delta = await stream.next_delta()
-                yield convert.chunk(stream.request, delta)
-                if delta.finished:
-                    return
+                failed = fault_status(stream.request) if delta.finished else None
+                if failed is None:
+                    yield convert.chunk(stream.request, delta)
+                    if delta.finished:
+                        return
+                    continue
+                if delta.token_ids or delta.text:
+                    yield convert.chunk(stream.request, delta._replace(finished=False))
+                await context.abort(status_for(failed), str(failed))
         finally:
             await self._frontend.close(stream)
 
@@ -95,7 +123,7 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         except SchedulerError as err:
             await self._reject(context, err)
         try:
-            async for chunk in self._stream(stream):
+            async for chunk in self._stream(stream, context):
                 chunk.conversation_id = conv.conversation_id
                 yield chunk
         finally:

@@ -1,24 +1,122 @@
 """Checks of a generation request at the edge, before anything is scheduled.
 
-Every check raises ``ValueError`` with the offending values in the message; the scheduler
-maps it to ``INVALID_ARGUMENT``. Pure Python, no torch.
+Every check raises ``ValueError`` with a short message; the scheduler maps it to
+``INVALID_ARGUMENT``. Sizes are checked before any work on the value (no tokenising, no copy),
+and a message never quotes more than ``ECHO_CHARS`` characters of a caller's string (`clip`):
+numbers are named, names and texts are not echoed. Pure Python, no torch.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 
 __all__ = [
+    "ECHO_CHARS",
+    "MAX_CONVERSATION_ID_CHARS",
+    "MAX_REQUEST_ID_CHARS",
     "MAX_STOP_CHARS",
     "MAX_STOP_STRINGS",
+    "MAX_STOP_TOKEN_IDS",
+    "MAX_TENANT_CHARS",
+    "MAX_TTL_S",
+    "PROMPT_BYTES_PER_TOKEN",
+    "clip",
+    "validate_conversation_id",
+    "validate_count",
     "validate_generation",
+    "validate_request_id",
     "validate_sampling",
     "validate_stop",
+    "validate_tenant",
+    "validate_text_bytes",
+    "validate_ttl",
 ]
 
 _MAX_LISTED = 5
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 256
+ECHO_CHARS = 32  # the most of a caller's string an error message quotes
+MAX_REQUEST_ID_CHARS = 128
+MAX_TENANT_CHARS = 64
+MAX_CONVERSATION_ID_CHARS = 64
+MAX_TTL_S = 30 * 24 * 3600.0  # 30 days: the longest retention a request or conversation asks
+# A text prompt longer than max_model_len * this many UTF-8 bytes can never tokenise to fewer
+# than max_model_len tokens with any real vocabulary (a token is rarely over 16 bytes): it is
+# rejected before the tokenizer sees it.
+PROMPT_BYTES_PER_TOKEN = 16
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:@/+=~-]+")
+_TENANT = re.compile(r"[A-Za-z0-9_.:@-]+")
+_CONVERSATION_ID = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def clip(value: str) -> str:
+    """`value` as an error message may quote it: repr of its first ``ECHO_CHARS`` characters."""
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    return f"{value[:ECHO_CHARS]!r}..."
+
+
+def _validate_name(
+    value: str, what: str, max_chars: int, pattern: re.Pattern[str], alpha: str
+) -> None:
+    # Length first: the pattern never runs over an over-long value, and the value is not echoed.
+    if not isinstance(value, str) or not 1 <= len(value) <= max_chars:
+        n = len(value) if isinstance(value, str) else "no"
+        raise ValueError(f"{what} must be 1-{max_chars} characters, got {n}")
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{what} must be characters of {alpha}")
+
+
+def validate_request_id(request_id: str) -> None:
+    """1-``MAX_REQUEST_ID_CHARS`` characters of ``[A-Za-z0-9_.:@/+=~-]``."""
+    _validate_name(
+        request_id, "request_id", MAX_REQUEST_ID_CHARS, _REQUEST_ID, "[A-Za-z0-9_.:@/+=~-]"
+    )
+
+
+def validate_tenant(tenant: str) -> None:
+    """1-``MAX_TENANT_CHARS`` characters of ``[A-Za-z0-9_.:@-]``."""
+    _validate_name(tenant, "tenant", MAX_TENANT_CHARS, _TENANT, "[A-Za-z0-9_.:@-]")
+
+
+def validate_conversation_id(conversation_id: str) -> None:
+    """1-``MAX_CONVERSATION_ID_CHARS`` characters of ``[A-Za-z0-9_.:-]`` (the server's ids are
+    ``conv-`` and 24 hex digits)."""
+    _validate_name(
+        conversation_id,
+        "conversation_id",
+        MAX_CONVERSATION_ID_CHARS,
+        _CONVERSATION_ID,
+        "[A-Za-z0-9_.:-]",
+    )
+
+
+def validate_text_bytes(text: str, what: str, max_bytes: int) -> None:
+    """At most `max_bytes` UTF-8 bytes; decided from the length alone where it can be (a
+    character is 1-4 bytes), so an over-long text costs nothing to refuse."""
+    n = len(text)
+    if n > max_bytes or (
+        n * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes
+    ):
+        raise ValueError(f"{what} is longer than {max_bytes} bytes")
+
+
+def validate_count(n: int, what: str, limit: int) -> None:
+    """At most `limit` items (checked on the length before the list is copied)."""
+    if n > limit:
+        raise ValueError(f"{what} has {n} items, at most {limit} are allowed")
+
+
+def validate_ttl(ttl_s: float, what: str) -> None:
+    """A finite number of seconds in ``[0, MAX_TTL_S]`` (NaN and infinities are refused)."""
+    if not (isinstance(ttl_s, int | float) and math.isfinite(ttl_s) and 0 <= ttl_s <= MAX_TTL_S):
+        raise ValueError(
+            f"{what} must be a finite number of seconds in [0, {MAX_TTL_S:.0f}], got {ttl_s!r:.40}"
+        )
 
 
 def validate_generation(
@@ -85,9 +183,9 @@ def validate_stop(stop: Sequence[str]) -> None:
         raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(stop)}")
     for i, s in enumerate(stop):
         if not isinstance(s, str) or not s:
-            raise ValueError(f"stop string {i} must be a non-empty string, got {s!r}")
+            raise ValueError(f"stop string {i} must be a non-empty string")
         if len(s) > MAX_STOP_CHARS:
             raise ValueError(
                 f"stop string {i} has {len(s)} characters, at most {MAX_STOP_CHARS} are allowed: "
-                f"{s[:32]!r}..."
+                f"{clip(s)}"
             )

@@ -29,6 +29,7 @@ from scheduler_svc.errors import (
     Unavailable,
 )
 from scheduler_svc.frontend import Frontend, NewRequest
+from scheduler_svc.handlers import add_fastswitch_servicer
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.policy import make_policy
 from scheduler_svc.servicer import (
@@ -71,7 +72,7 @@ async def server(registry: CollectorRegistry) -> AsyncIterator[tuple[str, Fronte
     frontend.on_step = metrics.on_step
     frontend.on_finish = metrics.on_finish
     service.add(
-        api_grpc.add_FastSwitchServicer_to_server,
+        add_fastswitch_servicer,
         FastSwitchServicer(frontend, metrics, policy="fcfs", mode="fastswitch"),
         "fastswitch.v1.FastSwitch",
     )
