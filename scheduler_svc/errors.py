@@ -36,6 +36,10 @@ class FailedPrecondition(SchedulerError):
     (-> FAILED_PRECONDITION)."""
 
 
+class PermissionDenied(SchedulerError):
+    """The caller's API key may not act for the tenant it named (-> PERMISSION_DENIED)."""
+
+
 class AlreadyExists(SchedulerError):
     """A worker of that id has already joined (-> ALREADY_EXISTS)."""
 
