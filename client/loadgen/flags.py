@@ -250,6 +250,7 @@ def run_config_from_args(a: argparse.Namespace, target: str) -> RunConfig:
         warmup_requests=a.warmup,
         use_chat=a.workload == "multiturn" if a.use_chat is None else a.use_chat,
         update_running_priorities=not a.no_priority_updates,
+        api_key=getattr(a, "api_key", None),
     )
 
 

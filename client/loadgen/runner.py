@@ -22,7 +22,7 @@ import contextlib
 import uuid
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from client import AsyncChat, AsyncClient, FastSwitchError, SamplingOptions, Stats
 from client.loadgen.stats import RequestRecord, Status, late, percentile, queued
@@ -48,6 +48,8 @@ class RunConfig:
     use_chat: bool = False
     update_running_priorities: bool = True
     warn_after_s: float = 0.05  # behind schedule / waiting in the client by more: a warning
+    # The API key sent on every call (None: $FASTSWITCH_API_KEY); never shown in a repr.
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "tenant_concurrency", "max_consecutive_failures"):
@@ -87,10 +89,12 @@ class Live:
     tbt_mean_s: float | None
 
 
-async def probe_max_model_len(target: str, timeout_s: float = 5.0) -> int | None:
+async def probe_max_model_len(
+    target: str, timeout_s: float = 5.0, *, api_key: str | None = None
+) -> int | None:
     """The model's context as the scheduler reports it; None when it is unreachable or does
     not say (an older server)."""
-    async with AsyncClient(target, timeout_s=timeout_s) as api:
+    async with AsyncClient(target, timeout_s=timeout_s, api_key=api_key) as api:
         try:
             return (await api.stats()).max_model_len
         except FastSwitchError:
@@ -137,7 +141,10 @@ class Runner:
     async def run(self) -> RunResult:
         """Runs the workload; TargetError when the target cannot be benchmarked at all."""
         self._loop = asyncio.get_running_loop()
-        async with AsyncClient(self._cfg.target, timeout_s=self._cfg.request_timeout_s) as api:
+        cfg = self._cfg
+        async with AsyncClient(
+            cfg.target, timeout_s=cfg.request_timeout_s, api_key=cfg.api_key
+        ) as api:
             await self._preflight(api)
             before = await self._stats(api)
             self._t0 = self._loop.time()
