@@ -10,6 +10,8 @@ The server's contract (``proto/scheduler.proto``) says which code means what::
     CANCELLED           -> Cancelled
     FAILED_PRECONDITION -> FailedPrecondition
     UNIMPLEMENTED       -> Unimplemented       a call this server does not serve (yet)
+    UNAUTHENTICATED     -> Unauthenticated     keys are on and the call's api_key is missing/unknown
+    PERMISSION_DENIED   -> PermissionDenied    the key may not act for the tenant named
     INTERNAL / UNKNOWN / DATA_LOSS -> InternalError
     anything else       -> FastSwitchError
 """
@@ -63,6 +65,14 @@ class Unimplemented(FastSwitchError):
     """The server does not serve this call."""
 
 
+class Unauthenticated(FastSwitchError):
+    """The server has API keys and the client sent none, or one it does not know."""
+
+
+class PermissionDenied(FastSwitchError):
+    """The API key may not act for the tenant the call named (only its own or a narrowing)."""
+
+
 class InternalError(FastSwitchError):
     """The server (or the SDK, for a malformed response) failed internally."""
 
@@ -77,6 +87,8 @@ _BY_CODE: dict[grpc.StatusCode, type[FastSwitchError]] = {
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.INTERNAL: InternalError,
     grpc.StatusCode.UNKNOWN: InternalError,
     grpc.StatusCode.DATA_LOSS: InternalError,
