@@ -1,81 +1,33 @@
-"""API keys: who a request is, from its ``Authorization: Bearer KEY`` header.
+"""API keys of the HTTP door: who a request is, from its ``Authorization: Bearer KEY`` header.
 
 With keys configured (``--api-keys FILE``), every ``/v1`` call needs one, and the key names the
 tenant: a request cannot speak for another tenant by setting ``user``. Without keys the door is
-open and the tenant comes from ``user`` (else ``default``). Keys are compared by their SHA-256
-digest, so how long a lookup takes says nothing about how much of a guess was right.
-
-The file has one key per line, ``KEY TENANT`` (``#`` starts a comment), or is a JSON object
-``{"KEY": "TENANT", ...}``.
+open and the tenant comes from ``user`` (else ``default``). The key ring and its file format are
+shared with the scheduler's gRPC API (``servekit/keys.py``: ``KEY TENANT [weight=W]
+[priority=P] [role=R]`` lines, or a JSON object); here only the tenant matters.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Mapping
-from pathlib import Path
-
 from api_svc.errors import ApiError
+from servekit import keys as _keys
+from servekit.keys import Identity, UnknownKey
+
+__all__ = ["Identity", "KeyRing"]
 
 
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
-
-
-class KeyRing:
-    """Key digest -> tenant. Empty: the door is open."""
-
-    def __init__(self, keys: Mapping[str, str] | None = None) -> None:
-        self._tenants = {_digest(k): t for k, t in (keys or {}).items()}
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> KeyRing:
-        """Reads a key file; ValueError naming the line that is wrong."""
-        text = Path(path).read_text(encoding="utf-8")
-        if text.lstrip().startswith("{"):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: not valid JSON ({err})") from None
-            if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-                raise ValueError(f'{path}: expected {{"KEY": "TENANT", ...}}')
-            keys = dict(data)
-        else:
-            keys = {}
-            for n, line in enumerate(text.splitlines(), 1):
-                line = line.split("#", 1)[0].strip()
-                if not line:
-                    continue
-                parts = line.split()
-                if len(parts) != 2:
-                    raise ValueError(f"{path}:{n}: expected 'KEY TENANT', got {len(parts)} fields")
-                keys[parts[0]] = parts[1]
-        for key in keys:
-            if len(key) < 8:
-                raise ValueError(f"{path}: a key of {len(key)} characters is too short (>= 8)")
-        return cls(keys)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._tenants)
+class KeyRing(_keys.KeyRing):
+    """The shared key ring, whose missing or unknown keys answer the door's 401."""
 
     def tenant_for(self, authorization: str | None) -> str | None:
         """The tenant of a request's Authorization header; None when keys are off.
         ApiError 401 when keys are on and the header is missing or the key unknown."""
-        if not self._tenants:
-            return None
-        if not authorization:
+        try:
+            return super().tenant_for(authorization)
+        except UnknownKey as err:
             raise ApiError(
                 401,
-                "missing API key: send 'Authorization: Bearer KEY'",
+                str(err).replace("authorization:", "Authorization:"),
                 type="authentication_error",
                 code="invalid_api_key",
-            )
-        scheme, _, key = authorization.partition(" ")
-        tenant = self._tenants.get(_digest(key.strip())) if scheme.lower() == "bearer" else None
-        if tenant is None:
-            raise ApiError(
-                401, "invalid API key", type="authentication_error", code="invalid_api_key"
-            )
-        return tenant
+            ) from None

@@ -27,6 +27,7 @@ from api_svc.door import Door, DoorConfig
 from api_svc.metrics import ApiMetrics
 from client.aio import AsyncClient
 from servekit.config import env_default, package_version
+from servekit.keys import read_key_file
 from servekit.logs import setup_logging
 from servekit.modelspec import TINY_MODEL, load_model_spec
 from servekit.names import LOG_LEVELS
@@ -45,6 +46,7 @@ class ApiConfig:
     model: str
     served_model_names: tuple[str, ...]
     api_keys: str | None
+    scheduler_api_key_file: str | None
     max_body_bytes: int
     max_in_flight: int
     default_max_tokens: int
@@ -102,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="API keys: lines 'KEY TENANT' or a JSON object; a key names its tenant. Without it "
         "the door is open and the tenant is the request's 'user' (else 'default')",
+    )
+    p.add_argument(
+        "--scheduler-api-key-file",
+        default=env_default("--scheduler-api-key-file", None),
+        metavar="FILE",
+        help="the key this door sends to the scheduler (a bare key, or a key-file line whose "
+        "first word is the key): a 'service' key, which may act for the tenants this door "
+        "authenticates. Default: $FASTSWITCH_API_KEY, else none (a scheduler without keys)",
     )
     p.add_argument(
         "--max-body-bytes",
@@ -171,6 +181,7 @@ def config_from_args(args: argparse.Namespace) -> ApiConfig:
         model=args.model,
         served_model_names=names,
         api_keys=args.api_keys,
+        scheduler_api_key_file=args.scheduler_api_key_file,
         max_body_bytes=args.max_body_bytes,
         max_in_flight=args.max_in_flight,
         default_max_tokens=args.default_max_tokens,
@@ -223,7 +234,8 @@ async def serve(cfg: ApiConfig) -> int:
     spec = load_model_spec(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
     keys = KeyRing.from_file(cfg.api_keys) if cfg.api_keys else KeyRing()
-    client = AsyncClient(cfg.scheduler, timeout_s=cfg.request_timeout_s)
+    key = read_key_file(cfg.scheduler_api_key_file) if cfg.scheduler_api_key_file else None
+    client = AsyncClient(cfg.scheduler, timeout_s=cfg.request_timeout_s, api_key=key)
     door = Door(
         client,
         tokenizer,
@@ -293,6 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         load_model_spec(cfg.model)
+        if cfg.api_keys:
+            KeyRing.from_file(cfg.api_keys)  # a bad key file fails here, in one line
+        if cfg.scheduler_api_key_file:
+            read_key_file(cfg.scheduler_api_key_file)
     except (ValueError, OSError) as err:
         print(f"fastswitch serve api: {err}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, Unpack
 
@@ -18,6 +19,9 @@ from proto import scheduler_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 
+#: Where a client finds its API key when none is given.
+API_KEY_ENV = "FASTSWITCH_API_KEY"
+
 _CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
@@ -31,11 +35,23 @@ class AsyncClient:
     deadline: ``timeout_s`` per call, defaulting to the client's; for a stream it bounds the whole
     stream. Failed calls raise the typed exceptions of :mod:`client.errors`.
     The channel is opened on the first call, on the event loop that makes it.
+
+    ``api_key`` is sent on every call as ``authorization: Bearer KEY`` (a server with keys
+    answers UNAUTHENTICATED without one); None reads ``$FASTSWITCH_API_KEY``, "" sends none.
     """
 
-    def __init__(self, address: str, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, address: str, *, timeout_s: float = 60.0, api_key: str | None = None
+    ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        if api_key is None:
+            api_key = os.environ.get(API_KEY_ENV, "")
+        if api_key != api_key.strip() or any(c in api_key for c in "\r\n"):
+            raise ValueError("api_key must not contain white space at its ends or line breaks")
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
         self._address = address
         self._timeout_s = timeout_s
         self._channel: grpc.aio.Channel | None = None
@@ -84,7 +100,7 @@ class AsyncClient:
         prompt_token_ids: Sequence[int] | None = None,
         *,
         options: SamplingOptions | None = None,
-        tenant: str = "default",
+        tenant: str = "",
         priority: int = 0,
         request_id: str | None = None,
         timeout_s: float | None = None,
@@ -98,7 +114,9 @@ class AsyncClient:
         (``max_tokens=16``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop`` strings,
         ``stop_token_ids``, ``ignore_eos``). ``retain_ttl_s`` keeps the request's KV on the
         server's host for that many seconds after it finishes (0: until evicted), so a later
-        prompt that starts the same way skips those tokens; None: the server's default. The
+        prompt that starts the same way skips those tokens; None: the server's default.
+        ``tenant`` "" is the API key's tenant (``default`` on a server without keys); a tenant
+        key may name its own tenant or a narrowing of it (``alice.sub``). The
         arguments are checked now (ValueError, before any RPC); the RPC starts on the first
         iteration. Breaking out of the loop cancels it.
         """
@@ -117,18 +135,20 @@ class AsyncClient:
         else:
             request.token_ids.ids.extend(_token_ids(prompt_token_ids))
         deadline = self._deadline(timeout_s)
-        return GenerationStream(lambda: self._api().Generate(request, timeout=deadline))
+        return GenerationStream(
+            lambda: self._api().Generate(request, timeout=deadline, metadata=self._metadata)
+        )
 
     # ------------------------------------------------------------------ conversations
 
     def chat(
-        self, *, tenant: str = "default", system: str | None = None, ttl_s: float | None = None
+        self, *, tenant: str = "", system: str | None = None, ttl_s: float | None = None
     ) -> AsyncChat:
         """A new conversation (created on the server with its first turn)."""
         return AsyncChat(self, tenant=tenant, system=system, ttl_s=ttl_s)
 
     async def end_conversation(
-        self, conversation_id: str, *, tenant: str = "default", timeout_s: float | None = None
+        self, conversation_id: str, *, tenant: str = "", timeout_s: float | None = None
     ) -> int:
         """Ends a conversation and releases its retained KV; returns the blocks freed."""
         request = pb.EndConversationRequest(conversation_id=conversation_id, tenant=tenant)
@@ -137,18 +157,27 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ control
 
-    async def cancel(self, request_id: str, *, timeout_s: float | None = None) -> bool:
-        """Cancels a request; False when it had already finished."""
-        resp = await self._unary(
-            self._api().Cancel, pb.CancelRequest(request_id=request_id), timeout_s
-        )
+    async def cancel(
+        self, request_id: str, *, tenant: str = "", timeout_s: float | None = None
+    ) -> bool:
+        """Cancels a request; False when it had already finished. ``tenant`` names whose
+        request it is ("": the key's tenant, or any tenant on a server without keys); another
+        tenant's request is :class:`~client.errors.NotFound`, as an unknown id is."""
+        request = pb.CancelRequest(request_id=request_id, tenant=tenant)
+        resp = await self._unary(self._api().Cancel, request, timeout_s)
         return bool(resp.cancelled)
 
     async def set_priority(
-        self, request_id: str, priority: int, *, timeout_s: float | None = None
+        self,
+        request_id: str,
+        priority: int,
+        *,
+        tenant: str = "",
+        timeout_s: float | None = None,
     ) -> None:
-        """Changes a queued or running request's priority (higher runs first)."""
-        request = pb.SetPriorityRequest(request_id=request_id, priority=priority)
+        """Changes a queued or running request's priority (higher runs first; capped at the
+        tenant's priority class on a server with keys); ``tenant`` as in :meth:`cancel`."""
+        request = pb.SetPriorityRequest(request_id=request_id, priority=priority, tenant=tenant)
         await self._unary(self._api().SetPriority, request, timeout_s)
 
     async def stats(self, *, timeout_s: float | None = None) -> Stats:
@@ -177,7 +206,7 @@ class AsyncClient:
         self, method: Callable[..., Awaitable[T]], request: Any, timeout_s: float | None
     ) -> T:
         try:
-            return await method(request, timeout=self._deadline(timeout_s))
+            return await method(request, timeout=self._deadline(timeout_s), metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from err
         except asyncio.CancelledError:
@@ -256,7 +285,7 @@ class AsyncChat:
         deadline = client._deadline(timeout_s)
         self._turn_open = True
         return GenerationStream(
-            lambda: client._api().Chat(request, timeout=deadline),
+            lambda: client._api().Chat(request, timeout=deadline, metadata=client._metadata),
             on_chunk=self._on_chunk,
             on_close=self._on_turn_closed,
         )

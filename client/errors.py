@@ -11,6 +11,8 @@ The server's contract (``proto/scheduler.proto``) says which code means what::
     FAILED_PRECONDITION -> FailedPrecondition
     UNIMPLEMENTED       -> Unimplemented       a call this server does not serve (yet)
     ABORTED             -> InternalError       a server fault ended the call (message: which)
+    UNAUTHENTICATED     -> Unauthenticated     keys are on and the call's api_key is missing/unknown
+    PERMISSION_DENIED   -> PermissionDenied    the key may not act for the tenant named
     INTERNAL / UNKNOWN / DATA_LOSS -> InternalError
     anything else       -> FastSwitchError
 """
@@ -64,6 +66,14 @@ class Unimplemented(FastSwitchError):
     """The server does not serve this call."""
 
 
+class Unauthenticated(FastSwitchError):
+    """The server has API keys and the client sent none, or one it does not know."""
+
+
+class PermissionDenied(FastSwitchError):
+    """The API key may not act for the tenant the call named (only its own or a narrowing)."""
+
+
 class InternalError(FastSwitchError):
     """The server (or the SDK, for a malformed response) failed internally."""
 
@@ -79,6 +89,8 @@ _BY_CODE: dict[grpc.StatusCode, type[FastSwitchError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
     grpc.StatusCode.ABORTED: InternalError,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.INTERNAL: InternalError,
     grpc.StatusCode.UNKNOWN: InternalError,
     grpc.StatusCode.DATA_LOSS: InternalError,

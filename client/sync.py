@@ -24,8 +24,10 @@ class Client:
     Safe to call from several threads.
     """
 
-    def __init__(self, address: str, *, timeout_s: float = 60.0) -> None:
-        self._async = AsyncClient(address, timeout_s=timeout_s)
+    def __init__(
+        self, address: str, *, timeout_s: float = 60.0, api_key: str | None = None
+    ) -> None:
+        self._async = AsyncClient(address, timeout_s=timeout_s, api_key=api_key)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._run_loop, name="fastswitch-client", daemon=True
@@ -75,22 +77,24 @@ class Client:
         ``close()``) cancels the request."""
         return self._iterate(self._async.generate_stream(prompt, prompt_token_ids, **kw))
 
-    def cancel(self, request_id: str, *, timeout_s: float | None = None) -> bool:
+    def cancel(self, request_id: str, *, tenant: str = "", timeout_s: float | None = None) -> bool:
         """See :meth:`AsyncClient.cancel`."""
-        return self._run(self._async.cancel(request_id, timeout_s=timeout_s))
+        return self._run(self._async.cancel(request_id, tenant=tenant, timeout_s=timeout_s))
 
     def set_priority(
-        self, request_id: str, priority: int, *, timeout_s: float | None = None
+        self, request_id: str, priority: int, *, tenant: str = "", timeout_s: float | None = None
     ) -> None:
         """See :meth:`AsyncClient.set_priority`."""
-        self._run(self._async.set_priority(request_id, priority, timeout_s=timeout_s))
+        self._run(
+            self._async.set_priority(request_id, priority, tenant=tenant, timeout_s=timeout_s)
+        )
 
     def stats(self, *, timeout_s: float | None = None) -> Stats:
         """See :meth:`AsyncClient.stats`."""
         return self._run(self._async.stats(timeout_s=timeout_s))
 
     def chat(
-        self, *, tenant: str = "default", system: str | None = None, ttl_s: float | None = None
+        self, *, tenant: str = "", system: str | None = None, ttl_s: float | None = None
     ) -> Chat:
         """A new conversation; see :meth:`AsyncClient.chat`."""
         return Chat(self, self._async.chat(tenant=tenant, system=system, ttl_s=ttl_s))

@@ -159,6 +159,10 @@ def _print_up(dep: Deployment) -> None:
     print(f"FastSwitch is up at {dep.address}  (policy {cfg.policy}, mode {cfg.mode})")
     if cfg.http_port is not None:
         print(f"OpenAI-compatible API at {dep.http_url}/v1  (its /metrics and /health there too)")
+    if cfg.api_keys is not None:
+        print(f"API keys on ({cfg.api_keys}); an admin key of this run: {dep.run_dir}/admin.key")
+    else:
+        print("API keys off: the API is open (any client may act as any tenant)")
     ports = ", ".join(f"{name} {port}" for name, port in dep.metrics_ports.items())
     print(f"metrics (http://{cfg.host}:PORT/metrics): {ports}")
     if dep.log_dir is not None:

@@ -63,7 +63,14 @@ def add_deployment_args(
             help="the OpenAI-compatible HTTP API's port; 0: any free (%(default)s)",
         )
         switch("--no-http", "do not start the HTTP API (gRPC only)")
-        arg("--api-keys", None, type=Path, metavar="FILE", help="HTTP API keys: 'KEY TENANT' lines")
+        arg(
+            "--api-keys",
+            None,
+            type=Path,
+            metavar="FILE",
+            help="API keys of the gRPC API and the HTTP API: 'KEY TENANT [weight=W] "
+            "[priority=P] [role=R]' lines (docs/security.md); default: open",
+        )
         arg(
             "--served-model-name", None, help="the model's name in the HTTP API (default: dir name)"
         )
@@ -133,7 +140,7 @@ def config_from_args(args: argparse.Namespace, *, keep_logs: bool) -> Deployment
         http = None
     return DeploymentConfig(
         http_port=http,
-        api_keys=getattr(args, "api_keys", None) if http is not None else None,
+        api_keys=getattr(args, "api_keys", None),
         served_model_name=getattr(args, "served_model_name", None) if http is not None else None,
         extra_api_args=tuple(x for s in getattr(args, "api_arg", []) for x in shlex.split(s)),
         model=args.model,

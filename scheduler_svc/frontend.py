@@ -21,6 +21,7 @@ from scheduler_svc.deltas import Delta, TextDelta
 from scheduler_svc.errors import InvalidArgument, NotFound, Unavailable, invalid_argument
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.request import Fault, GenerationLimits, Request, Sampling, TokenEvent
+from scheduler_svc.tenancy import PriorityClasses, in_scope
 from scheduler_svc.workers import WorkerInfo
 from servekit.tokenizer import Tokenizer, TokenizerUnavailableError
 from servekit.validation import (
@@ -146,6 +147,8 @@ class Frontend:
         )
         self._tenants = dict(tenants) if tenants else None
         self.conversations = Conversations(tokenizer)
+        # Caps on each tenant's priority (API keys' priority=P); empty: none.
+        self.priority_classes = PriorityClasses()
         # Plain generate requests keep their KV after finishing only when this is set.
         self.retain_generate_ttl_s: float | None = None
         self._streams: dict[str, RequestStream] = {}
@@ -262,7 +265,7 @@ class Frontend:
             sampling=sampling,
             limits=limits,
             tenant=tenant,
-            priority=new.priority,
+            priority=self.priority_classes.apply(tenant, new.priority),
             request_id=new.request_id,
             retain_ttl_s=retain_ttl_s,
         )
@@ -324,23 +327,33 @@ class Frontend:
         if opened and self.on_finish is not None:
             self.on_finish(req)
 
-    async def cancel(self, request_id: str) -> bool:
-        """The client cancels its request (its stream ends as CANCELLED); False if finished."""
+    def _find(self, request_id: str, scope: str | None) -> Request:
+        """The request of that id within `scope` (None: any tenant's). NotFound, with the same
+        message by the same path, for an unknown id and for another tenant's request."""
         with invalid_argument():
             validate_request_id(request_id)
+        req = self.core.get(request_id)
+        if req is None or not in_scope(scope, req.tenant):
+            raise NotFound(f"request {clip(request_id)} not found")
+        return req
+
+    async def cancel(self, request_id: str, scope: str | None = None) -> bool:
+        """The client cancels its request within `scope` (its stream ends as CANCELLED); False
+        when it had already finished."""
+        self._find(request_id, scope)
         event = self.core.cancel(request_id)
         if event is None:
-            if self.core.get(request_id) is None:
-                raise NotFound(f"request {clip(request_id)} not found")
             return False
         self._dispatch([event])
         await self.notify()
         return True
 
-    async def set_priority(self, request_id: str, priority: int) -> None:
-        with invalid_argument():
-            validate_request_id(request_id)
-        if not self.core.set_priority(request_id, priority):
+    async def set_priority(self, request_id: str, priority: int, scope: str | None = None) -> None:
+        """Changes a live request's priority (capped at its tenant's class) within `scope`."""
+        req = self._find(request_id, scope)
+        if not self.core.set_priority(
+            request_id, self.priority_classes.apply(req.tenant, priority)
+        ):
             raise NotFound(f"request {clip(request_id)} not found")
         await self.notify()
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proto import worker_pb2_grpc as wk_grpc
+from scheduler_svc.auth import ApiKeyInterceptor
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.core import SchedulerCore
 from scheduler_svc.frontend import Frontend
@@ -18,7 +19,9 @@ from scheduler_svc.host_agent import HostAgent
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.policy import make_policy
 from scheduler_svc.servicer import REJECT_REASONS, FastSwitchServicer, StepLinkServicer
+from scheduler_svc.tenancy import PriorityClasses
 from servekit.config import add_common_flags, env_default, parse_weights
+from servekit.keys import KeyRing
 from servekit.labels import DEFAULT_MAX_TENANTS
 from servekit.logs import setup_logging
 from servekit.modelspec import load_model_spec
@@ -51,6 +54,7 @@ class SchedulerConfig:
     w_prompt: float
     w_output: float
     metrics_max_tenants: int = DEFAULT_MAX_TENANTS
+    api_keys: tuple[str, ...] = ()  # key files (merged); none: $FASTSWITCH_API_KEYS_FILE/_TEXT
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -127,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_default("--metrics-max-tenants", DEFAULT_MAX_TENANTS),
         help="distinct tenant label values in /metrics; later tenants are reported as "
         'tenant="_other" (tenants named in --tenants always have their own; %(default)s)',
+    )
+    p.add_argument(
+        "--api-keys",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="API keys of the public API: lines 'KEY TENANT [weight=W] [priority=P] "
+        "[role=tenant|admin|service]' or a JSON object (docs/security.md); repeatable, the files "
+        "are merged. Default: $FASTSWITCH_API_KEYS_FILE, else the text of "
+        "$FASTSWITCH_API_KEYS_TEXT, else none: the API is open",
     )
     p.add_argument("--vtc-prompt-weight", type=float, default=1.0)
     p.add_argument("--vtc-output-weight", type=float, default=2.0)
@@ -230,6 +244,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         w_prompt=args.vtc_prompt_weight,
         w_output=args.vtc_output_weight,
         metrics_max_tenants=args.metrics_max_tenants,
+        api_keys=tuple(args.api_keys or ()),
     )
 
 
@@ -242,10 +257,16 @@ def max_message_mb(max_prompt_bytes: int, max_model_len: int) -> int:
     return max(4, -(-largest // (1 << 20)) + 1)
 
 
+def tenant_weights(cfg: SchedulerConfig, keys: KeyRing) -> dict[str, float]:
+    """The VTC weights: the key file's, then --tenants (which wins for a tenant in both)."""
+    return {**keys.weights(), **dict(cfg.tenants)}
+
+
 async def serve(cfg: SchedulerConfig) -> int:
     spec = load_model_spec(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
-    weights = dict(cfg.tenants)
+    keys = KeyRing.load(cfg.api_keys)
+    weights = tenant_weights(cfg, keys)
     policy = make_policy(
         cfg.policy, w_prompt=cfg.w_prompt, w_output=cfg.w_output, tenant_weights=weights
     )
@@ -258,15 +279,19 @@ async def serve(cfg: SchedulerConfig) -> int:
         vocab_size=spec.vocab_size,
         max_model_len=spec.max_model_len,
         max_tokens_limit=cfg.max_tokens_limit,
-        tenants=weights if cfg.strict_tenants else None,
+        tenants={**weights, **dict.fromkeys(keys.tenants() - weights.keys(), 1.0)}
+        if cfg.strict_tenants
+        else None,
         max_prompt_bytes=cfg.max_prompt_bytes or None,
     )
+    frontend.priority_classes = PriorityClasses(keys.priority_classes())
     service = GrpcService(
         "scheduler",
         listen=cfg.listen,
         metrics_port=cfg.metrics_port,
         metrics_host=cfg.metrics_host,
         max_message_mb=max_message_mb(frontend.max_prompt_bytes, spec.max_model_len),
+        interceptors=[ApiKeyInterceptor(keys)] if keys.enabled else (),
     )
     metrics = SchedulerMetrics(
         service.registry,
@@ -296,6 +321,12 @@ async def serve(cfg: SchedulerConfig) -> int:
         agent_task = asyncio.create_task(agent.run(), name="host-agent")
     else:
         log.warning("no --kvstore: preemption recomputes (no swaps)")
+    if not keys.enabled:
+        log.warning(
+            "no API keys: the public API is open; any client may act as any tenant "
+            "(give --api-keys FILE)",
+            extra={"listen": cfg.listen},
+        )
     await service.start()
     service.install_signal_handlers()
     service.set_serving(True)
@@ -306,6 +337,7 @@ async def serve(cfg: SchedulerConfig) -> int:
             "policy": cfg.policy,
             "mode": cfg.mode,
             "preemption": cfg.core.preemption,
+            "api_keys": len(keys),
         },
     )
     await service.wait_for_signal()
@@ -323,7 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("scheduler", args.log_level)
     try:
         cfg = config_from_args(args)
-    except ValueError as err:
+        KeyRing.load(cfg.api_keys)  # a bad key file fails here, in one line
+    except (ValueError, OSError) as err:
         print(f"fastswitch serve scheduler: {err}", file=sys.stderr)
         return 2
     return run(serve(cfg))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 
@@ -18,12 +19,14 @@ from proto import scheduler_pb2_grpc as api_grpc
 from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
 from scheduler_svc import convert
+from scheduler_svc.auth import current_caller
 from scheduler_svc.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     SchedulerError,
     Unavailable,
@@ -32,6 +35,7 @@ from scheduler_svc.frontend import Frontend, RequestStream
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.request import Fault, FinishReason, Request
+from scheduler_svc.tenancy import tenant_view
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ _STATUS: dict[type[SchedulerError], grpc.StatusCode] = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     Aborted: grpc.StatusCode.ABORTED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 _FAULT: dict[Fault, type[SchedulerError]] = {
@@ -83,7 +88,9 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         self, request: api.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api.GenerateChunk]:
         try:
-            stream = await self._frontend.open(convert.new_request(request))
+            new = convert.new_request(request)
+            new = replace(new, tenant=current_caller().tenant(request.tenant))
+            stream = await self._frontend.open(new)
         except SchedulerError as err:
             await self._reject(context, err)
         async for chunk in self._stream(stream, context):
@@ -119,7 +126,9 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         self, request: api.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api.GenerateChunk]:
         try:
-            conv, prompt, stream = await self._frontend.open_turn(convert.new_turn(request))
+            turn = convert.new_turn(request)
+            turn = replace(turn, tenant=current_caller().tenant(request.tenant))
+            conv, prompt, stream = await self._frontend.open_turn(turn)
         except SchedulerError as err:
             await self._reject(context, err)
         try:
@@ -133,7 +142,8 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         self, request: api.EndConversationRequest, context: grpc.aio.ServicerContext
     ) -> api.EndConversationResponse:
         try:
-            freed = self._frontend.end_conversation(request.conversation_id, request.tenant)
+            tenant = current_caller().tenant(request.tenant)
+            freed = self._frontend.end_conversation(request.conversation_id, tenant)
         except SchedulerError as err:
             await context.abort(status_for(err), str(err))
         return api.EndConversationResponse(freed_blocks=freed)
@@ -142,7 +152,9 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         self, request: api.CancelRequest, context: grpc.aio.ServicerContext
     ) -> api.CancelResponse:
         try:
-            return api.CancelResponse(cancelled=await self._frontend.cancel(request.request_id))
+            scope = current_caller().scope(request.tenant)
+            cancelled = await self._frontend.cancel(request.request_id, scope)
+            return api.CancelResponse(cancelled=cancelled)
         except SchedulerError as err:
             await context.abort(status_for(err), str(err))
             raise  # pragma: no cover
@@ -151,7 +163,8 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         self, request: api.SetPriorityRequest, context: grpc.aio.ServicerContext
     ) -> api.SetPriorityResponse:
         try:
-            await self._frontend.set_priority(request.request_id, request.priority)
+            scope = current_caller().scope(request.tenant)
+            await self._frontend.set_priority(request.request_id, request.priority, scope)
         except SchedulerError as err:
             await context.abort(status_for(err), str(err))
         return api.SetPriorityResponse()
@@ -159,8 +172,10 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
     async def GetStats(
         self, request: api.StatsRequest, context: grpc.aio.ServicerContext
     ) -> api.StatsResponse:
+        stats = self._frontend.core.stats()
+        scope = current_caller().stats_scope
         return convert.stats(
-            self._frontend.core.stats(),
+            stats if scope is None else tenant_view(stats, scope),
             policy=self._policy,
             mode=self._mode,
             max_model_len=self._frontend.max_model_len,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -48,6 +48,7 @@ class GrpcService:
         metrics_host: str = "127.0.0.1",
         registry: CollectorRegistry | None = None,
         max_message_mb: int = 64,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self.name = name
         self.listen = listen
@@ -60,7 +61,7 @@ class GrpcService:
             ("grpc.max_receive_message_length", max_message_mb << 20),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(options=opts)
+        self.server = grpc.aio.server(options=opts, interceptors=list(interceptors))
         self._health = health.aio.HealthServicer()
         self._stop = asyncio.Event()
         self._metrics: Any = None

@@ -98,9 +98,11 @@ def run_once(workload: Workload, cfg: RunConfig, *, progress: bool) -> RunResult
             bar.close()
 
 
-def server_max_model_len(target: str, model_name: str | None = None) -> int | None:
+def server_max_model_len(
+    target: str, model_name: str | None = None, api_key: str | None = None
+) -> int | None:
     """The context the server reports; None when it cannot be asked (the run then says why)."""
-    return asyncio.run(probe_max_model_len(target, model_name=model_name))
+    return asyncio.run(probe_max_model_len(target, model_name=model_name, api_key=api_key))
 
 
 def summarize_run(workload: Workload, result: RunResult, slo: Slo) -> Summary:
@@ -168,6 +170,13 @@ def build_run_parser() -> argparse.ArgumentParser:
         help="with an http:// target: the model to ask for (default: the first of /v1/models)",
     )
     p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=None,
+        help="API key sent on every call (default $FASTSWITCH_API_KEY; none: no key). A "
+        "workload of several tenants needs a service key, or tenants that narrow the key's",
+    )
+    p.add_argument(
         "--wait-workers",
         metavar="N",
         type=int,
@@ -202,7 +211,9 @@ def wait_workers(a: argparse.Namespace) -> int | None:
 
     try:
         joined = asyncio.run(
-            wait_for_workers(a.target, a.wait_workers, a.wait_timeout, on_wait=waiting)
+            wait_for_workers(
+                a.target, a.wait_workers, a.wait_timeout, on_wait=waiting, api_key=a.api_key
+            )
         )
     except ValueError as err:
         return fail(str(err), EXIT_USAGE)
@@ -217,7 +228,9 @@ def run_main(argv: Sequence[str]) -> int:
     if (code := wait_workers(a)) is not None:
         return code
     try:
-        server_len = None if a.max_model_len else server_max_model_len(a.target, a.model_name)
+        server_len = (
+            None if a.max_model_len else server_max_model_len(a.target, a.model_name, a.api_key)
+        )
         spec, workload, cfg, slo = prepare_run(a, a.target, server_len)
     except (ValueError, RuntimeError) as err:
         return fail(str(err), EXIT_USAGE)

@@ -257,6 +257,7 @@ def run_config_from_args(a: argparse.Namespace, target: str) -> RunConfig:
         update_running_priorities=not a.no_priority_updates,
         stats_target=getattr(a, "stats_target", None),
         model_name=getattr(a, "model_name", None),
+        api_key=getattr(a, "api_key", None),
     )
 
 

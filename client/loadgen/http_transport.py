@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Self
 
@@ -55,8 +56,11 @@ class HttpTransport:
         max_connections: int | None = None,
         connect_timeout_s: float = 5.0,
         network: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
-        """``network``: an httpx transport in place of the real network (tests)."""
+        """``network``: an httpx transport in place of the real network (tests). ``api_key``
+        (None: ``$FASTSWITCH_API_KEY``) is the door's key, sent as ``Authorization: Bearer``,
+        and the stats target's."""
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self.target = url.rstrip("/")
@@ -68,7 +72,11 @@ class HttpTransport:
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         self._model = model_name
-        self._stats_api = None if stats_target is None else AsyncClient(stats_target)
+        key = os.environ.get("FASTSWITCH_API_KEY", "") if api_key is None else api_key
+        self._headers = {"authorization": f"Bearer {key}"} if key else {}
+        self._stats_api = (
+            None if stats_target is None else AsyncClient(stats_target, api_key=api_key)
+        )
         self._stats_target = stats_target
         self._network = network
         self._http: httpx.AsyncClient | None = None
@@ -80,6 +88,7 @@ class HttpTransport:
             limits=self._limits,
             timeout=httpx.Timeout(self._timeout_s, connect=self._connect_timeout_s),
             transport=self._network,
+            headers=self._headers,
         )
         return self
 

@@ -25,7 +25,7 @@ import contextlib
 import uuid
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from client import SamplingOptions, Stats
 from client.loadgen.stats import RequestRecord, Status, late, percentile, queued
@@ -64,6 +64,8 @@ class RunConfig:
     warn_after_s: float = 0.05  # behind schedule / waiting in the client by more: a warning
     stats_target: str | None = None  # HTTP target: the scheduler's gRPC address, for its stats
     model_name: str | None = None  # HTTP target: the model to ask for (None: the door's first)
+    # The API key sent on every call (None: $FASTSWITCH_API_KEY); never shown in a repr.
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.use_chat and is_http(self.target):
@@ -123,15 +125,22 @@ def transport_of(cfg: RunConfig) -> Transport:
         model_name=cfg.model_name,
         max_connections=cfg.concurrency,
         connect_timeout_s=cfg.connect_timeout_s,
+        api_key=cfg.api_key,
     )
 
 
 async def probe_max_model_len(
-    target: str, timeout_s: float = 5.0, *, model_name: str | None = None
+    target: str,
+    timeout_s: float = 5.0,
+    *,
+    model_name: str | None = None,
+    api_key: str | None = None,
 ) -> int | None:
     """The model's context as the server reports it (GetStats, or the HTTP door's
     ``/v1/models``); None when it is unreachable or does not say (an older server)."""
-    async with open_transport(target, timeout_s=timeout_s, model_name=model_name) as t:
+    async with open_transport(
+        target, timeout_s=timeout_s, model_name=model_name, api_key=api_key
+    ) as t:
         return await t.max_model_len(timeout_s=timeout_s)
 
 

@@ -128,10 +128,12 @@ def open_transport(
     model_name: str | None = None,
     max_connections: int | None = None,
     connect_timeout_s: float = 5.0,
+    api_key: str | None = None,
 ) -> Transport:
     """The transport of ``target``: HTTP for ``http(s)://``, else gRPC. ``stats_target`` (a
     scheduler's gRPC address), ``model_name`` and ``max_connections`` (the keep-alive pool;
-    None: no cap) concern HTTP only."""
+    None: no cap) concern HTTP only. ``api_key`` goes with every call (gRPC metadata, or the
+    door's ``Authorization: Bearer`` header; None: ``$FASTSWITCH_API_KEY``)."""
     if is_http(target):
         from client.loadgen.http_transport import HttpTransport
 
@@ -142,12 +144,13 @@ def open_transport(
             max_connections=max_connections,
             connect_timeout_s=connect_timeout_s,
             timeout_s=timeout_s,
+            api_key=api_key,
         )
     if stats_target is not None or model_name is not None:
         raise ValueError(
             f"--stats-target and --model-name are for an http:// target; got target {target!r}"
         )
-    return GrpcTransport(target, timeout_s=timeout_s)
+    return GrpcTransport(target, timeout_s=timeout_s, api_key=api_key)
 
 
 def failed(err: FastSwitchError) -> RequestFailed:
@@ -178,9 +181,9 @@ class GrpcTransport:
     can_set_priority = True
     stats_note: str | None = None
 
-    def __init__(self, target: str, *, timeout_s: float) -> None:
+    def __init__(self, target: str, *, timeout_s: float, api_key: str | None = None) -> None:
         self.target = target
-        self._api = AsyncClient(target, timeout_s=timeout_s)
+        self._api = AsyncClient(target, timeout_s=timeout_s, api_key=api_key)
 
     async def __aenter__(self) -> Self:
         await self._api.__aenter__()

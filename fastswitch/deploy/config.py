@@ -32,7 +32,8 @@ class DeploymentConfig:
     ``log_dir`` None keeps the children's logs in the runtime directory, removed on stop; a
     directory keeps them there after stop. ``kvstore`` names a running store to use instead of
     starting one. ``http_port`` starts the OpenAI-compatible HTTP door (api_svc) on that port (0:
-    a free one); None starts none. ``api_keys`` is its key file (docs/api.md).
+    a free one); None starts none. ``api_keys`` is the key file of both the scheduler's API and
+    the door (docs/security.md); the launcher adds keys of its own (``deploy/keys.py``).
     """
 
     model: str = "tiny"
@@ -77,8 +78,8 @@ class DeploymentConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
-        if self.http_port is None and (self.api_keys or self.served_model_name):
-            raise ValueError("api_keys and served_model_name need the HTTP door (http_port)")
+        if self.http_port is None and self.served_model_name:
+            raise ValueError("served_model_name needs the HTTP door (http_port)")
         if not 0 <= self.metrics_port <= 65535 - (self.workers + 1):
             raise ValueError(
                 f"metrics_port must be 0 or a base leaving room for {self.workers + 2} ports, "

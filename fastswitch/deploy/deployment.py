@@ -26,6 +26,7 @@ from fastswitch.deploy.flags import (
     child_specs,
     serve_command,
 )
+from fastswitch.deploy.keys import LauncherKeys
 from fastswitch.deploy.ports import free_ports
 from fastswitch.deploy.preflight import check_model, check_ports, check_store, place
 from servekit.healthcheck import wait_http_ok
@@ -63,6 +64,7 @@ class Deployment:
         self._children: list[Child] = []
         self._started = False
         self._stopped = False
+        self._keys = LauncherKeys.make() if self.config.api_keys is not None else LauncherKeys()
 
     # ------------------------------------------------------------------ public
 
@@ -79,6 +81,12 @@ class Deployment:
         if url is None:
             raise RuntimeError("this deployment has no HTTP door (http_port is None)")
         return url
+
+    @property
+    def admin_key(self) -> str:
+        """An admin key of this deployment's scheduler ("" when it has no keys: it is open);
+        made for this deployment, valid until it stops."""
+        return self._keys.admin_key
 
     @property
     def port(self) -> int:
@@ -239,6 +247,8 @@ class Deployment:
             raise StartRefused(
                 f"runtime dir {run_dir} is too long for Unix sockets; set TMPDIR to a shorter path"
             )
+        if cfg.api_keys is not None:
+            self._keys.write(run_dir)
         return layout
 
     def _metrics_ports(self, names: list[str]) -> dict[str, int]:
@@ -295,7 +305,7 @@ class Deployment:
     async def _wait_joined(self, n: int, deadline: float) -> None:
         """Polls the scheduler's stats until n workers joined (bounded by the start deadline)."""
         joined = 0
-        async with AsyncClient(self.address, timeout_s=5.0) as api:
+        async with AsyncClient(self.address, timeout_s=5.0, api_key=self.admin_key) as api:
             while True:
                 try:
                     joined = len((await api.stats(timeout_s=_poll_timeout(deadline))).workers)

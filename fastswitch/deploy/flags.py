@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastswitch.deploy.config import DeploymentConfig
+from fastswitch.deploy.keys import DOOR_KEY, SCHEDULER_KEYS
 
 SERVICES = ("api", "scheduler", "worker", "kvstore")
 
@@ -90,6 +91,7 @@ def child_specs(cfg: DeploymentConfig, layout: Layout) -> list[ChildSpec]:
         *("--model", cfg.model),
         *("--policy", cfg.policy),
         *("--mode", cfg.mode),
+        *_keys(cfg, layout),
         *_opt("--tenants", cfg.tenants or None),
         *(("--strict-tenants",) if cfg.strict_tenants else ()),
         *_opt("--preemption", cfg.preemption),
@@ -125,6 +127,7 @@ def _api_spec(cfg: DeploymentConfig, layout: Layout) -> ChildSpec:
         *("--scheduler", layout.scheduler_address),
         *("--model", cfg.model),
         *_opt("--api-keys", cfg.api_keys),
+        *_opt("--scheduler-api-key-file", layout.run_dir / DOOR_KEY if cfg.api_keys else None),
         *_opt("--served-model-name", cfg.served_model_name),
         *("--log-level", cfg.log_level),
         *cfg.extra_api_args,
@@ -151,6 +154,13 @@ def _worker_spec(
         *cfg.extra_worker_args,
     )
     return ChildSpec(name, "worker", flags, layout.unix(name))
+
+
+def _keys(cfg: DeploymentConfig, layout: Layout) -> tuple[str, ...]:
+    """The scheduler's key files: the user's and the launcher's own (none: the API is open)."""
+    if cfg.api_keys is None:
+        return ()
+    return ("--api-keys", str(cfg.api_keys), "--api-keys", str(layout.run_dir / SCHEDULER_KEYS))
 
 
 def _metrics(layout: Layout, name: str) -> tuple[str, ...]:

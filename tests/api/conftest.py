@@ -39,3 +39,14 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text("sk-alice-0000 alice\nsk-bob-00000 bob\n")
     yield from _up(api_keys=keys, extra_api_args=("--max-in-flight", "1", "--drain-s", "20"))
+
+
+@pytest.fixture(scope="module")
+def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Keys on both doors: alice, bob (priority class 2) and an operator; the launcher adds
+    the door's service key and its own admin key."""
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text(
+        "sk-alice-0000 alice\nsk-bob-00000 bob priority=2\nsk-ops-00000 ops role=admin\n"
+    )
+    yield from _up(api_keys=keys)

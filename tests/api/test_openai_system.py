@@ -221,7 +221,7 @@ async def test_keys_limits_and_draining(keyed):
             extra_body={"ignore_eos": True},
         )
     )
-    async with AsyncClient(keyed.address) as grpc_client:
+    async with AsyncClient(keyed.address, api_key=keyed.admin_key) as grpc_client:
 
         async def running() -> bool:
             return (await grpc_client.stats()).running == 1

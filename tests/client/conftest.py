@@ -42,6 +42,10 @@ class FakeFastSwitch(pb_grpc.FastSwitchServicer):
         self.conversations: dict[str, list[str]] = {}
         self.ended: list[str] = []
         self.max_model_len = 2048  # 0: an older server that does not report it
+        self.cancels: list[pb.CancelRequest] = []
+        self.priority_requests: list[pb.SetPriorityRequest] = []
+        # (method, its `authorization` metadata or None), one per call, in order.
+        self.auth: list[tuple[str, str | None]] = []
 
     async def Generate(self, request, context):
         self.generate_requests.append(request)
@@ -122,9 +126,11 @@ class FakeFastSwitch(pb_grpc.FastSwitchServicer):
         return pb.EndConversationResponse(freed_blocks=3)
 
     async def Cancel(self, request, context):
+        self.cancels.append(request)
         return pb.CancelResponse(cancelled=request.request_id in self.running)
 
     async def SetPriority(self, request, context):
+        self.priority_requests.append(request)
         if request.request_id not in self.running:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown request {request.request_id}")
         self.priorities[request.request_id] = request.priority
@@ -147,11 +153,23 @@ class FakeFastSwitch(pb_grpc.FastSwitchServicer):
         )
 
 
+class _AuthRecorder(grpc.aio.ServerInterceptor):
+    """Records each call's method and `authorization` metadata in the fake."""
+
+    def __init__(self, fake: FakeFastSwitch) -> None:
+        self._fake = fake
+
+    async def intercept_service(self, continuation, details):
+        metadata = dict(details.invocation_metadata or ())
+        self._fake.auth.append((details.method.rsplit("/", 1)[-1], metadata.get("authorization")))
+        return await continuation(details)
+
+
 @pytest.fixture
 async def fake_server() -> AsyncIterator[tuple[str, FakeFastSwitch]]:
     """(address, fake) of a fake scheduler listening on 127.0.0.1:<free port>."""
     fake = FakeFastSwitch()
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[_AuthRecorder(fake)])
     pb_grpc.add_FastSwitchServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -143,6 +143,40 @@ def test_flag_mapping():
     assert "--device-kv-blocks" not in no_blocks[2].flags
 
 
+def test_keys_go_to_the_scheduler_with_the_launcher_s_and_the_door_gets_a_service_key(tmp_path):
+    from fastswitch.deploy.keys import LauncherKeys
+    from servekit.keys import KeyRing, read_key_file
+
+    users = tmp_path / "users.keys"
+    users.write_text("sk-alice-0001 alice\n")
+    cfg = DeploymentConfig(api_keys=users, http_port=8000, workers=1)
+    ports = {"kvstore": 1, "scheduler": 2, "worker-0": 3}
+    layout = Layout(tmp_path, "dep1", 6000, ports, http_port=8000)
+    _, sched, api, _ = child_specs(cfg, layout)
+    mine = str(tmp_path / "scheduler.keys")
+    assert "--api-keys" in sched.flags and sched.flags[sched.flags.index(mine) - 1] == "--api-keys"
+    assert sched.flags.count("--api-keys") == 2 and str(users) in sched.flags
+    at = api.flags.index("--scheduler-api-key-file")
+    assert api.flags[at + 1] == str(tmp_path / "door.key")
+    assert api.flags[api.flags.index("--api-keys") + 1] == str(users)
+    keys = LauncherKeys.make()
+    keys.write(tmp_path)
+    for name in ("scheduler.keys", "door.key", "admin.key"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+    ring = KeyRing.load([users, mine], environ={})
+    door = ring.identity_for(f"Bearer {read_key_file(tmp_path / 'door.key')}")
+    admin = ring.identity_for(f"Bearer {read_key_file(tmp_path / 'admin.key')}")
+    assert door is not None and door.role == "service"
+    assert (
+        admin is not None
+        and admin.role == "admin"
+        and keys.admin_key != LauncherKeys.make().admin_key
+    )
+    open_specs = child_specs(DeploymentConfig(http_port=8000), layout)
+    key_flags = {"--api-keys", "--scheduler-api-key-file"}
+    assert all(key_flags.isdisjoint(spec.flags) for spec in open_specs)
+
+
 def test_serve_command():
     assert serve_command("worker", ["--a", "b"]) == [
         sys.executable,

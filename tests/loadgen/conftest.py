@@ -38,6 +38,7 @@ class FakeScheduler(pb_grpc.FastSwitchServicer):
         self.chats: list[pb.ChatRequest] = []
         self.priorities: list[tuple[str, int]] = []
         self.cancelled: set[str] = set()
+        self.auth: list[str | None] = []  # each call's `authorization` metadata, in order
         self.running: set[str] = set()
         self.max_running = 0
         self.finished = 0
@@ -112,6 +113,15 @@ class FakeScheduler(pb_grpc.FastSwitchServicer):
         )
 
 
+class _AuthRecorder(grpc.aio.ServerInterceptor):
+    def __init__(self, fake: FakeScheduler) -> None:
+        self._fake = fake
+
+    async def intercept_service(self, continuation, details):
+        self._fake.auth.append(dict(details.invocation_metadata or ()).get("authorization"))
+        return await continuation(details)
+
+
 @pytest.fixture
 def lg_fake() -> Iterator[tuple[str, FakeScheduler]]:
     """(address, fake) of a fake scheduler on 127.0.0.1:<free port>, served from a loop of its
@@ -122,7 +132,7 @@ def lg_fake() -> Iterator[tuple[str, FakeScheduler]]:
     thread.start()
 
     async def start() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=[_AuthRecorder(fake)])
         pb_grpc.add_FastSwitchServicer_to_server(fake, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()

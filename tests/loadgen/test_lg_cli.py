@@ -52,6 +52,15 @@ def test_run_prints_the_table_and_writes_json(lg_fake, capsys, tmp_path):
     assert doc["requests"][0]["status"] == "ok"
 
 
+def test_the_api_key_goes_with_every_call(lg_fake, capsys, monkeypatch):
+    addr, fake = lg_fake
+    monkeypatch.delenv("FASTSWITCH_API_KEY", raising=False)
+    rc = main(["run", "--target", addr, *QUICK, "--wait-workers", "1", "--api-key", "sk-bench-01"])
+    assert rc == 0 and fake.requests, capsys.readouterr().err
+    assert len(fake.auth) > len(fake.requests) and set(fake.auth) == {"Bearer sk-bench-01"}
+    assert "sk-bench-01" not in capsys.readouterr().out
+
+
 def test_ctrl_c_ends_the_run_with_a_partial_report(lg_fake, capsys):
     addr, fake = lg_fake
     fake.token_delay_s = 0.01
