@@ -40,6 +40,8 @@ class FailedPrecondition(SchedulerError):
 class Aborted(SchedulerError):
     """An internal failure ended the call; the message says which (-> ABORTED). Never
     CANCELLED: that code is kept for a client's own cancel."""
+
+
 class PermissionDenied(SchedulerError):
     """The caller's API key may not act for the tenant it named (-> PERMISSION_DENIED)."""
 
