@@ -20,6 +20,13 @@ from servekit import shm
 from servekit.config import package_version
 from servekit.labels import DEFAULT_MAX_TENANTS
 from servekit.names import LOG_LEVELS
+from servekit.planes import (
+    OPEN_PLANE,
+    InternalPlane,
+    add_internal_flags,
+    default_internal_address,
+    plane_from_args,
+)
 
 AUTO = "auto"  # --host-kv-gib auto
 _HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})")
@@ -27,7 +34,11 @@ _HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>
 
 @dataclass(frozen=True, slots=True)
 class KVStoreConfig:
-    listen: str = "127.0.0.1:50061"
+    """``listen`` "" is the deployment's default Unix socket
+    (``unix:///tmp/fastswitch-<deployment-id>-kvstore.sock``); a TCP ``listen`` needs the
+    deployment secret or mutual TLS in ``plane`` (servekit/planes.py)."""
+
+    listen: str = ""
     metrics_port: int = 9461
     deployment_id: str = "default"
     host_kv_gib: float = 1.0
@@ -40,9 +51,14 @@ class KVStoreConfig:
     shm_reserve_gib: float = 0.5  # --host-kv-gib auto: /dev/shm left to the CPU workers' pools
     host_kv_auto: bool = False  # host_kv_gib came from --host-kv-gib auto
     metrics_max_tenants: int = DEFAULT_MAX_TENANTS  # tenant label values; later ones: "_other"
+    plane: InternalPlane = OPEN_PLANE
 
     def __post_init__(self) -> None:
+        if not self.listen:
+            address = default_internal_address(self.deployment_id, "kvstore")
+            object.__setattr__(self, "listen", address)
         check_listen(self.listen)
+        self.plane.check_listener(self.listen, "--listen")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"--metrics-port {self.metrics_port} not in [0, 65535]")
         check_deployment_id(self.deployment_id)
@@ -113,7 +129,12 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         description="FastSwitch KV store: owns the node's shared host arena (metadata over gRPC).",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    p.add_argument("--listen", default=default("listen", d.listen), help="host:port or unix:///p")
+    p.add_argument(
+        "--listen",
+        default=default("listen", ""),
+        help="unix:///path.sock (default unix:///tmp/fastswitch-<deployment-id>-kvstore.sock) "
+        "or host:port (needs the deployment secret)",
+    )
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -159,6 +180,7 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         'tenant="_other" (default %(default)s)',
     )
     p.add_argument("--log-level", default=default("log-level", d.log_level))
+    add_internal_flags(p, env)
     return p
 
 
@@ -173,7 +195,8 @@ def from_args(
     ``argparse`` exits (status 2) on a malformed flag value, as command lines do.
     ``shm_bytes`` gives the size of /dev/shm, asked only for ``--host-kv-gib auto``.
     """
-    ns = parser(os.environ if env is None else env).parse_args(argv)
+    environ = os.environ if env is None else env
+    ns = parser(environ).parse_args(argv)
     reserve = float(ns.shm_reserve_gib)
     auto = str(ns.host_kv_gib).strip().lower() == AUTO
     host_kv_gib = auto_host_kv_gib(shm_bytes(), reserve) if auto else _host_kv_gib(ns.host_kv_gib)
@@ -189,4 +212,5 @@ def from_args(
         shm_reserve_gib=reserve,
         host_kv_auto=auto,
         metrics_max_tenants=int(ns.metrics_max_tenants),
+        plane=plane_from_args(ns, environ),
     )

@@ -46,7 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve(cfg: KVStoreConfig) -> int:
     """The whole life of one store process; returns the exit status."""
     service = GrpcService(
-        "kvstore", listen=cfg.listen, metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host
+        "kvstore",
+        listen=cfg.listen,
+        metrics_port=cfg.metrics_port,
+        metrics_host=cfg.metrics_host,
+        interceptors=cfg.plane.server_interceptors(),
+        credentials=cfg.plane.server_credentials(cfg.listen),
     )
     service.install_signal_handlers()
     arena = await asyncio.to_thread(HostArena.create, cfg.deployment_id, cfg.arena_bytes)

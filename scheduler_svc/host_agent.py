@@ -16,6 +16,7 @@ from proto import kvstore_pb2 as kv
 from proto import kvstore_pb2_grpc as kv_grpc
 from scheduler_svc.core import SchedulerCore
 from scheduler_svc.host_ops import HostOp, HostOpKind
+from servekit.planes import InternalPlane
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ class HostAgent:
         lease_s: float = 60.0,
         max_in_flight: int = 32,
         timeout_s: float = 10.0,
+        plane: InternalPlane | None = None,
     ) -> None:
         self._core = core
+        self._plane = plane or InternalPlane()
         self._target = target
         self._changed = changed
         self._lease_s = lease_s
@@ -51,7 +54,7 @@ class HostAgent:
 
     async def run(self) -> None:
         """Until cancelled: take the core's ops and run each, bounded."""
-        async with grpc.aio.insecure_channel(self._target) as channel:
+        async with self._plane.channel(self._target) as channel:
             stub = kv_grpc.KVStoreStub(channel)
             try:
                 while True:

@@ -26,6 +26,13 @@ from servekit.labels import DEFAULT_MAX_TENANTS
 from servekit.logs import setup_logging
 from servekit.modelspec import load_model_spec
 from servekit.names import MODES, POLICIES, mode_settings
+from servekit.planes import (
+    OPEN_PLANE,
+    InternalPlane,
+    add_internal_flags,
+    default_internal_address,
+    plane_from_args,
+)
 from servekit.service import GrpcService, run
 from servekit.tokenizer import load_tokenizer
 from servekit.validation import PROMPT_BYTES_PER_TOKEN
@@ -55,8 +62,16 @@ class SchedulerConfig:
     w_output: float
     metrics_max_tenants: int = DEFAULT_MAX_TENANTS
     api_keys: tuple[str, ...] = ()  # key files (merged); none: $FASTSWITCH_API_KEYS_FILE/_TEXT
+    internal_listen: str = ""  # the worker plane (StepLink); "" -> default_internal_address
+    plane: InternalPlane = OPEN_PLANE
 
     def __post_init__(self) -> None:
+        if not self.internal_listen:
+            address = default_internal_address(self.deployment_id, "scheduler")
+            object.__setattr__(self, "internal_listen", address)
+        if self.internal_listen == self.listen:
+            raise ValueError(f"--internal-listen must differ from --listen, got {self.listen!r}")
+        self.plane.check_listener(self.internal_listen, "--internal-listen")
         if self.policy not in POLICIES:
             raise ValueError(f"--policy must be one of {POLICIES}, got {self.policy!r}")
         mode_settings(self.mode)  # ValueError for an unknown mode
@@ -74,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="The central scheduler: public API, fairness, step plans for every worker.",
     )
     add_common_flags(p, listen="127.0.0.1:50051", metrics_port=9451)
+    p.add_argument(
+        "--internal-listen",
+        default=env_default("--internal-listen", ""),
+        help="the worker plane (StepLink): workers dial it, never the public --listen; default "
+        "unix:///tmp/fastswitch-<deployment-id>-scheduler.sock; a TCP address needs the "
+        "deployment secret (docs/security.md)",
+    )
+    add_internal_flags(p)
     p.add_argument("--kvstore", default=env_default("--kvstore", ""), help="KV store address")
     p.add_argument("--model", default=env_default("--model", "tiny"), help="tiny or a HF dir")
     p.add_argument("--policy", default=env_default("--policy", "vtc"), choices=POLICIES)
@@ -245,6 +268,8 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         w_output=args.vtc_output_weight,
         metrics_max_tenants=args.metrics_max_tenants,
         api_keys=tuple(args.api_keys or ()),
+        internal_listen=args.internal_listen,
+        plane=plane_from_args(args),
     )
 
 
@@ -293,6 +318,14 @@ async def serve(cfg: SchedulerConfig) -> int:
         max_message_mb=max_message_mb(frontend.max_prompt_bytes, spec.max_model_len),
         interceptors=[ApiKeyInterceptor(keys)] if keys.enabled else (),
     )
+    # The worker plane on a listener of its own: the public one cannot route StepLink at all.
+    internal = GrpcService(
+        "scheduler-internal",
+        listen=cfg.internal_listen,
+        metrics_port=None,
+        interceptors=cfg.plane.server_interceptors(),
+        credentials=cfg.plane.server_credentials(cfg.internal_listen),
+    )
     metrics = SchedulerMetrics(
         service.registry,
         core,
@@ -309,14 +342,20 @@ async def serve(cfg: SchedulerConfig) -> int:
         FastSwitchServicer(frontend, metrics, policy=cfg.policy, mode=cfg.mode),
         "fastswitch.v1.FastSwitch",
     )
-    service.add(
+    internal.add(
         wk_grpc.add_StepLinkServicer_to_server,
         StepLinkServicer(frontend, model_fingerprint=spec.fingerprint),
         "fastswitch.worker.v1.StepLink",
     )
     agent_task: asyncio.Task[None] | None = None
     if cfg.kvstore:
-        agent = HostAgent(core, cfg.kvstore, changed=frontend.notify, lease_s=cfg.host_lease_s)
+        agent = HostAgent(
+            core,
+            cfg.kvstore,
+            changed=frontend.notify,
+            lease_s=cfg.host_lease_s,
+            plane=cfg.plane,
+        )
         frontend.on_host_ops = agent.wake
         agent_task = asyncio.create_task(agent.run(), name="host-agent")
     else:
@@ -327,8 +366,14 @@ async def serve(cfg: SchedulerConfig) -> int:
             "(give --api-keys FILE)",
             extra={"listen": cfg.listen},
         )
-    await service.start()
+    await internal.start()
+    try:
+        await service.start()
+    except BaseException:
+        await internal.stop(0)
+        raise
     service.install_signal_handlers()
+    internal.set_serving(True)
     service.set_serving(True)
     log.info(
         "scheduler ready",
@@ -338,12 +383,14 @@ async def serve(cfg: SchedulerConfig) -> int:
             "mode": cfg.mode,
             "preemption": cfg.core.preemption,
             "api_keys": len(keys),
+            "internal_listen": cfg.internal_listen,
         },
     )
     await service.wait_for_signal()
     # Ordered shutdown: NOT_SERVING, end open streams, stop accepting, drain, close channels.
     await frontend.shutdown()
     await service.stop(grace_s=3.0)
+    await internal.stop(grace_s=1.0)
     if agent_task is not None:
         agent_task.cancel()
         await asyncio.gather(agent_task, return_exceptions=True)

@@ -25,8 +25,9 @@ elif command -v docker-compose >/dev/null; then
 else
   exit 0
 fi
-# A value for the variables that the overrides require (${VAR:?}); nothing is mounted here.
+# A value for the variables that the files require (${VAR:?}); nothing is mounted or started here.
 export FASTSWITCH_MODEL_DIR=${FASTSWITCH_MODEL_DIR:-/nonexistent/model}
+export FASTSWITCH_DEPLOYMENT_SECRET=${FASTSWITCH_DEPLOYMENT_SECRET:-check-compose-placeholder-secret}
 profiles=(--profile gpu --profile bench --profile monitoring)
 all=()
 for f in "${files[@]}"; do all+=(--file "$f"); done

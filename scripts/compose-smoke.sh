@@ -4,7 +4,8 @@
 #   -> (monitoring) the Prometheus image from Debian's package, its config checked by promtool
 #   -> stack up (KV store, scheduler, FASTSWITCH_SMOKE_WORKERS workers, Prometheus) -> every
 #   container healthy -> the arena is the shm size less the reserve -> the published port
-#   answers and lists every worker -> every Prometheus target up -> a short fastswitch-bench
+#   answers and lists every worker -> the internal plane is unpublished and refuses a caller
+#   without the deployment secret (generated here) -> every Prometheus target up -> a short fastswitch-bench
 #   through the stack (it waits for the workers itself) -> its report checked -> no error in any
 #   log -> clean stop (exit 0 on SIGTERM) -> down.
 # Exit 0 only when every check passed. Needs root only to install or start an engine.
@@ -346,6 +347,49 @@ EOF
   log "HTTP door $out"
 }
 
+# The internal plane: the worker port is not published; on the compose network a rogue worker
+# without the secret gets UNAUTHENTICATED from it, UNIMPLEMENTED from the public port, and the KV
+# store refuses it too (the probe runs in the bench's image, which is given no secret).
+check_internal_plane() {
+  local out
+  out=$("${COMPOSE[@]}" port scheduler 50052 2>/dev/null || true)
+  grep -qE ':[1-9][0-9]*$' <<<"$out" && die "the worker plane is published: $out"
+  out=$("${COMPOSE[@]}" "${PROFILES[@]}" run --rm -T --no-deps --entrypoint python bench - 2>&1 <<'EOF'
+import asyncio, sys
+import grpc
+from proto import kvstore_pb2 as kv, kvstore_pb2_grpc as kv_grpc
+from proto import worker_pb2 as wk, worker_pb2_grpc as wk_grpc
+
+async def step_link(target):
+    async with grpc.aio.insecure_channel(target) as ch:
+        call = wk_grpc.StepLinkStub(ch).Connect(timeout=10)
+        try:
+            await call.write(wk.WorkerMessage(hello=wk.WorkerHello(worker_id="rogue")))
+            return f"received {await call.read()}"
+        except grpc.aio.AioRpcError as err:
+            return err.code().name
+
+async def store(target):
+    async with grpc.aio.insecure_channel(target) as ch:
+        try:
+            await kv_grpc.KVStoreStub(ch).GetStats(kv.StoreStatsRequest(), timeout=10)
+            return "answered"
+        except grpc.aio.AioRpcError as err:
+            return err.code().name
+
+async def main():
+    got = (await step_link("scheduler:50052"), await step_link("scheduler:50051"),
+           await store("kvstore:50061"))
+    if got != ("UNAUTHENTICATED", "UNIMPLEMENTED", "UNAUTHENTICATED"):
+        sys.exit(f"worker plane, public port, KV store without the secret: {got}")
+    print("a caller without the secret: worker plane UNAUTHENTICATED, public port UNIMPLEMENTED, "
+          "KV store UNAUTHENTICATED")
+asyncio.run(main())
+EOF
+  ) || die "the internal plane: ${out:-no answer}"
+  log "internal plane unpublished; $(tail -1 <<<"$out")"
+}
+
 run_bench() {
   log "fastswitch-bench: fairness workload, $REQUESTS requests"
   if ! "${COMPOSE[@]}" "${PROFILES[@]}" run --rm bench \
@@ -503,6 +547,9 @@ mkdir -p "$RUN_DIR/out"
 export FASTSWITCH_IMAGE=$IMAGE FASTSWITCH_BASE_IMAGE=$BASE_IMAGE FASTSWITCH_PORT FASTSWITCH_HTTP_PORT
 export FASTSWITCH_WORKERS=$WORKERS FASTSWITCH_RESTART=no FASTSWITCH_DEPLOYMENT_ID=smoke
 export FASTSWITCH_BENCH_OUT=$RUN_DIR/out FASTSWITCH_HEALTH_INTERVAL=2s
+# The stack requires a deployment secret (docs/compose.md): a fresh one for every run.
+FASTSWITCH_DEPLOYMENT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+export FASTSWITCH_DEPLOYMENT_SECRET
 FASTSWITCH_PROMETHEUS_PORT=$(free_port)
 export FASTSWITCH_PROMETHEUS_IMAGE=$PROM_IMAGE FASTSWITCH_PROMETHEUS_PORT
 # Small enough that context switches happen: 24 device blocks per worker. One size setting: the
@@ -525,6 +572,7 @@ wait_healthy
 phase_done stack-up
 check_arena_size
 check_published_port
+check_internal_plane
 check_http_door
 phase_done http-door
 if [ "$MONITORING" = 1 ]; then

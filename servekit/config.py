@@ -27,12 +27,15 @@ def package_version() -> str:
 
 
 def add_common_flags(parser: argparse.ArgumentParser, *, listen: str, metrics_port: int) -> None:
-    """--listen, --metrics-port, --log-level, --deployment-id (all with env fallbacks)."""
+    """--listen, --metrics-port, --log-level, --deployment-id (all with env fallbacks).
+    ``listen`` "" means the service's internal Unix socket (servekit/planes.py)."""
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument(
         "--listen",
         default=env_default("--listen", listen),
-        help="gRPC address: HOST:PORT or unix:///path.sock (default %(default)s)",
+        help="gRPC address: HOST:PORT or unix:///path.sock (default "
+        + (listen or "unix:///tmp/fastswitch-<deployment-id>-<name>.sock")
+        + ")",
     )
     parser.add_argument(
         "--metrics-port",

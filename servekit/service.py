@@ -37,7 +37,12 @@ Adder = Callable[[Any, grpc.aio.Server], None]
 
 
 class GrpcService:
-    """One process's gRPC server with the standard health and reflection services and /metrics."""
+    """One process's gRPC server with the standard health and reflection services and /metrics.
+
+    ``interceptors`` run before every servicer (e.g. the internal plane's secret check,
+    servekit/planes.py); ``credentials`` make the listener TLS (None: plaintext). A process may
+    run several (the scheduler: its public API and its internal plane, each on its own listener).
+    """
 
     def __init__(
         self,
@@ -49,6 +54,7 @@ class GrpcService:
         registry: CollectorRegistry | None = None,
         max_message_mb: int = 64,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.name = name
         self.listen = listen
@@ -62,6 +68,7 @@ class GrpcService:
             ("grpc.so_reuseport", 0),
         ]
         self.server = grpc.aio.server(options=opts, interceptors=list(interceptors))
+        self._credentials = credentials
         self._health = health.aio.HealthServicer()
         self._stop = asyncio.Event()
         self._metrics: Any = None
@@ -78,7 +85,10 @@ class GrpcService:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         names = [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, self.server)
-        port = self.server.add_insecure_port(self.listen)
+        if self._credentials is None:
+            port = self.server.add_insecure_port(self.listen)
+        else:
+            port = self.server.add_secure_port(self.listen, self._credentials)
         if port == 0 and not self.listen.startswith("unix:"):
             raise OSError(f"{self.name}: cannot listen on {self.listen}")
         self.bound_port = port

@@ -28,7 +28,12 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ("worker", "worker-gpu")
 COMPOSE_FILES = sorted(ROOT.glob("docker-compose*.yml"))
-_VAR = re.compile(r"\$\{(?P<name>\w+)(?::-(?P<default>[^}]*))?\}")
+_VAR = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:-|:\?)(?P<default>[^}]*))?\}")
+#: Values of the variables the stack requires (``${VAR:?message}``), as an operator sets them.
+REQUIRED = {"FASTSWITCH_DEPLOYMENT_SECRET": "compose-test-secret-0123456789abcdef"}
+#: Variables read from the environment only, never a flag (secrets: servekit/planes.py).
+ENV_ONLY = {"FASTSWITCH_DEPLOYMENT_SECRET"}
+INTERNAL = ("kvstore", "scheduler", "worker", "worker-gpu")  # the internal plane's services
 
 
 def _check_jsonschema() -> str | None:
@@ -38,14 +43,21 @@ def _check_jsonschema() -> str | None:
 
 def _defaults(value: Any) -> Any:
     """``value`` with every ``${VAR:-default}`` replaced by its default (what compose does when
-    the variable is unset); ``$$`` -> ``$``."""
+    the variable is unset) and every required ``${VAR:?message}`` by its REQUIRED value;
+    ``$$`` -> ``$``."""
     if isinstance(value, str):
-        return _VAR.sub(lambda m: m["default"] or "", value).replace("$$", "$")
+        return _VAR.sub(_value, value).replace("$$", "$")
     if isinstance(value, dict):
         return {k: _defaults(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_defaults(v) for v in value]
     return value
+
+
+def _value(m: re.Match[str]) -> str:
+    if m["op"] == ":?":
+        return REQUIRED[m["name"]]
+    return m["default"] or ""
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +160,37 @@ def test_the_bench_starts_with_any_worker_count(compose):
 def test_addresses_match_listeners(compose):
     services = compose["services"]
     kv_port = services["kvstore"]["environment"]["FASTSWITCH_LISTEN"].rsplit(":", 1)[1]
-    sched_port = services["scheduler"]["environment"]["FASTSWITCH_LISTEN"].rsplit(":", 1)[1]
-    assert services["scheduler"]["environment"]["FASTSWITCH_KVSTORE"] == f"kvstore:{kv_port}"
+    sched = services["scheduler"]["environment"]
+    sched_port = sched["FASTSWITCH_LISTEN"].rsplit(":", 1)[1]
+    internal_port = sched["FASTSWITCH_INTERNAL_LISTEN"].rsplit(":", 1)[1]
+    assert internal_port != sched_port
+    assert sched["FASTSWITCH_KVSTORE"] == f"kvstore:{kv_port}"
     for name in ("worker", "worker-gpu"):
         env = services[name]["environment"]
         assert env["FASTSWITCH_KVSTORE"] == f"kvstore:{kv_port}"
-        assert env["FASTSWITCH_SCHEDULER"] == f"scheduler:{sched_port}"
+        # Workers dial the worker plane, never the public port.
+        assert env["FASTSWITCH_SCHEDULER"] == f"scheduler:{internal_port}"
     assert services["scheduler"]["ports"] == [f"127.0.0.1:50051:{sched_port}"]
     assert f"--target=scheduler:{sched_port}" in services["bench"]["command"]
+    assert services["api"]["environment"]["FASTSWITCH_SCHEDULER"] == f"scheduler:{sched_port}"
+
+
+def test_the_internal_plane_is_unpublished_and_needs_the_secret(compose):
+    """Only public ports are published; the KV store, the scheduler and the workers share the
+    one required secret; the HTTP door and the bench (public port only) never see it."""
+    with open(ROOT / "docker-compose.yml") as f:
+        raw = yaml.safe_load(f)["services"]
+    services = compose["services"]
+    for name in INTERNAL:
+        assert raw[name]["environment"]["FASTSWITCH_DEPLOYMENT_SECRET"].startswith(
+            "${FASTSWITCH_DEPLOYMENT_SECRET:?"
+        ), f"{name}: the secret is required, with no default"
+        env = services[name]["environment"]
+        internal = env["FASTSWITCH_INTERNAL_LISTEN" if name == "scheduler" else "FASTSWITCH_LISTEN"]
+        published = {p.rsplit(":", 1)[1] for p in services[name].get("ports", [])}
+        assert internal.rsplit(":", 1)[1] not in published, f"{name} publishes {internal}"
+    for name in ("api", "bench", "prometheus"):
+        assert "FASTSWITCH_DEPLOYMENT_SECRET" not in (services[name].get("environment") or {})
 
 
 def test_worker_replicas_and_gpu_reservation(compose):
@@ -295,6 +330,8 @@ def test_every_variable_names_a_flag(compose, name):
     flags = _parser(service, {})._option_string_actions
     for var in compose["services"][name]["environment"]:
         assert var.startswith("FASTSWITCH_"), var
+        if var in ENV_ONLY:
+            continue
         flag = "--" + var.removeprefix("FASTSWITCH_").lower().replace("_", "-")
         assert flag in flags, f"{name}: {var} matches no flag of `fastswitch serve {service}`"
 
@@ -314,6 +351,7 @@ def test_default_environment_makes_a_valid_config(compose, name, monkeypatch):
         shm_bytes = _bytes(compose["services"]["kvstore"]["shm_size"])
         cfg = config.from_args([], env, shm_bytes=lambda: shm_bytes)
         assert cfg.listen == env["FASTSWITCH_LISTEN"]
+        assert cfg.plane.secret == REQUIRED["FASTSWITCH_DEPLOYMENT_SECRET"]
         assert cfg.deployment_id == env["FASTSWITCH_DEPLOYMENT_ID"]
     elif name == "scheduler":
         from scheduler_svc.server import build_parser, config_from_args
@@ -321,11 +359,14 @@ def test_default_environment_makes_a_valid_config(compose, name, monkeypatch):
         cfg = config_from_args(build_parser().parse_args([]))
         assert cfg.kvstore == env["FASTSWITCH_KVSTORE"]
         assert cfg.core.preemption == "swap"
+        assert cfg.internal_listen == env["FASTSWITCH_INTERNAL_LISTEN"]
+        assert cfg.plane.secret == REQUIRED["FASTSWITCH_DEPLOYMENT_SECRET"]
     else:
         from worker_svc.server import build_parser, config_from_args
 
         cfg = config_from_args(build_parser().parse_args([]))
         assert cfg.scheduler == env["FASTSWITCH_SCHEDULER"]
+        assert cfg.plane.secret == REQUIRED["FASTSWITCH_DEPLOYMENT_SECRET"]
         assert cfg.deployment_id == env["FASTSWITCH_DEPLOYMENT_ID"]
 
 

@@ -11,6 +11,13 @@ from dataclasses import dataclass
 from servekit import shm
 from servekit.config import add_common_flags, env_default
 from servekit.names import MODES, SWAP_LAYOUTS, SwapLayout, mode_settings
+from servekit.planes import (
+    OPEN_PLANE,
+    InternalPlane,
+    add_internal_flags,
+    default_internal_address,
+    plane_from_args,
+)
 
 DTYPES = ("float32", "float16", "bfloat16")  # --dtype, beside "auto" (the loader's default)
 _TRUE = {"1", "true", "yes", "on"}
@@ -19,9 +26,12 @@ _FALSE = {"", "0", "false", "no", "off"}
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    """Everything one worker process is started with. ``kvstore`` None: no KV store (and no
-    swaps); ``device_kv_blocks`` None: sized by the device pool; ``threads`` None: torch's
-    default; ``advertise``: the address the scheduler hands out (``--listen`` if not given)."""
+    """Everything one worker process is started with. ``scheduler`` is the scheduler's worker
+    plane (its ``--internal-listen``), never its public API; ``kvstore`` None: no KV store (and
+    no swaps); ``device_kv_blocks`` None: sized by the device pool; ``threads`` None: torch's
+    default; ``advertise``: the address the scheduler hands out (``--listen`` if not given).
+    ``listen`` is internal too: a TCP one needs the deployment secret or mutual TLS in
+    ``plane``, which also guards the worker's calls to the scheduler and the store."""
 
     listen: str
     metrics_port: int
@@ -41,10 +51,12 @@ class WorkerConfig:
     threads: int | None
     swap_layout: str = SwapLayout.GROUP
     swap_sync: bool = False
+    plane: InternalPlane = OPEN_PLANE
 
     def __post_init__(self) -> None:
         if not self.scheduler:
-            raise ValueError("--scheduler is required (the scheduler's address)")
+            raise ValueError("--scheduler is required (the scheduler's --internal-listen)")
+        self.plane.check_listener(self.listen, "--listen")
         if self.device_kv_blocks is not None and self.device_kv_blocks <= 0:
             raise ValueError(f"--device-kv-blocks must be > 0, got {self.device_kv_blocks}")
         if not 0 < self.device_kv_fraction <= 1:
@@ -67,8 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fastswitch serve worker",
         description="One worker per accelerator: runs the model over its device KV pool.",
     )
-    add_common_flags(p, listen="127.0.0.1:50071", metrics_port=9471)
-    p.add_argument("--scheduler", default=env_default("--scheduler", ""), help="scheduler address")
+    add_common_flags(p, listen="", metrics_port=9471)
+    p.add_argument(
+        "--scheduler",
+        default=env_default("--scheduler", ""),
+        help="the scheduler's worker plane, its --internal-listen (not its public --listen); "
+        "default unix:///tmp/fastswitch-<deployment-id>-scheduler.sock",
+    )
     p.add_argument("--kvstore", default=env_default("--kvstore", ""), help="KV store address")
     p.add_argument("--model", default=env_default("--model", "tiny"), help="tiny or a HF dir")
     p.add_argument(
@@ -125,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy swaps inside the step, before the forward (the baseline); default: async, "
         "on a thread and stream of their own",
     )
+    add_internal_flags(p)
     return p
 
 
@@ -140,13 +158,14 @@ def _flag(name: str, value: object) -> bool:
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     mode = mode_settings(args.mode)
+    listen = args.listen or default_internal_address(args.deployment_id, f"worker-{args.worker_id}")
     return WorkerConfig(
-        listen=args.listen,
+        listen=listen,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         log_level=args.log_level,
         deployment_id=args.deployment_id,
-        scheduler=args.scheduler,
+        scheduler=args.scheduler or default_internal_address(args.deployment_id, "scheduler"),
         kvstore=args.kvstore or None,
         model=args.model,
         device=args.device,
@@ -155,8 +174,9 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         device_kv_fraction=args.device_kv_fraction,
         block_size=args.block_size,
         worker_id=args.worker_id,
-        advertise=args.advertise or args.listen,
+        advertise=args.advertise or listen,
         threads=args.threads if args.threads > 0 else None,
         swap_layout=args.swap_layout or mode.swap_layout.value,
         swap_sync=_flag("--swap-sync", args.swap_sync) or mode.swap_sync,
+        plane=plane_from_args(args),
     )

@@ -26,6 +26,7 @@ from proto import kvstore_pb2 as kv
 from proto import kvstore_pb2_grpc as kv_grpc
 from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
+from servekit.planes import OPEN_PLANE, InternalPlane
 from worker_svc.convert import hello_to_proto, plan_from_proto, result_to_proto
 from worker_svc.executor import StepExecutor, StepOutcome
 from worker_svc.plan import CommittedBlocks, SeqError, StepResult, WorkerHello
@@ -37,7 +38,15 @@ _FATAL = (
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,  # a wrong deployment secret does not heal by redialing
+    grpc.StatusCode.UNIMPLEMENTED,  # not a worker plane: e.g. the scheduler's public port
 )
+_HINTS = {
+    grpc.StatusCode.UNAUTHENTICATED: " (check the deployment secret)",
+    grpc.StatusCode.UNIMPLEMENTED: (
+        " (is --scheduler the scheduler's public --listen? workers dial its --internal-listen)"
+    ),
+}
 
 
 class LinkRejected(RuntimeError):
@@ -64,8 +73,10 @@ class SchedulerLink:
         on_step: Callable[[StepResult, tuple[SwapDone, ...]], None] | None = None,
         store: kv_grpc.KVStoreStub | None = None,
         max_backoff_s: float = 2.0,
+        plane: InternalPlane = OPEN_PLANE,
     ) -> None:
         self._target = scheduler
+        self._plane = plane
         self._hello = hello
         self._executor = executor
         self._on_state = on_state
@@ -85,7 +96,8 @@ class SchedulerLink:
                     backoff = 0.05
                 except grpc.aio.AioRpcError as err:
                     if err.code() in _FATAL:
-                        raise LinkRejected(f"{err.code().name}: {err.details()}") from err
+                        hint = _HINTS.get(err.code(), "")
+                        raise LinkRejected(f"{err.code().name}: {err.details()}{hint}") from err
                     log.info("scheduler unreachable", extra={"why": err.code().name})
                 finally:
                     self._on_state(False)
@@ -99,7 +111,7 @@ class SchedulerLink:
 
     async def _session(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        async with grpc.aio.insecure_channel(self._target) as channel:
+        async with self._plane.channel(self._target) as channel:
             call = wk_grpc.StepLinkStub(channel).Connect()
             stopper = loop.create_task(stop.wait())
             try:

@@ -69,7 +69,12 @@ async def _serve(cfg: WorkerConfig, device_name: str) -> int:
     )
     telemetry = Telemetry(str(device))
     service = GrpcService(
-        "worker", listen=cfg.listen, metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host
+        "worker",
+        listen=cfg.listen,
+        metrics_port=cfg.metrics_port,
+        metrics_host=cfg.metrics_host,
+        interceptors=cfg.plane.server_interceptors(),
+        credentials=cfg.plane.server_credentials(cfg.listen),
     )
     code = 0
     async with AsyncExitStack() as cleanup:
@@ -86,6 +91,7 @@ async def _serve(cfg: WorkerConfig, device_name: str) -> int:
                 swap_layout=SwapLayout(cfg.swap_layout),
                 swap_sync=cfg.swap_sync,
                 cleanup=cleanup,
+                plane=cfg.plane,
             )
         executor = StepExecutor(Engine(model, spec, pool.pool), swaps)
         metrics = StepMetrics(service.registry, executor, model=spec.name, worker=cfg.worker_id)
@@ -110,6 +116,7 @@ async def _serve(cfg: WorkerConfig, device_name: str) -> int:
             on_state=service.set_serving,
             on_step=metrics.on_step,
             store=store,
+            plane=cfg.plane,
         )
         await service.start()
         cleanup.push_async_callback(service.stop, 2.0)

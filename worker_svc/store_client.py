@@ -14,6 +14,7 @@ from proto import kvstore_pb2 as kv
 from proto import kvstore_pb2_grpc as kv_grpc
 from servekit import shm
 from servekit.names import SwapLayout
+from servekit.planes import OPEN_PLANE, InternalPlane
 from worker_svc.device_pool import DevicePool
 from worker_svc.kv_pool import KVPool
 from worker_svc.swap_engine import SwapEngine
@@ -53,14 +54,23 @@ async def connect_store(
     swap_layout: SwapLayout,
     swap_sync: bool,
     cleanup: AsyncExitStack,
+    plane: InternalPlane = OPEN_PLANE,
 ) -> tuple[kv_grpc.KVStoreStub, SwapEngine]:
     """Registers with the KV store at ``address``, maps its arena and starts the swap engine;
     ``cleanup`` undoes it in reverse: close the engine (join its thread, unpin), unmap,
-    unregister, close the channel."""
-    channel = grpc.aio.insecure_channel(address)
+    unregister, close the channel. ``plane`` sends the deployment secret (and TLS)."""
+    channel = plane.channel(address)
     cleanup.push_async_callback(channel.close)
     store = kv_grpc.KVStoreStub(channel)
-    resp = await _register(store, worker_id, fingerprint, pool)
+    try:
+        resp = await _register(store, worker_id, fingerprint, pool)
+    except grpc.aio.AioRpcError as err:
+        if err.code() != grpc.StatusCode.UNAUTHENTICATED:
+            raise
+        raise ValueError(
+            f"the KV store at {address} refused this worker: UNAUTHENTICATED "
+            "(check the deployment secret)"
+        ) from None
     cleanup.push_async_callback(_unregister, store, worker_id)
     arena = MappedArena(resp, pool.pool.block_bytes)
     cleanup.callback(arena.close)

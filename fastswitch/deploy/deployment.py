@@ -241,7 +241,8 @@ class Deployment:
             devices=devices,
             http_port=http_port,
         )
-        longest = len(layout.unix(f"worker-{cfg.workers - 1}")) - len("unix://")
+        sockets = (layout.unix(f"worker-{cfg.workers - 1}"), layout.scheduler_internal)
+        longest = max(map(len, sockets)) - len("unix://")
         if longest > _MAX_UNIX_PATH:
             shutil.rmtree(run_dir)
             raise StartRefused(

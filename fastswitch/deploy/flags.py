@@ -53,6 +53,12 @@ class Layout:
         return f"{_bracketed(_reachable(self.host))}:{self.port}"
 
     @property
+    def scheduler_internal(self) -> str:
+        """The scheduler's worker plane (StepLink), a Unix socket in the run dir: workers dial
+        it; the public port cannot route StepLink (docs/security.md)."""
+        return self.unix("scheduler-internal")
+
+    @property
     def http_url(self) -> str | None:
         """Where this machine reaches the HTTP door, ``http://127.0.0.1:PORT`` (None: no door)."""
         if self.http_port is None:
@@ -86,6 +92,7 @@ def child_specs(cfg: DeploymentConfig, layout: Layout) -> list[ChildSpec]:
     specs = [] if layout.kvstore else [_kvstore_spec(cfg, layout, common)]
     scheduler = (
         *("--listen", layout.scheduler_listen),
+        *("--internal-listen", layout.scheduler_internal),
         *_metrics(layout, "scheduler"),
         *("--kvstore", kv),
         *("--model", cfg.model),
@@ -142,7 +149,7 @@ def _worker_spec(
     flags = (
         *("--listen", layout.unix(name)),
         *_metrics(layout, name),
-        *("--scheduler", layout.scheduler_address),
+        *("--scheduler", layout.scheduler_internal),
         *("--kvstore", layout.kvstore_address),
         *("--model", cfg.model),
         *("--worker-id", name),

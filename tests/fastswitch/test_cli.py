@@ -69,7 +69,8 @@ def test_up_flags_reach_the_services():
     for spec in (kv, sched, w0, w1):
         assert spec.flags[spec.flags.index("--metrics-host") + 1] == "0.0.0.0"
     worker = " ".join(w1.flags)
-    assert "--scheduler 127.0.0.1:7000" in worker
+    assert f"--scheduler unix://{LAYOUT.run_dir}/scheduler-internal.sock" in worker
+    assert "7000" not in worker  # workers never dial the public port
     assert "--device-kv-blocks 64 --block-size 32 --device cpu" in worker
     assert worker.endswith("--threads 2")
 

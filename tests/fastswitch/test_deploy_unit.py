@@ -114,6 +114,7 @@ def test_flag_mapping():
     layout = Layout(Path("/tmp/fs-x"), "dep1", 6000, ports)
     kv, sched, w0, w1 = child_specs(cfg, layout)
     kv_addr = "unix:///tmp/fs-x/kvstore.sock"
+    internal = "unix:///tmp/fs-x/scheduler-internal.sock"  # the worker plane, not the public port
     common = ["--deployment-id", "dep1", "--log-level", "debug"]
     assert (kv.name, kv.service, kv.health_target) == ("kvstore", "kvstore", kv_addr)
     assert list(kv.flags) == [
@@ -122,7 +123,8 @@ def test_flag_mapping():
     ]
     assert sched.health_target == "127.0.0.1:6000"
     assert list(sched.flags) == [
-        *("--listen", "127.0.0.1:6000", "--metrics-port", "2", "--kvstore", kv_addr),
+        *("--listen", "127.0.0.1:6000", "--internal-listen", internal, "--metrics-port", "2"),
+        *("--kvstore", kv_addr),
         *("--model", "/models/x", "--policy", "priority", "--mode", "vllm-baseline"),
         *common,
         *("--max-num-seqs", "4"),
@@ -134,7 +136,7 @@ def test_flag_mapping():
     )
     assert list(w0.flags) == [
         *("--listen", "unix:///tmp/fs-x/worker-0.sock", "--metrics-port", "3"),
-        *("--scheduler", "127.0.0.1:6000", "--kvstore", kv_addr, "--model", "/models/x"),
+        *("--scheduler", internal, "--kvstore", kv_addr, "--model", "/models/x"),
         *("--worker-id", "worker-0", "--mode", "vllm-baseline", "--device-kv-blocks", "64"),
         *common,
         *("--threads", "1"),

@@ -8,12 +8,16 @@ from kvstore_svc.config import KVStoreConfig, auto_host_kv_gib, from_args
 from servekit import shm
 
 GIB = 1 << 30
+SECRET = "s3cret-of-this-deployment"
 
 
 def test_defaults() -> None:
     cfg = from_args([], env={})
     assert cfg == KVStoreConfig()
-    assert (cfg.listen, cfg.metrics_port, cfg.deployment_id) == ("127.0.0.1:50061", 9461, "default")
+    assert (cfg.metrics_port, cfg.deployment_id) == (9461, "default")
+    assert cfg.listen == "unix:///tmp/fastswitch-default-kvstore.sock"  # the internal plane
+    named = from_args(["--deployment-id", "d1"], env={})
+    assert named.listen == "unix:///tmp/fastswitch-d1-kvstore.sock"
     assert (cfg.host_kv_gib, cfg.lease_s, cfg.arena_bytes) == (1.0, 30.0, 1 << 30)
 
 
@@ -28,8 +32,20 @@ def test_env_fallbacks_and_flags_win() -> None:
     }
     cfg = from_args([], env=env)
     assert cfg == KVStoreConfig("unix:///tmp/kv.sock", 0, "from-env", 2.5, 7.0, "debug")
+    env["FASTSWITCH_DEPLOYMENT_SECRET"] = SECRET
     cfg = from_args(["--host-kv-gib", "0.5", "--listen", "[::1]:0"], env=env)
-    assert (cfg.host_kv_gib, cfg.listen) == (0.5, "[::1]:0")
+    assert (cfg.host_kv_gib, cfg.listen, cfg.plane.secret) == (0.5, "[::1]:0", SECRET)
+
+
+def test_a_tcp_listener_needs_the_deployment_secret(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"--listen 0.0.0.0:50061 is TCP.*deployment secret"):
+        from_args(["--listen", "0.0.0.0:50061"], env={})
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    cfg = from_args(["--listen", "0.0.0.0:50061", "--deployment-secret-file", str(secret_file)], {})
+    assert cfg.plane.secret == SECRET and SECRET not in repr(cfg)
+    with pytest.raises(ValueError, match=">= 16 characters"):
+        from_args(["--listen", "0.0.0.0:1"], env={"FASTSWITCH_DEPLOYMENT_SECRET": "short"})
 
 
 def test_tenant_quota_flag_and_env() -> None:
