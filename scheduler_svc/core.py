@@ -323,8 +323,13 @@ class SchedulerCore:
         self._swaps.apply(slot, output)
         events: list[TokenEvent] = []
         for seq, message in output.errors.items():
+            slot.swaps_in_flight.discard(seq)  # an error ends whatever copy it had
             req = self._table.by_seq(seq)
-            if req is not None and not req.is_finished and req.worker_id == worker_id:
+            if req is not None and req.is_finished and req.seq in slot.running:
+                # A finished request's copy failed (an offload): nothing is in flight any more,
+                # so its blocks go and the lookups deferred behind it wake.
+                self._swaps.swap_failed(slot, req)
+            elif req is not None and not req.is_finished and req.worker_id == worker_id:
                 req.finish_message = message
                 self._finish(req, FinishReason.ABORTED)
                 events.append(TokenEvent(req, (), True))

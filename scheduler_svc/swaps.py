@@ -220,6 +220,11 @@ class SwapController:
             req = self._table.by_seq(seq)
             if req is not None:
                 self._swap_out_done(slot, req, output.committed.get(seq))
+        for seq in output.swap_out_failed:
+            slot.swaps_in_flight.discard(seq)
+            req = self._table.by_seq(seq)
+            if req is not None:
+                self.swap_failed(slot, req)
         for seq in output.swap_out_cancelled:
             slot.swaps_in_flight.discard(seq)
             req = self._table.by_seq(seq)
@@ -242,6 +247,22 @@ class SwapController:
             req.just_swapped_in = True
             if not self._kv_reuse:
                 self._host.release(req)
+
+    def swap_failed(self, slot: WorkerSlot, req: Request) -> None:
+        """A copy of `req` is over without a host copy to show for it (the store refused the
+        commit or is gone, or the copy itself failed): nothing is adopted (rule 7). A finished
+        request's blocks go now and its deferred lookups wake (they prefill instead); a swapping-out
+        one is recomputed; a running one (cancelled too late) keeps running."""
+        self._host.clear_swap(req)
+        if req.is_finished:
+            self.release_after_swap(slot, req)
+        elif req.status == Status.SWAPPING_OUT:
+            log.warning("swap-out not committed; recomputing", extra={"seq": req.seq})
+            slot.allocator.free(req.seq)
+            del slot.running[req.seq]
+            if req.resident:
+                slot.pending_drop.append(req.seq)
+            self.requeue_for_recompute(req)
 
     def _swap_out_done(
         self, slot: WorkerSlot, req: Request, committed: tuple[int, ...] | None

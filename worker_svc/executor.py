@@ -28,7 +28,7 @@ KV store bookkeeping is the caller's (link.py, on the event loop), from the ``St
 * ``commits``: finished swap-outs. Their host blocks (in copy order) must be committed under the
   plan's lease and hashes *before* the sequence is reported in ``swap_out_done`` (the scheduler
   pins them later, and only committed blocks can be pinned); a failed commit reports the
-  sequence in ``errors`` instead.
+  sequence in ``swap_out_failed`` instead (the sequence and its blocks stay as they are).
 * ``releases``: leases to end: pins of finished swap-ins, reservations of cancelled, refused or
   failed swap-outs, pins of refused or failed swap-ins.
 """

@@ -28,7 +28,7 @@ from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
 from worker_svc.convert import hello_to_proto, plan_from_proto, result_to_proto
 from worker_svc.executor import StepExecutor, StepOutcome
-from worker_svc.plan import CommittedBlocks, SeqError, StepResult, WorkerHello
+from worker_svc.plan import CommittedBlocks, StepResult, WorkerHello
 from worker_svc.swap_engine import SwapDone
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,9 @@ async def settle_swaps(
     store: kv_grpc.KVStoreStub | None, outcome: StepOutcome, *, timeout_s: float = 5.0
 ) -> StepResult:
     """``outcome.result`` completed with the KV store: commits every finished swap-out and then
-    reports it in ``swap_out_done`` (or in ``errors`` when the commit fails, e.g. an expired
-    lease: the scheduler recomputes it) and releases ``outcome.releases``. All calls run
+    reports it in ``swap_out_done`` (or in ``swap_out_failed`` when the commit fails, e.g. an
+    expired lease or a store that died: the sequence stays here with its device blocks intact,
+    the scheduler recomputes or frees it) and releases ``outcome.releases``. All calls run
     concurrently; a failed release is only logged (the lease expires on its own)."""
     result = outcome.result
     if not outcome.commits and not outcome.releases:
@@ -163,7 +164,7 @@ async def settle_swaps(
         raise RuntimeError("swaps finished on a worker without a KV store")
     commits = [w for w in outcome.commits if w.host_blocks]
     done = [w.seq for w in outcome.commits if not w.host_blocks]
-    errors: list[SeqError] = []
+    failed: list[int] = []
     committed: list[CommittedBlocks] = []
     calls = [
         store.Commit(
@@ -186,8 +187,11 @@ async def settle_swaps(
     abandoned: list[str] = []
     for w, answer in zip(commits, answers, strict=False):
         if isinstance(answer, grpc.aio.AioRpcError):
-            message = f"commit of swapped-out KV failed: {answer.code().name}: {answer.details()}"
-            errors.append(SeqError(w.seq, message))
+            log.warning(
+                "commit of swapped-out KV failed",
+                extra={"seq": w.seq, "why": f"{answer.code().name}: {answer.details()}"},
+            )
+            failed.append(w.seq)
             if w.lease_id is not None and answer.code() != grpc.StatusCode.NOT_FOUND:
                 abandoned.append(w.lease_id)  # (NOT_FOUND: the lease is gone)
         elif isinstance(answer, BaseException):
@@ -202,7 +206,7 @@ async def settle_swaps(
     return replace(
         result,
         swap_out_done=result.swap_out_done + tuple(done),
-        errors=result.errors + tuple(errors),
+        swap_out_failed=result.swap_out_failed + tuple(failed),
         committed=result.committed + tuple(committed),
     )
 

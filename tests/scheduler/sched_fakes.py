@@ -169,6 +169,7 @@ class FakeWorker:
         self.steps = 0
         self.copies = 0
         self.blocks_copied_out = 0
+        self.fail_commit = False  # the store refuses commits (gone): swap_out_failed
 
     # --- plan execution (the order executor.py uses) ---
     def run(self, plan: StepPlan) -> StepOutput:
@@ -210,7 +211,7 @@ class FakeWorker:
             assert s.last is not None
             self._write(s, s.last)
             sampled[seq] = s.last = next_token(self._read(s))
-        out_done, in_done, committed = self._complete()
+        out_done, in_done, committed, failed = self._complete()
         return StepOutput(
             step_id=plan.step_id,
             sampled=sampled,
@@ -218,6 +219,7 @@ class FakeWorker:
             swap_in_done=tuple(in_done),
             swap_out_cancelled=tuple(cancelled),
             committed=committed,
+            swap_out_failed=tuple(failed),
         )
 
     def _swapping(self) -> set[int]:
@@ -235,8 +237,8 @@ class FakeWorker:
             for d in range(c.device_start, c.device_start + c.count):
                 self.busy_blocks.discard(d)
 
-    def _complete(self) -> tuple[list[int], list[int], dict[int, tuple[int, ...]]]:
-        out_done, in_done, committed = [], [], {}
+    def _complete(self) -> tuple[list[int], list[int], dict[int, tuple[int, ...]], list[int]]:
+        out_done, in_done, committed, failed = [], [], {}, []
         for item in list(self.in_flight):
             due, kind, order = item
             if due > self.steps:
@@ -254,7 +256,10 @@ class FakeWorker:
                         self.blocks_copied_out += 1
                     else:
                         self.device[d] = list(self.host.blocks[h])
-            if kind == "out":
+            if kind == "out" and self.fail_commit:
+                self.host.release(order.lease_id)  # as link.settle_swaps gives it back
+                failed.append(order.seq)
+            elif kind == "out":
                 written = [c.host_start + i for c in order.copies for i in range(c.count)]
                 canonical = self.host.commit(order.lease_id, written, order.block_hashes)
                 if canonical != written:
@@ -263,7 +268,7 @@ class FakeWorker:
             else:
                 self.host.release(order.lease_id)
                 in_done.append(order.seq)
-        return out_done, in_done, committed
+        return out_done, in_done, committed, failed
 
     def _append(self, seq: int, blocks: list[int]) -> None:
         for b in blocks:

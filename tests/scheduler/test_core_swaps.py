@@ -272,3 +272,19 @@ def test_a_request_just_swapped_in_computes_before_rank_preemption_takes_it_agai
         step(core, "w0", w)  # it has computed: now the rank preemption takes it
     drive(core, fakes)
     assert hi2.finish_reason is FinishReason.LENGTH and low.finish_reason is FinishReason.LENGTH
+
+
+@pytest.mark.parametrize("swap_delay", [1, 3])
+def test_swap_outs_the_store_does_not_commit_are_recomputed_with_identical_tokens(swap_delay):
+    """The store is gone: every swap-out copy is reported not committed. No request is lost or
+    aborted; each is recomputed, the tokens are an undisturbed run's, and nothing leaks."""
+    core, fakes = make(blocks=14, swap_delay=swap_delay, preempt_margin=0)
+    fakes["w0"].fail_commit = True
+    reqs = submit_all(core)
+    drive(core, fakes)
+    assert [list(r.output_ids) for r in reqs] == reference()
+    assert all(r.finish_reason is FinishReason.LENGTH for r in reqs)
+    assert core.counters.swap_outs == 0 and core.counters.recomputes > 0
+    assert core.workers["w0"].allocator.num_free == 14
+    host = fakes["w0"].host
+    assert not host.reserved and not host.leases, "host memory leaked"
