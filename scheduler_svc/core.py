@@ -145,6 +145,7 @@ class SchedulerCore:
         if slot is None:
             return 0
         for req in list(slot.running.values()):
+            self._host.take_stale(req.seq)
             if req.is_finished:
                 self._host.end_offload(req)
                 self._host.release(req)
@@ -280,6 +281,15 @@ class SchedulerCore:
         """A reserve, pin or lookup failed (host memory short, evicted, lease lost)."""
         self._swaps.on_host_failed(seq, kind, message)
 
+    def on_store_lost(self) -> None:
+        """The KV store died or restarted: every host copy is forgotten and the requests that
+        needed one are recomputed (``SwapController.on_store_lost``)."""
+        self.counters.store_losses += 1
+        self._swaps.on_store_lost()
+        log.warning(
+            "KV store lost; host copies forgotten", extra={"losses": self.counters.store_losses}
+        )
+
     # ---------------------------------------------------------------- planning
 
     def has_work(self, worker_id: str) -> bool:
@@ -324,6 +334,7 @@ class SchedulerCore:
         events: list[TokenEvent] = []
         for seq, message in output.errors.items():
             slot.swaps_in_flight.discard(seq)  # an error ends whatever copy it had
+            self._host.take_stale(seq)
             req = self._table.by_seq(seq)
             if req is not None and req.is_finished and req.seq in slot.running:
                 # A finished request's copy failed (an offload): nothing is in flight any more,

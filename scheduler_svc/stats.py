@@ -25,6 +25,7 @@ class Counters:
     retained_lookups: int = 0
     retained_hit_blocks: int = 0
     offloaded_blocks: int = 0
+    store_losses: int = 0  # the KV store died or restarted (host copies forgotten)
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,3 +206,16 @@ def test_an_offload_whose_copy_fails_on_the_worker_frees_its_blocks():
     assert not first.offloading
     drive(core, fakes)
     assert core.workers["w0"].allocator.num_free == 256
+
+
+def test_after_a_store_restart_a_turn_misses_then_reuse_comes_back():
+    """Retained prefixes die with the store: the next turn prefills (same output) and is
+    retained in the new store, so the turn after hits again."""
+    core, fakes = make()
+    first = run_one(core, fakes, PROMPT)
+    core.on_store_lost()
+    fakes["w0"].host = FakeHost()
+    second = run_one(core, fakes, PROMPT)
+    assert second.cached_prompt_tokens == 0 and second.output_ids == first.output_ids
+    third = run_one(core, fakes, PROMPT)
+    assert third.cached_prompt_tokens > 0 and third.output_ids == first.output_ids
