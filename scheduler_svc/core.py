@@ -340,6 +340,15 @@ class SchedulerCore:
                 # A finished request's copy failed (an offload): nothing is in flight any more,
                 # so its blocks go and the lookups deferred behind it wake.
                 self._swaps.swap_failed(slot, req)
+            elif (
+                req is not None
+                and req.worker_id == worker_id
+                and req.status in (Status.SWAPPING_OUT, Status.SWAPPING_IN)
+            ):
+                # Its copy failed or was refused (the worker could not reach the store's
+                # arena): KV is a cache, so the request is recomputed (rule 7), not aborted.
+                kind = HostOpKind.PIN if req.status == Status.SWAPPING_IN else HostOpKind.RESERVE
+                self._swaps.on_host_failed(seq, kind, message)
             elif req is not None and not req.is_finished and req.worker_id == worker_id:
                 req.finish_message = message
                 self._finish(req, FinishReason.ABORTED)

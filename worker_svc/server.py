@@ -78,7 +78,7 @@ async def _serve(cfg: WorkerConfig, device_name: str) -> int:
         service.install_signal_handlers()
         store, swaps = None, None
         if cfg.kvstore is not None:
-            store, swaps = await connect_store(
+            store = await connect_store(
                 cfg.kvstore,
                 worker_id=cfg.worker_id,
                 fingerprint=spec.fingerprint,
@@ -87,6 +87,7 @@ async def _serve(cfg: WorkerConfig, device_name: str) -> int:
                 swap_sync=cfg.swap_sync,
                 cleanup=cleanup,
             )
+            swaps = store.swaps
         executor = StepExecutor(Engine(model, spec, pool.pool), swaps)
         metrics = StepMetrics(service.registry, executor, model=spec.name, worker=cfg.worker_id)
         snapshot = partial(stats_snapshot, cfg.worker_id, executor, pool, telemetry)
