@@ -22,7 +22,7 @@ from proto import kvstore_pb2 as kv
 from proto import kvstore_pb2_grpc as kv_grpc
 from scheduler_svc.core import SchedulerCore
 from scheduler_svc.host_ops import HostOp, HostOpKind
-from servekit.health_watch import watch_serving
+from servekit.health_watch import PEER_CHANNEL_OPTIONS, watch_serving
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class HostAgent:
     async def run(self) -> None:
         """Until cancelled: take the core's ops and run each, bounded; follow the store's
         health."""
-        async with grpc.aio.insecure_channel(self._target) as channel:
+        async with grpc.aio.insecure_channel(self._target, options=PEER_CHANNEL_OPTIONS) as channel:
             stub = kv_grpc.KVStoreStub(channel)
             watch = asyncio.create_task(
                 watch_serving(channel, on_up=self._store_up, on_down=self._store_down),

@@ -20,6 +20,14 @@ log = logging.getLogger(__name__)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 
+# Channel options for a peer that may restart: gRPC's default reconnect back-off grows to two
+# minutes, during which every call fails at once; a restarted peer should be used within ~1 s.
+PEER_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
 
 async def watch_serving(
     channel: grpc.aio.Channel,

@@ -24,7 +24,7 @@ from kvstore_svc.arena import ArenaLayout
 from proto import kvstore_pb2 as kv
 from proto import kvstore_pb2_grpc as kv_grpc
 from servekit import shm
-from servekit.health_watch import watch_serving
+from servekit.health_watch import PEER_CHANNEL_OPTIONS, watch_serving
 from servekit.names import SwapLayout
 from worker_svc.device_pool import DevicePool
 from worker_svc.kv_pool import KVPool
@@ -87,7 +87,7 @@ class StoreConnection:
         self._pool = pool
         self._layout = swap_layout
         self._sync = swap_sync
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = grpc.aio.insecure_channel(address, options=PEER_CHANNEL_OPTIONS)
         self.stub = kv_grpc.KVStoreStub(self._channel)
         self._arena: MappedArena | None = None
         self.swaps: SwapEngine | None = None

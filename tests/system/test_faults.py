@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,17 @@ def _reference(prompts: list[str], max_tokens: int) -> list[list[int]]:
     return [list(r.token_ids) for r in generate_offline("tiny", ids, max_tokens=max_tokens)]
 
 
+async def _until(
+    check: Callable[[], Awaitable[bool]], *, what: str, timeout_s: float = 30.0
+) -> None:
+    """``polling.eventually`` for a condition that must be awaited (a stats call)."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 async def _idle(c: AsyncClient) -> None:
     """Every request is over and every worker has all its device blocks back (no leak)."""
 
@@ -48,7 +60,7 @@ async def _idle(c: AsyncClient) -> None:
             and all(w.free_blocks == w.num_blocks for w in s.workers)
         )
 
-    await eventually(done, what="no request left and every device block free", timeout_s=60)
+    await _until(done, what="no request left and every device block free", timeout_s=60)
 
 
 def _assert_clean(dep: Deployment) -> None:
@@ -77,7 +89,7 @@ def test_a_killed_worker_loses_no_request_and_is_restarted():
                     s = await c.stats()
                     return sum(1 for w in s.workers if w.running) == 2
 
-                await eventually(both_busy, what="both workers running requests")
+                await _until(both_busy, what="both workers running requests")
                 dep.child("worker-0").kill()
                 results = await asyncio.wait_for(asyncio.gather(*calls), timeout=150)
                 await eventually(
@@ -87,7 +99,7 @@ def test_a_killed_worker_loses_no_request_and_is_restarted():
                 async def rejoined() -> bool:
                     return len((await c.stats()).workers) == 2
 
-                await eventually(rejoined, what="the restarted worker rejoined", timeout_s=90)
+                await _until(rejoined, what="the restarted worker rejoined", timeout_s=90)
                 again = await c.generate(prompts[0], max_tokens=max_tokens, ignore_eos=True)
                 await _idle(c)
                 return [list(r.token_ids) for r in results] + [list(again.token_ids)]
@@ -99,7 +111,7 @@ def test_a_killed_worker_loses_no_request_and_is_restarted():
     _assert_clean(dep)
 
 
-def test_a_killed_store_hangs_nothing_leaks_nothing_and_reuse_comes_back():
+def test_a_killed_store_hangs_nothing_leaks_nothing_and_reuse_comes_back(tmp_path: Path):
     """Retained turns offload at finish; the store is SIGKILLed while they run. Every request
     ends (bounded) with the undisturbed tokens, no device block stays taken, and once the
     launcher restarted the store, the workers registered again and later turns hit."""
@@ -108,7 +120,13 @@ def test_a_killed_store_hangs_nothing_leaks_nothing_and_reuse_comes_back():
     max_tokens = 24
     want = _reference(prompts, max_tokens)
     dep = Deployment(
-        model="tiny", workers=2, port=0, device_kv_blocks=96, policy="fcfs", restart_backoff_s=0.2
+        model="tiny",
+        workers=2,
+        port=0,
+        device_kv_blocks=96,
+        policy="fcfs",
+        restart_backoff_s=0.2,
+        log_dir=tmp_path / "logs",
     )
     dep.start()
     try:
@@ -130,7 +148,7 @@ def test_a_killed_store_hangs_nothing_leaks_nothing_and_reuse_comes_back():
                 async def offloaded() -> bool:
                     return (await c.stats()).offloaded_blocks > 0
 
-                await eventually(offloaded, what="offloads under way")
+                await _until(offloaded, what="offloads under way")
                 dep.child("kvstore").kill()
                 done = await asyncio.wait_for(asyncio.gather(*runs), timeout=100)
                 await _idle(c)
