@@ -41,7 +41,7 @@ class RestartPolicy:
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     max_restarts: int = 5  # quick crashes in a row before giving up
-    stable_s: float = 60.0  # a run this long resets the count
+    stable_s: float = 15.0  # a run this long resets the count (it was up, not crash-looping)
 
     def delay(self, crashes: int) -> float:
         """The wait before restart number `crashes` (1, 2, ...) of a row of quick crashes."""
