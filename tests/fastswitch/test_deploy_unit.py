@@ -4,6 +4,7 @@ scheduler)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import textwrap
@@ -26,6 +27,7 @@ from fastswitch.deploy import (
     serve_command,
 )
 from fastswitch.deploy.placement import worker_devices
+from servekit.service import wait_healthy
 
 DUMMY = textwrap.dedent(
     """
@@ -222,6 +224,7 @@ def test_start_wait_and_ordered_stop(tmp_path):
         eventually_sync(lambda: d.restarts.get("worker-0") == 1, what="worker-0 restarted")
         assert d.child("worker-0").pid != killed.pid and d.child("worker-0").alive()
         assert calls[-1][0] == "worker" and calls[-1][1] == calls[2][1]
+        asyncio.run(wait_healthy(d.child("worker-0").spec.health_target, timeout_s=30))
         assert d.wait(timeout_s=0.2) is None
         # The scheduler is the one child that is not restarted: the deployment is over.
         d.child("scheduler").kill()
