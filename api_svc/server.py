@@ -31,6 +31,7 @@ from servekit.keys import read_key_file
 from servekit.logs import setup_logging
 from servekit.modelspec import TINY_MODEL, load_model_spec
 from servekit.names import LOG_LEVELS
+from servekit.parent import watch_parent
 from servekit.service import run
 from servekit.tokenizer import load_tokenizer
 
@@ -276,6 +277,7 @@ async def serve(cfg: ApiConfig) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    unwatch = watch_parent(on_signal)  # the launcher died: drain and stop as on SIGTERM
     where = cfg.uds or f"{cfg.host}:{sock.getsockname()[1]}"
     log.info(
         "api ready",
@@ -296,6 +298,8 @@ async def serve(cfg: ApiConfig) -> int:
         await client.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if unwatch is not None:
+            unwatch()
     return 0
 
 

@@ -126,7 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _deployment(args: argparse.Namespace, *, keep_logs: bool = False) -> Deployment:
-    return Deployment(config_from_args(args, keep_logs=keep_logs))
+    return Deployment(config_from_args(args, keep_logs=keep_logs), notify=_say)
+
+
+def _say(line: str) -> None:
+    """A deployment's event (a child exited, restarted, given up on), on this stderr."""
+    print(f"fastswitch: {line}", file=sys.stderr, flush=True)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -138,8 +143,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         try:
             dep.start()
             _print_up(dep)
-            gone = dep.wait()
-            return _fail(f"{gone} exited unexpectedly; stopping the deployment")
+            gone = dep.wait()  # workers, the store and the door are restarted meanwhile
+            return _fail(f"{gone} exited and is not restarted; stopping the deployment")
         except _Stop:
             print("stopping...", file=sys.stderr, flush=True)
             return 0

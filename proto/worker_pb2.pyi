@@ -191,7 +191,7 @@ class SeqError(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("step_id", "seqs", "tokens", "swap_out_done", "swap_in_done", "swap_out_cancelled", "timing", "errors", "swap_out_bytes", "swap_in_bytes", "swap_copies", "committed")
+    __slots__ = ("step_id", "seqs", "tokens", "swap_out_done", "swap_in_done", "swap_out_cancelled", "timing", "errors", "swap_out_bytes", "swap_in_bytes", "swap_copies", "committed", "swap_out_failed")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     SEQS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +204,7 @@ class StepResult(_message.Message):
     SWAP_IN_BYTES_FIELD_NUMBER: _ClassVar[int]
     SWAP_COPIES_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    SWAP_OUT_FAILED_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     seqs: _containers.RepeatedScalarFieldContainer[int]
     tokens: _containers.RepeatedScalarFieldContainer[int]
@@ -216,7 +217,8 @@ class StepResult(_message.Message):
     swap_in_bytes: int
     swap_copies: int
     committed: _containers.RepeatedCompositeFieldContainer[CommittedBlocks]
-    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[int]] = ..., swap_out_done: _Optional[_Iterable[int]] = ..., swap_in_done: _Optional[_Iterable[int]] = ..., swap_out_cancelled: _Optional[_Iterable[int]] = ..., timing: _Optional[_Union[StepTiming, _Mapping]] = ..., errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., swap_copies: _Optional[int] = ..., committed: _Optional[_Iterable[_Union[CommittedBlocks, _Mapping]]] = ...) -> None: ...
+    swap_out_failed: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[int]] = ..., swap_out_done: _Optional[_Iterable[int]] = ..., swap_in_done: _Optional[_Iterable[int]] = ..., swap_out_cancelled: _Optional[_Iterable[int]] = ..., timing: _Optional[_Union[StepTiming, _Mapping]] = ..., errors: _Optional[_Iterable[_Union[SeqError, _Mapping]]] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., swap_copies: _Optional[int] = ..., committed: _Optional[_Iterable[_Union[CommittedBlocks, _Mapping]]] = ..., swap_out_failed: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CommittedBlocks(_message.Message):
     __slots__ = ("seq", "blocks")

@@ -240,4 +240,5 @@ def output_from_proto(msg: wk.StepResult) -> StepOutput:
         swap_out_bytes=msg.swap_out_bytes,
         swap_in_bytes=msg.swap_in_bytes,
         committed={c.seq: tuple(c.blocks) for c in msg.committed},
+        swap_out_failed=tuple(msg.swap_out_failed),
     )

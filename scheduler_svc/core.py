@@ -150,6 +150,7 @@ class SchedulerCore:
         if slot is None:
             return 0
         for req in list(slot.running.values()):
+            self._host.take_stale(req.seq)
             if req.is_finished:
                 self._host.end_offload(req)
                 self._host.release(req)
@@ -311,6 +312,15 @@ class SchedulerCore:
         """A reserve, pin or lookup failed (host memory short, evicted, lease lost)."""
         self._swaps.on_host_failed(seq, kind, message)
 
+    def on_store_lost(self) -> None:
+        """The KV store died or restarted: every host copy is forgotten and the requests that
+        needed one are recomputed (``SwapController.on_store_lost``)."""
+        self.counters.store_losses += 1
+        self._swaps.on_store_lost()
+        log.warning(
+            "KV store lost; host copies forgotten", extra={"losses": self.counters.store_losses}
+        )
+
     # ---------------------------------------------------------------- planning
 
     def has_work(self, worker_id: str) -> bool:
@@ -354,8 +364,23 @@ class SchedulerCore:
         self._swaps.apply(slot, output)
         events: list[TokenEvent] = []
         for seq, message in output.errors.items():
+            slot.swaps_in_flight.discard(seq)  # an error ends whatever copy it had
+            self._host.take_stale(seq)
             req = self._table.by_seq(seq)
-            if req is not None and not req.is_finished and req.worker_id == worker_id:
+            if req is not None and req.is_finished and req.seq in slot.running:
+                # A finished request's copy failed (an offload): nothing is in flight any more,
+                # so its blocks go and the lookups deferred behind it wake.
+                self._swaps.swap_failed(slot, req)
+            elif (
+                req is not None
+                and req.worker_id == worker_id
+                and req.status in (Status.SWAPPING_OUT, Status.SWAPPING_IN)
+            ):
+                # Its copy failed or was refused (the worker could not reach the store's
+                # arena): KV is a cache, so the request is recomputed (rule 7), not aborted.
+                kind = HostOpKind.PIN if req.status == Status.SWAPPING_IN else HostOpKind.RESERVE
+                self._swaps.on_host_failed(seq, kind, message)
+            elif req is not None and not req.is_finished and req.worker_id == worker_id:
                 req.finish_message = f"worker {worker_id} failed on this request: {message}"
                 req.fault = Fault.ABORTED
                 self._finish(req, FinishReason.ABORTED)

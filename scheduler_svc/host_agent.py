@@ -2,6 +2,12 @@
 
 The core never waits on the network; this task does, off the step loop. Fan-out is bounded.
 After every answer the frontend is poked so that sessions waiting for work plan again.
+
+It also follows the store's health (``servekit/health_watch.py``): when a serving store goes
+away (killed, restarted, stopped) the core forgets every host copy (``core.on_store_lost``) and
+answers to ops sent before that are treated as failures, so nothing names a dead store's blocks.
+A restarted store needs no registration from the scheduler: the channel reconnects, and the
+workers register again themselves (``worker_svc/store_client.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from proto import kvstore_pb2 as kv
 from proto import kvstore_pb2_grpc as kv_grpc
 from scheduler_svc.core import SchedulerCore
 from scheduler_svc.host_ops import HostOp, HostOpKind
+from servekit.health_watch import PEER_CHANNEL_OPTIONS, watch_serving
 from servekit.planes import InternalPlane
 
 log = logging.getLogger(__name__)
@@ -48,14 +55,21 @@ class HostAgent:
         self._limit = asyncio.Semaphore(max_in_flight)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._epoch = 0  # store lifetimes seen lost so far; an op's answer counts in its own
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
-        """Until cancelled: take the core's ops and run each, bounded."""
-        async with self._plane.channel(self._target) as channel:
+        """Until cancelled: take the core's ops and run each, bounded; follow the store's
+        health."""
+        async with self._plane.channel(self._target, options=PEER_CHANNEL_OPTIONS) as channel:
             stub = kv_grpc.KVStoreStub(channel)
+            watch = asyncio.create_task(
+                watch_serving(channel, on_up=self._store_up, on_down=self._store_down),
+                name="kvstore-watch",
+            )
+            self._tasks.add(watch)
             try:
                 while True:
                     await self._wake.wait()
@@ -74,8 +88,30 @@ class HostAgent:
         self._tasks.discard(task)
         self._limit.release()
 
+    async def _store_up(self) -> None:
+        log.info("KV store serving", extra={"store": self._target, "lost_before": self._epoch})
+
+    async def _store_down(self) -> None:
+        self._epoch += 1
+        self._core.on_store_lost()
+        await self._changed()
+
     async def _run_one(self, stub: kv_grpc.KVStoreStub, op: HostOp) -> None:
+        epoch = self._epoch
+        try:
+            await self._call(stub, op, epoch)
+        except _Stale:
+            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
+                self._core.on_host_failed(op.seq, op.kind, "the KV store was lost meanwhile")
+        await self._changed()
+
+    def _check(self, epoch: int) -> None:
+        if epoch != self._epoch:
+            raise _Stale
+
+    async def _call(self, stub: kv_grpc.KVStoreStub, op: HostOp, epoch: int) -> None:
         t = self._timeout_s
+        check = self._check
         try:
             if op.kind is HostOpKind.RESERVE:
                 resp = await stub.Reserve(
@@ -84,6 +120,7 @@ class HostAgent:
                     ),
                     timeout=t,
                 )
+                check(epoch)
                 blocks = [b for e in resp.extents for b in range(e.start, e.start + e.count)]
                 self._core.on_reserved(op.seq, resp.lease_id, blocks)
             elif op.kind is HostOpKind.PIN:
@@ -96,11 +133,13 @@ class HostAgent:
                     ),
                     timeout=t,
                 )
+                check(epoch)
                 self._core.on_pinned(op.seq, pin.lease_id)
             elif op.kind is HostOpKind.LOOKUP:
                 found = await stub.Lookup(
                     kv.LookupRequest(block_hashes=_wire(op.hashes)), timeout=t
                 )
+                check(epoch)
                 self._core.on_looked_up(op.seq, list(found.blocks))
             elif op.kind is HostOpKind.FREE:
                 await stub.Free(
@@ -109,6 +148,7 @@ class HostAgent:
             elif op.lease_id is not None:
                 await stub.Release(kv.ReleaseRequest(lease_id=op.lease_id), timeout=t)
         except grpc.aio.AioRpcError as err:
+            check(epoch)  # a failure from a store already forgotten is the same failure
             if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
                 self._core.on_host_failed(op.seq, op.kind, f"{err.code().name}: {err.details()}")
             elif err.code() != grpc.StatusCode.NOT_FOUND:  # already gone is fine
@@ -116,7 +156,10 @@ class HostAgent:
                     "host op failed",
                     extra={"op": op.kind.value, "seq": op.seq, "why": err.code().name},
                 )
-        await self._changed()
+
+
+class _Stale(Exception):
+    """An op's answer came from a store lifetime the core has already forgotten."""
 
 
 def _wire(hashes: tuple[bytes | None, ...]) -> list[bytes]:

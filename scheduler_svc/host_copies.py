@@ -51,6 +51,8 @@ class HostCopies:
         # Offloads in flight by the hash of their first block, and the lookups waiting for them.
         self._offloads_by_root: dict[bytes, int] = {}
         self._deferred: dict[bytes, list[Request]] = {}
+        # Copies in flight when the store was lost: their commit, if any, went to a dead store.
+        self._stale_swaps: set[int] = set()
 
     # ------------------------------------------------------------ the queue
 
@@ -143,6 +145,23 @@ class HostCopies:
         private = tuple(b for i, b in enumerate(blocks) if i >= len(hashes) or not hashes[i])
         if private:
             self._ops.append(HostOp(HostOpKind.FREE, seq, blocks=private))
+
+    def forget_lost(self, req: Request) -> None:
+        """The store is gone: forgets `req`'s host copy without asking the store for anything,
+        and marks a copy in flight as stale (see ``take_stale``)."""
+        req.host_blocks = []
+        req.host_hashes = []
+        req.host_tokens = 0
+        if req.swap_sent:
+            self._stale_swaps.add(req.seq)
+
+    def take_stale(self, seq: int) -> bool:
+        """True (once) when `seq`'s copy was in flight as the store was lost: whatever it
+        committed is gone with that store."""
+        if seq in self._stale_swaps:
+            self._stale_swaps.discard(seq)
+            return True
+        return False
 
     @staticmethod
     def clear_swap(req: Request) -> None:

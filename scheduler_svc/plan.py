@@ -103,6 +103,9 @@ class StepOutput:
     errors: dict[int, str] = field(default_factory=dict)
     # seq -> the host blocks holding a finished swap-out after the store's commit
     committed: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    # finished swap-out copies the store did not commit (refused, or the store is gone): the
+    # device blocks are intact and the worker still holds the sequence
+    swap_out_failed: tuple[int, ...] = ()
     forward_s: float = 0.0
     step_s: float = 0.0
     idle_s: float = 0.0

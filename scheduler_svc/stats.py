@@ -28,6 +28,7 @@ class Counters:
     device_hit_tokens: int = 0  # tokens whose KV a request shared from a worker's cached blocks
     device_hit_blocks: int = 0
     device_evicted_blocks: int = 0  # cached device blocks taken back for other allocations
+    store_losses: int = 0  # the KV store died or restarted (host copies forgotten)
 
 
 @dataclass(frozen=True, slots=True)

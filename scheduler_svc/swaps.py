@@ -133,6 +133,22 @@ class SwapController:
             self._waiting.remove(seq)
         self.requeue_for_recompute(req)
 
+    def on_store_lost(self) -> None:
+        """The KV store is gone, and every host block, lease and retained prefix with it (KV is
+        a cache, rule 7). Host copies are forgotten without calling the store; SWAPPED requests
+        are recomputed; queued reserves, pins and lookups fail as if the store had refused them
+        (frees and releases are dropped: nothing is left to free); a copy still in flight on a
+        worker counts as failed when it is reported, whatever its commit said."""
+        ops = self._host.take()
+        for req in self._table.all_seqs():
+            self._host.forget_lost(req)
+            if req.status == Status.SWAPPED:
+                self._waiting.remove(req.seq)
+                self.requeue_for_recompute(req)
+        for op in ops:
+            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
+                self.on_host_failed(op.seq, op.kind, "the KV store is gone")
+
     # ---------------------------------------------------------- transitions
 
     def requeue_for_recompute(self, req: Request) -> None:
@@ -230,10 +246,19 @@ class SwapController:
         for seq in output.swap_out_done:
             slot.swaps_in_flight.discard(seq)
             req = self._table.by_seq(seq)
-            if req is not None:
+            if req is not None and self._host.take_stale(seq):
+                self.swap_failed(slot, req)  # committed to a store that is gone
+            elif req is not None:
                 self._swap_out_done(slot, req, output.committed.get(seq))
+        for seq in output.swap_out_failed:
+            slot.swaps_in_flight.discard(seq)
+            self._host.take_stale(seq)
+            req = self._table.by_seq(seq)
+            if req is not None:
+                self.swap_failed(slot, req)
         for seq in output.swap_out_cancelled:
             slot.swaps_in_flight.discard(seq)
+            self._host.take_stale(seq)
             req = self._table.by_seq(seq)
             if req is None:
                 continue
@@ -243,6 +268,7 @@ class SwapController:
                 self._host.clear_swap(req)
         for seq in output.swap_in_done:
             slot.swaps_in_flight.discard(seq)
+            self._host.take_stale(seq)  # read from the old arena while it was still mapped
             req = self._table.by_seq(seq)
             if req is None:
                 continue
@@ -254,6 +280,22 @@ class SwapController:
             req.just_swapped_in = True
             if not self._kv_reuse:
                 self._host.release(req)
+
+    def swap_failed(self, slot: WorkerSlot, req: Request) -> None:
+        """A copy of `req` is over without a host copy to show for it (the store refused the
+        commit or is gone, or the copy itself failed): nothing is adopted (rule 7). A finished
+        request's blocks go now and its deferred lookups wake (they prefill instead); a swapping-out
+        one is recomputed; a running one (cancelled too late) keeps running."""
+        self._host.clear_swap(req)
+        if req.is_finished:
+            self.release_after_swap(slot, req)
+        elif req.status == Status.SWAPPING_OUT:
+            log.warning("swap-out not committed; recomputing", extra={"seq": req.seq})
+            slot.allocator.free(req.seq)
+            del slot.running[req.seq]
+            if req.resident:
+                slot.pending_drop.append(req.seq)
+            self.requeue_for_recompute(req)
 
     def _swap_out_done(
         self, slot: WorkerSlot, req: Request, committed: tuple[int, ...] | None

@@ -26,6 +26,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
+from servekit.parent import watch_parent
+
 log = logging.getLogger(__name__)
 
 # No `<name>_created` series beside each counter and histogram: every service's /metrics holds
@@ -123,9 +125,11 @@ class GrpcService:
             await self._health.set(name, status)
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM, SIGINT and the launcher's death (``servekit/parent.py``) request the stop."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        watch_parent(self.request_stop)
 
     def request_stop(self) -> None:
         self._stop.set()

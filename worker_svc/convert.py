@@ -161,6 +161,7 @@ def result_to_proto(result: StepResult) -> wk.StepResult:
         swap_in_bytes=result.swap_in_bytes,
         swap_copies=result.swap_copies,
         committed=[wk.CommittedBlocks(seq=c.seq, blocks=c.blocks) for c in result.committed],
+        swap_out_failed=result.swap_out_failed,
     )
 
 
@@ -180,6 +181,7 @@ def result_from_proto(msg: wk.StepResult) -> StepResult:
         swap_in_bytes=msg.swap_in_bytes,
         swap_copies=msg.swap_copies,
         committed=tuple(CommittedBlocks(c.seq, tuple(c.blocks)) for c in msg.committed),
+        swap_out_failed=tuple(msg.swap_out_failed),
     )
 
 

@@ -28,7 +28,7 @@ KV store bookkeeping is the caller's (link.py, on the event loop), from the ``St
 * ``commits``: finished swap-outs. Their host blocks (in copy order) must be committed under the
   plan's lease and hashes *before* the sequence is reported in ``swap_out_done`` (the scheduler
   pins them later, and only committed blocks can be pinned); a failed commit reports the
-  sequence in ``errors`` instead.
+  sequence in ``swap_out_failed`` instead (the sequence and its blocks stay as they are).
 * ``releases``: leases to end: pins of finished swap-ins, reservations of cancelled, refused or
   failed swap-outs, pins of refused or failed swap-ins.
 """
@@ -121,11 +121,25 @@ class StepExecutor:
         self.swap_in_bytes = 0
         self._outs: dict[int, SwapOutWritten] = {}  # swap-outs in flight, by seq
         self._ins: dict[int, str | None] = {}  # swap-ins in flight: seq -> pin lease
+        self._carried: SwapCompletions | None = None  # a replaced engine's last completions
+
+    def replace_swaps(self, swaps: SwapEngine) -> SwapEngine | None:
+        """Installs a new swap engine (a restarted store's arena) between steps; returns the old
+        one for its owner to close. The old engine's jobs are waited for and reported with the
+        next step as usual (a swap-out's commit then fails against the new store: the scheduler
+        recomputes it; a swap-in read the old arena, still mapped, and is done)."""
+        old = self.swaps
+        if old is not None:
+            old.wait_all()
+            self._carried = _merge(self._carried, old.poll())
+        self.swaps = swaps
+        return old
 
     def reset(self) -> tuple[str, ...]:
         """Forgets every sequence (the scheduler went away; it will recompute them). Waits for
         the swaps in flight and returns the leases they held, for the caller to release."""
         leases: list[str | None] = []
+        self._carried = None
         if self.swaps is not None:
             self.swaps.wait_all()
             self.swaps.poll()
@@ -249,7 +263,8 @@ class StepExecutor:
         """Moves the swaps finished so far into ``work`` (swap-outs via ``work.commits``)."""
         if self.swaps is None:
             return SwapCompletions()
-        done = self.swaps.poll()
+        done = _merge(self._carried, self.swaps.poll())
+        self._carried = None
         for seq in done.swapped_out:
             work.commits.append(self._outs.pop(seq))
         for seq in done.swapped_in:
@@ -264,3 +279,18 @@ class StepExecutor:
         self.swap_out_bytes += done.out_bytes
         self.swap_in_bytes += done.in_bytes
         return done
+
+
+def _merge(first: SwapCompletions | None, then: SwapCompletions) -> SwapCompletions:
+    """Both sets of completions as one (``first`` may be None)."""
+    if first is None:
+        return then
+    return SwapCompletions(
+        first.swapped_out + then.swapped_out,
+        first.swapped_in + then.swapped_in,
+        first.failed + then.failed,
+        first.out_bytes + then.out_bytes,
+        first.in_bytes + then.in_bytes,
+        first.copies + then.copies,
+        first.jobs + then.jobs,
+    )

@@ -29,7 +29,8 @@ from proto import worker_pb2_grpc as wk_grpc
 from servekit.planes import OPEN_PLANE, InternalPlane
 from worker_svc.convert import hello_to_proto, plan_from_proto, result_to_proto
 from worker_svc.executor import StepExecutor, StepOutcome
-from worker_svc.plan import CommittedBlocks, SeqError, StepResult, WorkerHello
+from worker_svc.plan import CommittedBlocks, SeqError, StepPlan, StepResult, WorkerHello
+from worker_svc.store_client import StoreConnection
 from worker_svc.swap_engine import SwapDone
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class SchedulerLink:
         *,
         on_state: Callable[[bool], None],
         on_step: Callable[[StepResult, tuple[SwapDone, ...]], None] | None = None,
-        store: kv_grpc.KVStoreStub | None = None,
+        store: StoreConnection | None = None,
         max_backoff_s: float = 2.0,
         plane: InternalPlane = OPEN_PLANE,
     ) -> None:
@@ -81,7 +82,8 @@ class SchedulerLink:
         self._executor = executor
         self._on_state = on_state
         self._on_step = on_step
-        self._store = store
+        self._conn = store
+        self._store = None if store is None else store.stub
         self._max_backoff_s = max_backoff_s
         # Steps run on one thread of their own: torch releases the GIL, the loop stays live.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastswitch-step")
@@ -135,10 +137,12 @@ class SchedulerLink:
                         self._on_state(True)
                         continue
                     received = time.perf_counter()
-                    plan = plan_from_proto(msg.plan)
+                    plan, refused = await self._prepare_store(plan_from_proto(msg.plan))
                     outcome = await loop.run_in_executor(self._thread, self._executor.run, plan)
                     settling = time.perf_counter()
                     result = await settle_swaps(self._store, outcome)
+                    if refused is not None:
+                        result = _with_refused(result, refused)
                     timing = replace(
                         result.timing,
                         step_s=result.timing.step_s + time.perf_counter() - settling,
@@ -151,6 +155,41 @@ class SchedulerLink:
                         self._on_step(result, outcome.swaps)
             finally:
                 stopper.cancel()
+
+    async def _prepare_store(self, plan: StepPlan) -> tuple[StepPlan, StepPlan | None]:
+        """Before a step: installs a restarted store's arena if one was mapped, and checks that
+        a step with swaps can reach the store's current arena (registering again if it was
+        replaced). When it cannot, the swaps are taken out of the plan and returned, to be
+        reported refused (the scheduler recomputes those requests)."""
+        conn = self._conn
+        if conn is None:
+            return plan, None
+        swaps = bool(plan.swap_in or plan.swap_out)
+        ok = await conn.ensure_fresh() if swaps else True
+        new = conn.take_replacement()
+        if new is not None:
+            loop = asyncio.get_running_loop()
+            old = await loop.run_in_executor(self._thread, self._executor.replace_swaps, new)
+            await loop.run_in_executor(self._thread, conn.retire, old)
+        if ok or not swaps:
+            return plan, None
+        refused_in = {o.seq for o in plan.swap_in}
+        kept = replace(
+            plan,
+            swap_in=(),
+            swap_out=(),
+            start=tuple(s for s in plan.start if s.seq not in refused_in),
+            append=tuple(a for a in plan.append if a.seq not in refused_in),
+        )
+        leases = [o.lease_id for o in plan.swap_in if o.lease_id]
+        leases += [o.lease_id for o in plan.swap_out if o.lease_id]
+        if leases and self._store is not None:
+            await release_leases(self._store, leases, timeout_s=1.0)
+        log.warning(
+            "KV store arena unavailable; swaps refused",
+            extra={"swap_in": len(plan.swap_in), "swap_out": len(plan.swap_out)},
+        )
+        return kept, replace(plan, start=(), append=(), prefill=(), decode=(), drop=())
 
     async def _reset(self) -> None:
         """Forgets every sequence (on the step thread, after any step still running) and
@@ -165,8 +204,9 @@ async def settle_swaps(
     store: kv_grpc.KVStoreStub | None, outcome: StepOutcome, *, timeout_s: float = 5.0
 ) -> StepResult:
     """``outcome.result`` completed with the KV store: commits every finished swap-out and then
-    reports it in ``swap_out_done`` (or in ``errors`` when the commit fails, e.g. an expired
-    lease: the scheduler recomputes it) and releases ``outcome.releases``. All calls run
+    reports it in ``swap_out_done`` (or in ``swap_out_failed`` when the commit fails, e.g. an
+    expired lease or a store that died: the sequence stays here with its device blocks intact,
+    the scheduler recomputes or frees it) and releases ``outcome.releases``. All calls run
     concurrently; a failed release is only logged (the lease expires on its own)."""
     result = outcome.result
     if not outcome.commits and not outcome.releases:
@@ -175,7 +215,7 @@ async def settle_swaps(
         raise RuntimeError("swaps finished on a worker without a KV store")
     commits = [w for w in outcome.commits if w.host_blocks]
     done = [w.seq for w in outcome.commits if not w.host_blocks]
-    errors: list[SeqError] = []
+    failed: list[int] = []
     committed: list[CommittedBlocks] = []
     calls = [
         store.Commit(
@@ -198,8 +238,11 @@ async def settle_swaps(
     abandoned: list[str] = []
     for w, answer in zip(commits, answers, strict=False):
         if isinstance(answer, grpc.aio.AioRpcError):
-            message = f"commit of swapped-out KV failed: {answer.code().name}: {answer.details()}"
-            errors.append(SeqError(w.seq, message))
+            log.warning(
+                "commit of swapped-out KV failed",
+                extra={"seq": w.seq, "why": f"{answer.code().name}: {answer.details()}"},
+            )
+            failed.append(w.seq)
             if w.lease_id is not None and answer.code() != grpc.StatusCode.NOT_FOUND:
                 abandoned.append(w.lease_id)  # (NOT_FOUND: the lease is gone)
         elif isinstance(answer, BaseException):
@@ -214,7 +257,7 @@ async def settle_swaps(
     return replace(
         result,
         swap_out_done=result.swap_out_done + tuple(done),
-        errors=result.errors + tuple(errors),
+        swap_out_failed=result.swap_out_failed + tuple(failed),
         committed=result.committed + tuple(committed),
     )
 
@@ -236,3 +279,14 @@ def _log_release_failures(leases: list[str], answers: list[object]) -> None:
             log.warning("lease release failed", extra={"lease": lease, "why": answer.code().name})
         elif isinstance(answer, BaseException):
             raise answer
+
+
+def _with_refused(result: StepResult, refused: StepPlan) -> StepResult:
+    """``result`` plus the swaps of ``refused`` reported as refused: a swap-out as not committed
+    (its device blocks were never read), a swap-in as an error (its sequence was never started)."""
+    message = "the KV store's arena is unavailable: swap refused"
+    return replace(
+        result,
+        swap_out_failed=result.swap_out_failed + tuple(o.seq for o in refused.swap_out),
+        errors=result.errors + tuple(SeqError(o.seq, message) for o in refused.swap_in),
+    )

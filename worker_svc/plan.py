@@ -156,6 +156,8 @@ class StepResult:
     swap_in_bytes: int = 0
     swap_copies: int = 0
     committed: tuple[CommittedBlocks, ...] = ()
+    # finished copies whose commit failed (store refused or gone): device blocks intact
+    swap_out_failed: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,7 @@ async def _serve(cfg: WorkerConfig, device_name: str) -> int:
         service.install_signal_handlers()
         store, swaps = None, None
         if cfg.kvstore is not None:
-            store, swaps = await connect_store(
+            store = await connect_store(
                 cfg.kvstore,
                 worker_id=cfg.worker_id,
                 fingerprint=spec.fingerprint,
@@ -93,6 +93,7 @@ async def _serve(cfg: WorkerConfig, device_name: str) -> int:
                 cleanup=cleanup,
                 plane=cfg.plane,
             )
+            swaps = store.swaps
         executor = StepExecutor(Engine(model, spec, pool.pool), swaps)
         metrics = StepMetrics(service.registry, executor, model=spec.name, worker=cfg.worker_id)
         snapshot = partial(stats_snapshot, cfg.worker_id, executor, pool, telemetry)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fastswitch.deploy.config import DeploymentError
 from fastswitch.deploy.flags import ChildSpec, CommandBuilder
+from servekit.parent import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +94,19 @@ def spawn(
     spec: ChildSpec, command: CommandBuilder, log_path: Path | None, deployment_id: str
 ) -> Child:
     """Starts one child in its own process group, its output appended to `log_path` after a
-    header line naming the deployment (None: to this stderr).
+    header line naming the deployment (None: to this stderr). The child is told this process's
+    pid (``FASTSWITCH_PARENT_PID``) and stops in order when it dies (``servekit/parent.py``).
 
     DeploymentError when the command cannot be executed.
     """
     cmd = command(spec.service, spec.flags)
+    env = {**os.environ, PARENT_ENV: str(os.getpid())}  # the child stops when we die
     offset = 0
     try:
         if log_path is None:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=2, process_group=0)
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=2, process_group=0, env=env
+            )
         else:
             with open(log_path, "ab") as out:
                 stamp = datetime.now(UTC).isoformat(timespec="seconds")
@@ -109,7 +114,7 @@ def spawn(
                 out.flush()
                 offset = out.tell()
                 proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, process_group=0
+                    cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, process_group=0, env=env
                 )
     except OSError as err:
         raise DeploymentError(f"cannot start {spec.name} ({cmd[0]}): {err}") from err

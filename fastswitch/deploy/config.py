@@ -34,6 +34,9 @@ class DeploymentConfig:
     starting one. ``http_port`` starts the OpenAI-compatible HTTP door (api_svc) on that port (0:
     a free one); None starts none. ``api_keys`` is the key file of both the scheduler's API and
     the door (docs/security.md); the launcher adds keys of its own (``deploy/keys.py``).
+    ``restart``: once started, a worker, the store or the door that exits is started again after
+    ``restart_backoff_s`` (doubling up to ``restart_max_backoff_s``), until it exits quickly
+    more than ``max_restarts`` times in a row (``fastswitch/deploy/supervisor.py``).
     """
 
     model: str = "tiny"
@@ -66,6 +69,10 @@ class DeploymentConfig:
     verbose: bool = False
     start_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
+    restart: bool = True
+    restart_backoff_s: float = 0.5
+    restart_max_backoff_s: float = 30.0
+    max_restarts: int = 5
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -109,3 +116,10 @@ class DeploymentConfig:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         if self.start_timeout_s <= 0 or self.stop_timeout_s <= 0:
             raise ValueError("start_timeout_s and stop_timeout_s must be > 0")
+        if not 0 < self.restart_backoff_s <= self.restart_max_backoff_s:
+            raise ValueError(
+                f"restart back-off must satisfy 0 < {self.restart_backoff_s} <= "
+                f"{self.restart_max_backoff_s} (restart_backoff_s, restart_max_backoff_s)"
+            )
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")

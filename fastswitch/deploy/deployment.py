@@ -4,12 +4,13 @@ over children during the start, and the ordered stop."""
 from __future__ import annotations
 
 import asyncio
-import selectors
+import logging
 import shutil
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,10 +30,13 @@ from fastswitch.deploy.flags import (
 from fastswitch.deploy.keys import LauncherKeys
 from fastswitch.deploy.ports import free_ports
 from fastswitch.deploy.preflight import check_model, check_ports, check_store, place
+from fastswitch.deploy.supervisor import RestartPolicy, Supervisor
 from servekit.healthcheck import wait_http_ok
 from servekit.service import wait_healthy
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _MAX_UNIX_PATH = 107
 
@@ -47,6 +51,10 @@ class Deployment:
     afterwards no child remains (``alive_pids()`` is empty) and the runtime directory is gone.
     ``command`` builds each child's command line (tests inject dummies). ``child(name)`` is the
     handle of one child process (kvstore, scheduler, worker-N), e.g. to kill it.
+
+    Once started, a supervisor thread restarts a worker, the store or the door that exits
+    (``supervisor.py``; ``restarts`` counts them, ``notify(line)`` hears of each); ``wait``
+    returns when it gives up: the scheduler exited, or a child kept crashing.
     """
 
     def __init__(
@@ -55,13 +63,17 @@ class Deployment:
         /,
         *,
         command: CommandBuilder = serve_command,
+        notify: Callable[[str], None] | None = None,
         **settings: Any,
     ) -> None:
         base = DeploymentConfig() if config is None else config
         self.config = replace(base, **settings) if settings else base
         self._command = command
+        self._notify = notify or _log_line
         self._layout: Layout | None = None
         self._children: list[Child] = []
+        self._lock = threading.Lock()  # the supervisor replaces restarted children in place
+        self._supervisor: Supervisor | None = None
         self._started = False
         self._stopped = False
         self._keys = LauncherKeys.make() if self.config.api_keys is not None else LauncherKeys()
@@ -120,23 +132,34 @@ class Deployment:
 
     @property
     def children(self) -> dict[str, Child]:
-        """Every child started so far, by name, in start order (running or exited)."""
-        return {c.name: c for c in self._children}
+        """Every child, by name, in start order (running or exited; the latest run of a
+        restarted one)."""
+        return {c.name: c for c in self._current()}
 
     def child(self, name: str) -> Child:
         """The handle of child `name` (kvstore, scheduler, worker-N); KeyError if none."""
-        for c in self._children:
+        current = self._current()
+        for c in current:
             if c.name == name:
                 return c
-        raise KeyError(f"no child named {name!r}; have {[c.name for c in self._children]}")
+        raise KeyError(f"no child named {name!r}; have {[c.name for c in current]}")
 
     def pid_of(self, name: str) -> int | None:
         """Pid of the child `name` (kvstore, scheduler, worker-N) while it runs."""
-        return next((c.pid for c in self._children if c.name == name and c.alive()), None)
+        return next((c.pid for c in self._current() if c.name == name and c.alive()), None)
 
     def alive_pids(self) -> list[int]:
         """Pids of the children still running (empty after stop())."""
-        return [c.pid for c in self._children if c.alive()]
+        return [c.pid for c in self._current() if c.alive()]
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """How many times each child was restarted since start (empty before)."""
+        return {} if self._supervisor is None else self._supervisor.restarts
+
+    def _current(self) -> list[Child]:
+        with self._lock:
+            return list(self._children)
 
     def __enter__(self) -> Deployment:
         self.start()
@@ -157,6 +180,17 @@ class Deployment:
         try:
             self._layout = self._make_layout()
             run_sync(self._bring_up)
+            cfg = self.config
+            policy = RestartPolicy(
+                enabled=cfg.restart,
+                backoff_s=cfg.restart_backoff_s,
+                max_backoff_s=cfg.restart_max_backoff_s,
+                max_restarts=cfg.max_restarts,
+            )
+            self._supervisor = Supervisor(
+                self._children, self._lock, self._spawn_one, policy, self._notify
+            )
+            self._supervisor.start()
         except BaseException:
             self.stop()
             raise
@@ -166,6 +200,8 @@ class Deployment:
         if self._stopped:
             return
         self._stopped = True
+        if self._supervisor is not None:
+            self._supervisor.stop()  # nothing is restarted from here on
         by_service = {s: [c for c in self._children if c.spec.service == s] for s in SERVICES}
         for service in SERVICES:  # api (drains), scheduler, worker, kvstore
             terminate(by_service[service], self.config.stop_timeout_s)
@@ -177,31 +213,23 @@ class Deployment:
             shutil.rmtree(self._layout.run_dir)
 
     def wait(self, timeout_s: float | None = None) -> str | None:
-        """Blocks until a child exits (returns its name) or timeout_s passes (returns None).
+        """Blocks until the deployment cannot go on (returns the name of the child it lost: the
+        scheduler, or one that kept crashing) or timeout_s passes (returns None). Workers, the
+        store and the door that exit meanwhile are restarted (``restarts``).
 
-        Plain blocking code (no event loop), so a signal handler may raise out of it safely.
+        Plain blocking code (no event loop), in short waits, so a signal handler may raise out
+        of it safely.
         """
-        if not self._children:
-            raise RuntimeError("the deployment has no children to wait for")
+        supervisor = self._supervisor
+        if supervisor is None:
+            raise RuntimeError("the deployment has not been started")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with selectors.DefaultSelector() as sel:
-            for child in self._children:
-                if child.pidfd is not None:
-                    sel.register(child.pidfd, selectors.EVENT_READ)
-            polled = any(c.pidfd is None for c in self._children)
-            while True:
-                gone = next((c for c in self._children if not c.alive()), None)
-                if gone is not None:
-                    return gone.name
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                if polled:  # a child without a pidfd: look again soon
-                    left = 0.1 if left is None else min(left, 0.1)
-                if sel.get_map():
-                    sel.select(timeout=left)
-                else:
-                    time.sleep(left if left is not None else 0.1)
+        while True:
+            left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if left <= 0:
+                return None
+            if supervisor.gave_up.wait(left):
+                return supervisor.gave_up_on
 
     # ------------------------------------------------------------------ start
 
@@ -271,13 +299,17 @@ class Deployment:
         await self._guarded(self._wait_joined(cfg.workers, deadline))
 
     def _spawn(self, spec: ChildSpec) -> Child:
+        child = self._spawn_one(spec)
+        with self._lock:
+            self._children.append(child)
+        return child
+
+    def _spawn_one(self, spec: ChildSpec) -> Child:
         log_dir = self.log_dir
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
         log_path = None if log_dir is None else log_dir / f"{spec.name}.log"
-        child = spawn(spec, self._command, log_path, self.deployment_id)
-        self._children.append(child)
-        return child
+        return spawn(spec, self._command, log_path, self.deployment_id)
 
     async def _ready(self, children: list[Child], deadline: float) -> None:
         """Waits until every child in `children` answers SERVING on gRPC health."""
@@ -358,3 +390,7 @@ def _poll_timeout(deadline: float) -> float:
     """Deadline of one poll: at most 2 s, never zero (the start deadline may just have passed;
     the caller's loop reports that after the poll)."""
     return min(2.0, max(0.05, _remaining(deadline)))
+
+
+def _log_line(line: str) -> None:
+    log.warning("%s", line)

@@ -4,6 +4,7 @@ scheduler)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import textwrap
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from polling import eventually_sync
 
 from fastswitch.deploy import (
     Deployment,
@@ -25,6 +27,7 @@ from fastswitch.deploy import (
     serve_command,
 )
 from fastswitch.deploy.placement import worker_devices
+from servekit.service import wait_healthy
 
 DUMMY = textwrap.dedent(
     """
@@ -227,13 +230,16 @@ def test_unstarted_deployment():
 
 def test_start_wait_and_ordered_stop(tmp_path):
     build, calls, order = _dummies(tmp_path, {"worker-1": "stubborn"})
+    lines: list[str] = []
     d = Deployment(
         workers=2,
         port=0,
         extra_scheduler_args=("--fake-workers", "2"),
         start_timeout_s=60,
         stop_timeout_s=0.5,
+        restart_backoff_s=0.05,
         command=build,
+        notify=lines.append,
     )
     with d:
         run_dir = d.run_dir
@@ -248,11 +254,22 @@ def test_start_wait_and_ordered_stop(tmp_path):
         assert {p.name for p in run_dir.iterdir()} >= {"kvstore.log", "worker-1.log"}
         assert d.wait(timeout_s=0.2) is None
         assert list(d.children) == ["kvstore", "scheduler", "worker-0", "worker-1"]
-        d.child("worker-0").kill()
-        assert d.wait(timeout_s=10) == "worker-0"
+        # A worker that dies is restarted (the same flags), and the deployment goes on.
+        killed = d.child("worker-0")
+        killed.kill()
+        eventually_sync(lambda: d.restarts.get("worker-0") == 1, what="worker-0 restarted")
+        assert d.child("worker-0").pid != killed.pid and d.child("worker-0").alive()
+        assert calls[-1][0] == "worker" and calls[-1][1] == calls[2][1]
+        asyncio.run(wait_healthy(d.child("worker-0").spec.health_target, timeout_s=30))
+        assert d.wait(timeout_s=0.2) is None
+        # The scheduler is the one child that is not restarted: the deployment is over.
+        d.child("scheduler").kill()
+        assert d.wait(timeout_s=10) == "scheduler"
+        assert d.restarts.get("scheduler") == 0
     _assert_clean(d, run_dir)
-    # scheduler first, then the workers (worker-1 ignored SIGTERM and was killed), then the store
-    assert order.read_text().split() == ["scheduler", "worker", "kvstore"]
+    assert "restarted (pid" in "".join(lines) and "scheduler exited" in "".join(lines)
+    # the workers (worker-1 ignored SIGTERM and was killed), then the store
+    assert order.read_text().split() == ["worker", "worker", "kvstore"]
     d.stop()  # idempotent
     with pytest.raises(RuntimeError, match="starts once"):
         d.start()
@@ -402,3 +419,38 @@ def test_a_taken_metrics_port_refuses_before_any_child(tmp_path):
         with pytest.raises(StartRefused, match=f"port {base} on 127.0.0.1 .scheduler metrics."):
             d.start()
     assert d.children == {}
+
+
+def test_a_child_that_keeps_crashing_is_given_up_on(tmp_path):
+    """Restarts are bounded: a worker that dies quickly more than max_restarts times in a row
+    ends the deployment's wait with its name; the back-off doubles between tries."""
+    build, _, _ = _dummies(tmp_path, {})
+    lines: list[str] = []
+    with Deployment(
+        workers=1,
+        port=0,
+        extra_scheduler_args=("--fake-workers", "1"),
+        stop_timeout_s=0.5,
+        restart_backoff_s=0.05,
+        max_restarts=2,
+        command=build,
+        notify=lines.append,
+    ) as d:
+        for n in (1, 2):
+            d.child("worker-0").kill()
+            eventually_sync(lambda n=n: d.restarts.get("worker-0") == n, what=f"restart {n}")
+        d.child("worker-0").kill()
+        assert d.wait(timeout_s=10) == "worker-0"
+        assert d.restarts["worker-0"] == 2
+    text = "\n".join(lines)
+    assert "restarting it in 0.1s" in text  # 0.05, then doubled
+    assert "not restarting it" in text
+
+
+def test_restart_policy_back_off_is_bounded():
+    from fastswitch.deploy.supervisor import RestartPolicy
+
+    p = RestartPolicy(backoff_s=0.5, max_backoff_s=4.0)
+    assert [p.delay(n) for n in (1, 2, 3, 4, 5, 9)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    with pytest.raises(ValueError, match="restart back-off"):
+        DeploymentConfig(restart_backoff_s=5, restart_max_backoff_s=1)

@@ -171,6 +171,10 @@ class FakeWorker:
         self.steps = 0
         self.copies = 0
         self.blocks_copied_out = 0
+        self.fail_commit = False  # the store refuses commits (gone): swap_out_failed
+        # The store each copy was issued against: a restarted store (``host`` replaced) knows
+        # no lease of the old one, and a swap-in still reads the old arena it mapped.
+        self.issued_on: dict[tuple[str, int], FakeHost] = {}
 
     # --- plan execution (the order executor.py uses) ---
     def run(self, plan: StepPlan) -> StepOutput:
@@ -198,7 +202,7 @@ class FakeWorker:
                 if item[1] == "out" and item[2].seq == seq:
                     self.in_flight.remove(item)
                     self._unbusy(item[2])
-                    self.host.release(item[2].lease_id)
+                    self.issued_on.pop(("out", seq), self.host).release(item[2].lease_id)
                     cancelled.append(seq)
         sampled: dict[int, int] = {}
         for chunk in plan.prefill:
@@ -214,7 +218,7 @@ class FakeWorker:
             assert s.last is not None
             self._write(s, s.last)
             sampled[seq] = s.last = next_token(self._read(s))
-        out_done, in_done, committed = self._complete()
+        out_done, in_done, committed, failed = self._complete()
         return StepOutput(
             step_id=plan.step_id,
             sampled=sampled,
@@ -222,6 +226,7 @@ class FakeWorker:
             swap_in_done=tuple(in_done),
             swap_out_cancelled=tuple(cancelled),
             committed=committed,
+            swap_out_failed=tuple(failed),
         )
 
     def _swapping(self) -> set[int]:
@@ -233,41 +238,44 @@ class FakeWorker:
                 assert d not in self.busy_blocks, f"two copies on device block {d}"
                 self.busy_blocks.add(d)
         self.in_flight.append((self.steps + self.swap_delay - 1, kind, order))
+        self.issued_on[(kind, order.seq)] = self.host
 
     def _unbusy(self, order: SwapOrder) -> None:
         for c in order.copies:
             for d in range(c.device_start, c.device_start + c.count):
                 self.busy_blocks.discard(d)
 
-    def _complete(self) -> tuple[list[int], list[int], dict[int, tuple[int, ...]]]:
-        out_done, in_done, committed = [], [], {}
+    def _complete(self) -> tuple[list[int], list[int], dict[int, tuple[int, ...]], list[int]]:
+        out_done, in_done, committed, failed = [], [], {}, []
         for item in list(self.in_flight):
             due, kind, order = item
             if due > self.steps:
                 continue
             self.in_flight.remove(item)
             self._unbusy(order)
+            host = self.issued_on.pop((kind, order.seq), self.host)
             for c in order.copies:
                 self.copies += 1
                 for i in range(c.count):
                     d, h = c.device_start + i, c.host_start + i
                     if kind == "out":
-                        self.host.blocks[h] = list(
-                            self.device.get(d, [None] * self.info.block_size)
-                        )
+                        host.blocks[h] = list(self.device.get(d, [None] * self.info.block_size))
                         self.blocks_copied_out += 1
                     else:
-                        self.device[d] = list(self.host.blocks[h])
-            if kind == "out":
+                        self.device[d] = list(host.blocks[h])
+            if kind == "out" and (self.fail_commit or host is not self.host):
+                host.release(order.lease_id)  # as link.settle_swaps gives it back
+                failed.append(order.seq)
+            elif kind == "out":
                 written = [c.host_start + i for c in order.copies for i in range(c.count)]
                 canonical = self.host.commit(order.lease_id, written, order.block_hashes)
                 if canonical != written:
                     committed[order.seq] = tuple(canonical)
                 out_done.append(order.seq)
             else:
-                self.host.release(order.lease_id)
+                host.release(order.lease_id)
                 in_done.append(order.seq)
-        return out_done, in_done, committed
+        return out_done, in_done, committed, failed
 
     def _append(self, seq: int, blocks: list[int]) -> None:
         s = self.seqs[seq]

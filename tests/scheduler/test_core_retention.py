@@ -9,6 +9,7 @@ from sched_fakes import FakeHost, FakeWorker, drive, step
 
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.core import SchedulerCore
+from scheduler_svc.plan import StepOutput
 from scheduler_svc.policy import make_policy
 from scheduler_svc.request import FinishReason, GenerationLimits, Sampling
 
@@ -152,3 +153,69 @@ def test_a_next_turn_arriving_during_the_offload_waits_for_it_and_hits():
     )
     drive(core, fakes)
     assert nxt.cached_prompt_tokens == (len(PROMPT) + 5) // BS * BS
+
+
+def _first_turn_offloading(core, w):
+    first = core.submit(
+        prompt_ids=list(PROMPT),
+        sampling=Sampling(),
+        limits=GenerationLimits(max_tokens=6),
+        tenant="t",
+        retain_ttl_s=0.0,
+    )
+    while not first.is_finished:
+        step(core, "w0", w)
+    assert first.offloading
+    return first
+
+
+def test_an_offload_whose_commit_fails_frees_its_blocks_and_wakes_deferred_lookups():
+    """The store died during the offload: the copy is reported not committed; the device blocks
+    go, nothing is retained, and the next turn deferred behind it prefills (same output)."""
+    core, fakes = make()
+    w = fakes["w0"]
+    w.fail_commit = True
+    first = _first_turn_offloading(core, w)
+    history = PROMPT + first.output_ids
+    nxt = core.submit(
+        prompt_ids=[*history, 1, 2, 3],
+        sampling=Sampling(),
+        limits=GenerationLimits(max_tokens=6),
+        tenant="t",
+    )
+    drive(core, fakes)
+    assert nxt.finish_reason is FinishReason.LENGTH and nxt.cached_prompt_tokens == 0
+    assert not first.offloading and w.host.retained() == 0
+    assert core.workers["w0"].allocator.num_free == 256  # no device block leaked
+    assert not w.host.leases and not w.host.reserved
+    ref_core, ref_fakes = make(retain=False)
+    ref = run_one(ref_core, ref_fakes, [*history, 1, 2, 3])
+    assert nxt.output_ids == ref.output_ids
+
+
+def test_an_offload_whose_copy_fails_on_the_worker_frees_its_blocks():
+    """A finished request's copy reported as a seq error (the copy itself failed) is over:
+    its blocks go and the offload count drops."""
+    core, fakes = make()
+    w = fakes["w0"]
+    first = _first_turn_offloading(core, w)
+    w.in_flight.clear()
+    w.busy_blocks.clear()
+    core.update_from_output("w0", StepOutput(step_id=10_000, sampled={}, errors={first.seq: "x"}))
+    core.check_integrity()
+    assert not first.offloading
+    drive(core, fakes)
+    assert core.workers["w0"].allocator.num_free == 256
+
+
+def test_after_a_store_restart_a_turn_misses_then_reuse_comes_back():
+    """Retained prefixes die with the store: the next turn prefills (same output) and is
+    retained in the new store, so the turn after hits again."""
+    core, fakes = make()
+    first = run_one(core, fakes, PROMPT)
+    core.on_store_lost()
+    fakes["w0"].host = FakeHost()
+    second = run_one(core, fakes, PROMPT)
+    assert second.cached_prompt_tokens == 0 and second.output_ids == first.output_ids
+    third = run_one(core, fakes, PROMPT)
+    assert third.cached_prompt_tokens > 0 and third.output_ids == first.output_ids

@@ -272,3 +272,41 @@ def test_a_request_just_swapped_in_computes_before_rank_preemption_takes_it_agai
         step(core, "w0", w)  # it has computed: now the rank preemption takes it
     drive(core, fakes)
     assert hi2.finish_reason is FinishReason.LENGTH and low.finish_reason is FinishReason.LENGTH
+
+
+@pytest.mark.parametrize("swap_delay", [1, 3])
+def test_swap_outs_the_store_does_not_commit_are_recomputed_with_identical_tokens(swap_delay):
+    """The store is gone: every swap-out copy is reported not committed. No request is lost or
+    aborted; each is recomputed, the tokens are an undisturbed run's, and nothing leaks."""
+    core, fakes = make(blocks=14, swap_delay=swap_delay, preempt_margin=0)
+    fakes["w0"].fail_commit = True
+    reqs = submit_all(core)
+    drive(core, fakes)
+    assert [list(r.output_ids) for r in reqs] == reference()
+    assert all(r.finish_reason is FinishReason.LENGTH for r in reqs)
+    assert core.counters.swap_outs == 0 and core.counters.recomputes > 0
+    assert core.workers["w0"].allocator.num_free == 14
+    host = fakes["w0"].host
+    assert not host.reserved and not host.leases, "host memory leaked"
+
+
+@pytest.mark.parametrize("swap_delay", [1, 3])
+def test_a_store_lost_mid_storm_recomputes_what_it_held_with_identical_tokens(swap_delay):
+    """The store restarts in the middle of a preemption storm (a fresh, empty store replaces
+    it): host copies are forgotten, copies in flight fail, SWAPPED requests are recomputed; the
+    tokens are an undisturbed run's and the new store holds no lease or reservation after."""
+    core, fakes = make(blocks=14, swap_delay=swap_delay, preempt_margin=0, retain=True)
+    w = fakes["w0"]
+    reqs = submit_all(core)
+    while core.counters.swap_outs < 3:
+        step(core, "w0", w)
+    assert core.num_swapped() > 0
+    core.on_store_lost()
+    core.check_integrity()
+    w.host = FakeHost()  # the restarted store: empty, knows no lease of the old one
+    drive(core, fakes)
+    assert [list(r.output_ids) for r in reqs] == reference()
+    assert all(r.finish_reason is FinishReason.LENGTH for r in reqs)
+    assert core.counters.store_losses == 1
+    assert core.workers["w0"].allocator.num_free == 14
+    assert not w.host.reserved and not w.host.leases, "host memory leaked in the new store"

@@ -165,6 +165,7 @@ def test_a_killed_worker_loses_no_request_and_leaks_no_lease(offline_reference):
             "--host-lease-s",
             "1",
         ),
+        restart=False,  # the other worker does all the work (test_faults.py: with restarts)
     )
     with dep:
 

@@ -84,6 +84,7 @@ def full_result() -> wk.StepResult:
         swap_in_bytes=1 << 21,
         swap_copies=4,
         committed=[wk.CommittedBlocks(seq=8, blocks=[2, 17, 4])],
+        swap_out_failed=[12],
     )
 
 

@@ -344,7 +344,11 @@ async def test_commit_before_done_then_pin_swap_in_release(
     assert tokens == reference
 
 
-async def test_commit_failure_is_a_seq_error(make_setup: Any, kvstore: StoreUnderTest) -> None:
+async def test_commit_failure_is_a_failed_swap_out(
+    make_setup: Any, kvstore: StoreUnderTest
+) -> None:
+    """A refused commit is reported in swap_out_failed, not as an error: the sequence stays on
+    the worker (the scheduler decides), and the reservation is not committed."""
     s: Setup = make_setup(sync=True)
     d = s.driver
     prefill_and_decode(d, 5, runs((0, 3)))
@@ -361,7 +365,8 @@ async def test_commit_failure_is_a_seq_error(make_setup: Any, kvstore: StoreUnde
     )
     result = await settle_swaps(kvstore.stub, out)
     assert list(result.swap_out_done) == [6]
-    assert [e.seq for e in result.errors] == [5] and "NOT_FOUND" in result.errors[0].message
+    assert list(result.swap_out_failed) == [5] and not result.errors
+    assert d.executor.engine.has_seq(5)
     assert kvstore.store.stats().committed_blocks == 3
 
 
