@@ -129,6 +129,9 @@ def main() -> int:
     )  # fmt: skip
     first_rss: dict[str, int] = {}
     last_rss: dict[str, int] = {}
+    # RSS at each interval's end, per process: the first interval is the warm-up (imports done,
+    # caches and pools filled); growth after it is what a leak would show
+    rss_by_interval: list[dict[str, int]] = []
     kills: list[str] = []
     intervals: list[tuple[float, int]] = []
     start = time.monotonic()
@@ -148,6 +151,7 @@ def main() -> int:
                 finished, _ = asyncio.run(_finished(address))
                 intervals.append((now - start, finished - finished_before))
                 finished_before = finished
+                rss_by_interval.append(dict(last_rss))
             except Exception as err:  # the scheduler is the single point: say so
                 intervals.append((now - start, -1))
                 print(f"stats failed: {err}")
@@ -174,13 +178,18 @@ def main() -> int:
     print("\n".join(kills) or "(none)")
     print("\n== launcher ==")
     print("".join(line for line in launcher_lines if "restart" in line or "exited" in line))
-    print("\n== RSS (KiB): first -> last (growth) ==")
+    print("\n== RSS (KiB): first -> after warm-up (first interval) -> last ==")
+    warm = rss_by_interval[1] if len(rss_by_interval) > 1 else first_rss
     for name in sorted(last_rss):
-        a, b = first_rss[name], last_rss[name]
-        print(f"{name:10s} {a:9d} -> {b:9d}  ({b - a:+d})")
-    print("\n== requests finished per interval ==")
-    for t, n in intervals[1:]:
-        print(f"{t:7.1f}s  {n}")
+        a, w, b = first_rss[name], warm.get(name, first_rss[name]), last_rss[name]
+        print(
+            f"{name:10s} {a:9d} -> {w:9d} -> {b:9d}  (after warm-up {b - w:+d} KiB, "
+            f"{100 * (b - w) / w:+.1f}%)"
+        )
+    print("\n== requests finished per interval, and the scheduler's and workers' RSS (KiB) ==")
+    for (t, n), rss in zip(intervals[1:], rss_by_interval[1:], strict=False):
+        sample = "  ".join(f"{k} {v}" for k, v in sorted(rss.items()) if k != "launcher")
+        print(f"{t:7.1f}s  {n:6d}   {sample}")
     print("\n== totals ==")
     print(f"finished {finished}, failed {failed}, bench exit {bench.returncode}")
     print(f"leaked device blocks {leaked_blocks}, store leases left {leases} (before stop)")
