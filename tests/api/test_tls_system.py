@@ -6,6 +6,7 @@ service's start with exit code 2 and one line."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -159,3 +160,23 @@ def test_the_launcher_passes_tls_to_the_scheduler_and_the_door(tmp_path: Path) -
 def test_an_unreadable_ca_fails_at_construction(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"missing\.pem: cannot read it"):
         AsyncClient("127.0.0.1:1", tls_ca=tmp_path / "missing.pem")
+
+
+QUICK = ["--workload", "fairness", "--duration", "0.3", "--rate", "20", "--no-progress"]
+QUICK += ["--tenant-output-lens", "3", "3", "3", "--warmup", "0", "--wait-workers", "1"]
+
+
+@pytest.mark.parametrize("door", [False, True], ids=["grpc", "https"])
+def test_fastswitch_bench_with_tls_ca(
+    tls_door: Deployment, door: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastswitch.bench import main
+
+    monkeypatch.delenv("FASTSWITCH_TLS_CA", raising=False)
+    target = tls_door.http_url if door else tls_door.address
+    out = tmp_path / "run.json"
+    rc = main(["run", "--target", target, *QUICK, "--tls-ca", str(tls_door.tls_ca),
+               "--json", str(out)])  # fmt: skip
+    assert rc == 0
+    statuses = {r["status"] for r in json.loads(out.read_text())["requests"]}
+    assert statuses == {"ok"}
