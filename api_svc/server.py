@@ -26,6 +26,7 @@ from api_svc.auth import KeyRing
 from api_svc.door import Door, DoorConfig
 from api_svc.metrics import ApiMetrics
 from client.aio import AsyncClient
+from client.tls import read_ca
 from servekit.config import env_default, package_version
 from servekit.keys import read_key_file
 from servekit.logs import setup_logging
@@ -33,6 +34,7 @@ from servekit.modelspec import TINY_MODEL, load_model_spec
 from servekit.names import LOG_LEVELS
 from servekit.parent import watch_parent
 from servekit.service import run
+from servekit.tls import TlsPair, tls_pair
 from servekit.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ class ApiConfig:
     request_timeout_s: float
     drain_s: float
     log_level: str
+    tls: TlsPair | None = None  # --ssl-certfile/--ssl-keyfile: HTTPS (None: plain HTTP)
+    scheduler_tls_ca: str | None = None  # dial the scheduler with TLS, trusting this CA
 
     def __post_init__(self) -> None:
         if self.max_body_bytes <= 0:
@@ -113,6 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="the key this door sends to the scheduler (a bare key, or a key-file line whose "
         "first word is the key): a 'service' key, which may act for the tenants this door "
         "authenticates. Default: $FASTSWITCH_API_KEY, else none (a scheduler without keys)",
+    )
+    p.add_argument(
+        "--ssl-certfile",
+        default=env_default("--ssl-certfile", None),
+        metavar="PEM",
+        help="serve HTTPS with this certificate (chain); with --ssl-keyfile (default: HTTP)",
+    )
+    p.add_argument(
+        "--ssl-keyfile",
+        default=env_default("--ssl-keyfile", None),
+        metavar="PEM",
+        help="the private key of --ssl-certfile",
+    )
+    p.add_argument(
+        "--scheduler-tls-ca",
+        default=env_default("--scheduler-tls-ca", None),
+        metavar="PEM",
+        help="dial the scheduler with TLS (one started with --tls-cert), trusting this CA file "
+        "(a self-signed certificate: the certificate itself); default: plaintext",
     )
     p.add_argument(
         "--max-body-bytes",
@@ -190,6 +213,8 @@ def config_from_args(args: argparse.Namespace) -> ApiConfig:
         request_timeout_s=args.request_timeout_s,
         drain_s=args.drain_s,
         log_level=args.log_level,
+        tls=tls_pair(args.ssl_certfile, args.ssl_keyfile, "--ssl-certfile", "--ssl-keyfile"),
+        scheduler_tls_ca=args.scheduler_tls_ca or None,
     )
 
 
@@ -236,7 +261,12 @@ async def serve(cfg: ApiConfig) -> int:
     tokenizer = load_tokenizer(cfg.model)
     keys = KeyRing.from_file(cfg.api_keys) if cfg.api_keys else KeyRing()
     key = read_key_file(cfg.scheduler_api_key_file) if cfg.scheduler_api_key_file else None
-    client = AsyncClient(cfg.scheduler, timeout_s=cfg.request_timeout_s, api_key=key)
+    client = AsyncClient(
+        cfg.scheduler,
+        timeout_s=cfg.request_timeout_s,
+        api_key=key,
+        tls_ca=cfg.scheduler_tls_ca,
+    )
     door = Door(
         client,
         tokenizer,
@@ -262,6 +292,8 @@ async def serve(cfg: ApiConfig) -> int:
         access_log=False,
         timeout_keep_alive=30,
         timeout_graceful_shutdown=5,
+        ssl_certfile=None if cfg.tls is None else str(cfg.tls.cert),
+        ssl_keyfile=None if cfg.tls is None else str(cfg.tls.key),
     )
     server = _Server(config)
     loop = asyncio.get_running_loop()
@@ -286,9 +318,11 @@ async def serve(cfg: ApiConfig) -> int:
             "scheduler": cfg.scheduler,
             "model": cfg.served_model_names[0],
             "keys": keys.enabled,
+            "tls": cfg.tls is not None,
         },
     )
-    print(f"http api listening on {where}", flush=True)
+    scheme = "http" if cfg.tls is None else "https"
+    print(f"{scheme} api listening on {where}", flush=True)
     try:
         await server.serve(sockets=[sock])
     finally:
@@ -313,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             KeyRing.from_file(cfg.api_keys)  # a bad key file fails here, in one line
         if cfg.scheduler_api_key_file:
             read_key_file(cfg.scheduler_api_key_file)
+        read_ca(cfg.scheduler_tls_ca, "--scheduler-tls-ca")
     except (ValueError, OSError) as err:
         print(f"fastswitch serve api: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from client.errors import Cancelled, from_rpc_error
 from client.options import GenerateArgs, SamplingArgs, SamplingOptions, TurnArgs, resolve
 from client.results import GenerationChunk, GenerationResult, Stats
 from client.stream import GenerationStream, collect, task_is_cancelling
+from client.tls import TLS_CA_ENV, channel_credentials, read_ca
 from proto import scheduler_pb2 as pb
 from proto import scheduler_pb2_grpc as pb_grpc
 
@@ -38,10 +39,21 @@ class AsyncClient:
 
     ``api_key`` is sent on every call as ``authorization: Bearer KEY`` (a server with keys
     answers UNAUTHENTICATED without one); None reads ``$FASTSWITCH_API_KEY``, "" sends none.
+
+    ``tls=True`` dials TLS (a scheduler started with ``--tls-cert/--tls-key``), trusting the CA
+    file ``tls_ca`` (for a self-signed certificate: the certificate itself); None reads
+    ``$FASTSWITCH_TLS_CA``, and without either the system roots are trusted. Giving ``tls_ca``
+    implies ``tls``. The certificate must name the host of ``address``.
     """
 
     def __init__(
-        self, address: str, *, timeout_s: float = 60.0, api_key: str | None = None
+        self,
+        address: str,
+        *,
+        timeout_s: float = 60.0,
+        api_key: str | None = None,
+        tls: bool = False,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
@@ -52,6 +64,14 @@ class AsyncClient:
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )
+        if tls_ca is not None:
+            tls = True
+        elif tls:
+            tls_ca = os.environ.get(TLS_CA_ENV) or None
+        if tls:
+            read_ca(tls_ca)  # an unreadable CA fails here (ValueError), not on the first call
+        self._tls = tls
+        self._tls_ca = tls_ca
         self._address = address
         self._timeout_s = timeout_s
         self._channel: grpc.aio.Channel | None = None
@@ -61,6 +81,10 @@ class AsyncClient:
     @property
     def address(self) -> str:
         return self._address
+
+    @property
+    def tls(self) -> bool:
+        return self._tls
 
     @property
     def timeout_s(self) -> float:
@@ -191,7 +215,13 @@ class AsyncClient:
         if self._closed:
             raise RuntimeError("the client is closed")
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self._address, options=_CHANNEL_OPTIONS)
+            if self._tls:
+                creds = channel_credentials(self._tls_ca)
+                self._channel = grpc.aio.secure_channel(
+                    self._address, creds, options=_CHANNEL_OPTIONS
+                )
+            else:
+                self._channel = grpc.aio.insecure_channel(self._address, options=_CHANNEL_OPTIONS)
             self._stub = pb_grpc.FastSwitchStub(self._channel)
         return self._stub
 

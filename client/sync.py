@@ -5,6 +5,7 @@ the wrapper owns and joins on :meth:`Client.close`.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any, TypeVar, Unpack
@@ -25,9 +26,17 @@ class Client:
     """
 
     def __init__(
-        self, address: str, *, timeout_s: float = 60.0, api_key: str | None = None
+        self,
+        address: str,
+        *,
+        timeout_s: float = 60.0,
+        api_key: str | None = None,
+        tls: bool = False,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._async = AsyncClient(address, timeout_s=timeout_s, api_key=api_key)
+        self._async = AsyncClient(
+            address, timeout_s=timeout_s, api_key=api_key, tls=tls, tls_ca=tls_ca
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._run_loop, name="fastswitch-client", daemon=True

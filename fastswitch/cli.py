@@ -164,6 +164,8 @@ def _print_up(dep: Deployment) -> None:
     print(f"FastSwitch is up at {dep.address}  (policy {cfg.policy}, mode {cfg.mode})")
     if cfg.http_port is not None:
         print(f"OpenAI-compatible API at {dep.http_url}/v1  (its /metrics and /health there too)")
+    if cfg.trusted_ca is not None:
+        print(f"TLS on: clients trust {cfg.trusted_ca} (AsyncClient(..., tls_ca=...))")
     if cfg.api_keys is not None:
         print(f"API keys on ({cfg.api_keys}); an admin key of this run: {dep.run_dir}/admin.key")
     else:

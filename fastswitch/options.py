@@ -71,6 +71,20 @@ def add_deployment_args(
             help="API keys of the gRPC API and the HTTP API: 'KEY TENANT [weight=W] "
             "[priority=P] [role=R]' lines (docs/security.md); default: open",
         )
+        for flag, what in (
+            (
+                "--tls-cert",
+                "certificate (PEM) of the public listeners: TLS on the scheduler's "
+                "port and HTTPS on the HTTP API; with --tls-key",
+            ),
+            ("--tls-key", "the private key of --tls-cert"),
+            (
+                "--tls-ca",
+                "CA that signed --tls-cert, which the launcher and the HTTP API trust "
+                "(default: --tls-cert itself, for a self-signed one)",
+            ),
+        ):
+            arg(flag, None, type=Path, metavar="PEM", help=what)
         arg(
             "--served-model-name", None, help="the model's name in the HTTP API (default: dir name)"
         )
@@ -141,6 +155,9 @@ def config_from_args(args: argparse.Namespace, *, keep_logs: bool) -> Deployment
     return DeploymentConfig(
         http_port=http,
         api_keys=getattr(args, "api_keys", None),
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
+        tls_ca=getattr(args, "tls_ca", None),
         served_model_name=getattr(args, "served_model_name", None) if http is not None else None,
         extra_api_args=tuple(x for s in getattr(args, "api_arg", []) for x in shlex.split(s)),
         model=args.model,

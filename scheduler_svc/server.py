@@ -34,6 +34,7 @@ from servekit.planes import (
     plane_from_args,
 )
 from servekit.service import GrpcService, run
+from servekit.tls import TlsPair, tls_pair
 from servekit.tokenizer import load_tokenizer
 from servekit.validation import PROMPT_BYTES_PER_TOKEN
 
@@ -64,11 +65,14 @@ class SchedulerConfig:
     api_keys: tuple[str, ...] = ()  # key files (merged); none: $FASTSWITCH_API_KEYS_FILE/_TEXT
     internal_listen: str = ""  # the worker plane (StepLink); "" -> default_internal_address
     plane: InternalPlane = OPEN_PLANE
+    tls: TlsPair | None = None  # server-side TLS of the public --listen (None: plaintext)
 
     def __post_init__(self) -> None:
         if not self.internal_listen:
             address = default_internal_address(self.deployment_id, "scheduler")
             object.__setattr__(self, "internal_listen", address)
+        if self.tls is not None and self.listen.startswith("unix:"):
+            raise ValueError(f"--tls-cert needs a TCP --listen, got {self.listen!r}")
         if self.internal_listen == self.listen:
             raise ValueError(f"--internal-listen must differ from --listen, got {self.listen!r}")
         self.plane.check_listener(self.internal_listen, "--internal-listen")
@@ -97,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
         "deployment secret (docs/security.md)",
     )
     add_internal_flags(p)
+    g = p.add_argument_group("TLS of the public API (docs/security.md)")
+    g.add_argument(
+        "--tls-cert",
+        default=env_default("--tls-cert", ""),
+        metavar="PEM",
+        help="server certificate (chain) of the public --listen: TLS, not mutual; with --tls-key",
+    )
+    g.add_argument(
+        "--tls-key",
+        default=env_default("--tls-key", ""),
+        metavar="PEM",
+        help="the private key of --tls-cert",
+    )
     p.add_argument("--kvstore", default=env_default("--kvstore", ""), help="KV store address")
     p.add_argument("--model", default=env_default("--model", "tiny"), help="tiny or a HF dir")
     p.add_argument("--policy", default=env_default("--policy", "vtc"), choices=POLICIES)
@@ -270,6 +287,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         api_keys=tuple(args.api_keys or ()),
         internal_listen=args.internal_listen,
         plane=plane_from_args(args),
+        tls=tls_pair(args.tls_cert, args.tls_key),
     )
 
 
@@ -317,6 +335,7 @@ async def serve(cfg: SchedulerConfig) -> int:
         metrics_host=cfg.metrics_host,
         max_message_mb=max_message_mb(frontend.max_prompt_bytes, spec.max_model_len),
         interceptors=[ApiKeyInterceptor(keys)] if keys.enabled else (),
+        credentials=None if cfg.tls is None else cfg.tls.server_credentials(),
     )
     # The worker plane on a listener of its own: the public one cannot route StepLink at all.
     internal = GrpcService(
@@ -383,6 +402,7 @@ async def serve(cfg: SchedulerConfig) -> int:
             "mode": cfg.mode,
             "preemption": cfg.core.preemption,
             "api_keys": len(keys),
+            "tls": cfg.tls is not None,
             "internal_listen": cfg.internal_listen,
         },
     )

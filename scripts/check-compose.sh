@@ -28,6 +28,7 @@ fi
 # A value for the variables that the files require (${VAR:?}); nothing is mounted or started here.
 export FASTSWITCH_MODEL_DIR=${FASTSWITCH_MODEL_DIR:-/nonexistent/model}
 export FASTSWITCH_DEPLOYMENT_SECRET=${FASTSWITCH_DEPLOYMENT_SECRET:-check-compose-placeholder-secret}
+export FASTSWITCH_API_KEYS_DIR=${FASTSWITCH_API_KEYS_DIR:-/nonexistent/keys}
 profiles=(--profile gpu --profile bench --profile monitoring)
 all=()
 for f in "${files[@]}"; do all+=(--file "$f"); done

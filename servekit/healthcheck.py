@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -48,10 +49,12 @@ def check(address: str, *, service: str = "", timeout_s: float = 3.0) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
 
-def check_http(url: str, *, timeout_s: float = 3.0) -> str:
-    """``OK`` when a GET of `url` answers 200, else what it answered (or why it did not)."""
+def check_http(url: str, *, timeout_s: float = 3.0, ca: str | None = None) -> str:
+    """``OK`` when a GET of `url` answers 200, else what it answered (or why it did not). An
+    ``https://`` URL is verified against the CA file ``ca`` (None: the system roots)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        context = ssl.create_default_context(cafile=ca) if url.startswith("https://") else None
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as resp:
             return "OK" if resp.status == 200 else f"HTTP {resp.status}"
     except urllib.error.HTTPError as err:
         return f"HTTP {err.code}"
@@ -60,10 +63,11 @@ def check_http(url: str, *, timeout_s: float = 3.0) -> str:
         return f"no answer ({reason})"
 
 
-async def wait_http_ok(url: str, *, timeout_s: float) -> None:
-    """Polls `url` until it answers 200; TimeoutError (with the last answer) after timeout_s."""
-    if not url.startswith("http://"):
-        raise ValueError(f"not an http:// URL: {url!r}")
+async def wait_http_ok(url: str, *, timeout_s: float, ca: str | None = None) -> None:
+    """Polls `url` until it answers 200; TimeoutError (with the last answer) after timeout_s.
+    ``ca``: the CA file an ``https://`` URL is verified against."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http(s):// URL: {url!r}")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     last = "no answer"
@@ -71,7 +75,7 @@ async def wait_http_ok(url: str, *, timeout_s: float) -> None:
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise TimeoutError(f"{url} not answering 200 after {timeout_s:.0f}s ({last})")
-        last = await asyncio.to_thread(check_http, url, timeout_s=min(1.0, remaining))
+        last = await asyncio.to_thread(check_http, url, timeout_s=min(1.0, remaining), ca=ca)
         if last == "OK":
             return
         await asyncio.sleep(0.05)
@@ -96,7 +100,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if not args.address:
         print("healthcheck: no address given and FASTSWITCH_LISTEN is not set", file=sys.stderr)
         return 1
-    if args.address.startswith("http://"):
+    if args.address.startswith(("http://", "https://")):
         answer = check_http(args.address, timeout_s=args.timeout)
         if answer == "OK":
             return 0

@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
+from client.tls import channel_credentials
 from servekit.parent import watch_parent
 
 log = logging.getLogger(__name__)
@@ -162,12 +163,20 @@ def run(main: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main)
 
 
-async def wait_healthy(target: str, *, timeout_s: float, service: str = "") -> None:
-    """Polls grpc.health.v1 on `target` until SERVING; TimeoutError after timeout_s."""
+async def wait_healthy(
+    target: str, *, timeout_s: float, service: str = "", tls_ca: str | None = None
+) -> None:
+    """Polls grpc.health.v1 on `target` until SERVING; TimeoutError after timeout_s. With
+    ``tls_ca`` (a CA file) it dials TLS trusting that CA (a scheduler with ``--tls-cert``)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     last: str = "no answer"
-    async with grpc.aio.insecure_channel(target) as channel:
+    channel = (
+        grpc.aio.insecure_channel(target)
+        if tls_ca is None
+        else grpc.aio.secure_channel(target, channel_credentials(tls_ca))
+    )
+    async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             remaining = deadline - loop.time()

@@ -30,9 +30,13 @@ WORKERS = ("worker", "worker-gpu")
 COMPOSE_FILES = sorted(ROOT.glob("docker-compose*.yml"))
 _VAR = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:-|:\?)(?P<default>[^}]*))?\}")
 #: Values of the variables the stack requires (``${VAR:?message}``), as an operator sets them.
-REQUIRED = {"FASTSWITCH_DEPLOYMENT_SECRET": "compose-test-secret-0123456789abcdef"}
-#: Variables read from the environment only, never a flag (secrets: servekit/planes.py).
-ENV_ONLY = {"FASTSWITCH_DEPLOYMENT_SECRET"}
+REQUIRED = {
+    "FASTSWITCH_DEPLOYMENT_SECRET": "compose-test-secret-0123456789abcdef",
+    "FASTSWITCH_API_KEYS_DIR": "/srv/keys",
+}
+#: Variables read from the environment only, never a flag (secrets: servekit/planes.py; the
+#: scheduler's key file: servekit/keys.py).
+ENV_ONLY = {"FASTSWITCH_DEPLOYMENT_SECRET", "FASTSWITCH_API_KEYS_FILE"}
 INTERNAL = ("kvstore", "scheduler", "worker", "worker-gpu")  # the internal plane's services
 
 
@@ -241,6 +245,56 @@ def test_the_model_override_mounts_one_directory_into_every_model_service(compos
         assert volume["type"] == "bind" and volume["read_only"] is True
         assert volume["source"].startswith("${FASTSWITCH_MODEL_DIR:?"), "required, no default"
         assert svc["environment"] == {"FASTSWITCH_MODEL": volume["target"]}, name
+
+
+# ---------------------------------------------------------------- the keys override
+
+
+def test_without_the_keys_override_the_stack_is_open(compose):
+    assert compose["services"]["scheduler"]["environment"]["FASTSWITCH_API_KEYS_FILE"] is None
+    api = compose["services"]["api"]["environment"]
+    assert api["FASTSWITCH_API_KEYS"] is None and api["FASTSWITCH_SCHEDULER_API_KEY_FILE"] is None
+
+
+def test_the_keys_override_mounts_the_key_files_into_the_scheduler_and_the_door(
+    compose, tmp_path, monkeypatch
+):
+    with open(ROOT / "docker-compose.keys.yml") as f:
+        raw = yaml.safe_load(f)["services"]
+    assert set(raw) == {"scheduler", "api"}, "the workers, store and bench never see keys"
+    for svc in raw.values():
+        (volume,) = svc["volumes"]
+        assert volume["type"] == "bind" and volume["read_only"] is True
+        assert volume["source"].startswith("${FASTSWITCH_API_KEYS_DIR:?"), "required, no default"
+        for path in svc["environment"].values():
+            assert path.startswith(volume["target"] + "/"), path
+    # Every variable of the override is one the base file passes (so it is not a typo) ...
+    for name, svc in raw.items():
+        assert set(svc["environment"]) <= compose["services"][name]["environment"].keys()
+    # ... and with the files an operator makes, the scheduler and the door load them.
+    target = raw["scheduler"]["volumes"][0]["target"]
+    (tmp_path / "keys.txt").write_text("sk-alice-0000 alice\nsk-door-00000000 door role=service\n")
+    (tmp_path / "door.key").write_text("sk-door-00000000\n")
+
+    def here(path: str) -> str:
+        return str(tmp_path / path.removeprefix(target + "/"))
+
+    from servekit.keys import KeyRing, read_key_file
+
+    sched = KeyRing.load(environ={k: here(v) for k, v in raw["scheduler"]["environment"].items()})
+    assert sched.enabled and sched.tenants() == {"alice", "door"}
+    door_key = read_key_file(here(raw["api"]["environment"]["FASTSWITCH_SCHEDULER_API_KEY_FILE"]))
+    assert door_key == "sk-door-00000000"
+    for key in list(os.environ):
+        if key.startswith("FASTSWITCH_"):
+            monkeypatch.delenv(key)
+    for key, value in raw["api"]["environment"].items():
+        monkeypatch.setenv(key, here(value))
+    from api_svc.server import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args([]))
+    assert cfg.api_keys == str(tmp_path / "keys.txt")
+    assert cfg.scheduler_api_key_file == str(tmp_path / "door.key")
 
 
 # ---------------------------------------------------------------- monitoring

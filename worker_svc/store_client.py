@@ -103,9 +103,7 @@ class StoreConnection:
         """The first registration (errors propagate: the worker does not start without it; a
         store that refuses the deployment secret is a ValueError with one line)."""
         try:
-            resp = await _register(
-                self.stub, self._worker_id, self._fingerprint, self._pool, 30.0
-            )
+            resp = await _register(self.stub, self._worker_id, self._fingerprint, self._pool, 30.0)
         except grpc.aio.AioRpcError as err:
             if err.code() != grpc.StatusCode.UNAUTHENTICATED:
                 raise

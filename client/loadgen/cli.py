@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -99,10 +100,15 @@ def run_once(workload: Workload, cfg: RunConfig, *, progress: bool) -> RunResult
 
 
 def server_max_model_len(
-    target: str, model_name: str | None = None, api_key: str | None = None
+    target: str,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    tls_ca: str | None = None,
 ) -> int | None:
     """The context the server reports; None when it cannot be asked (the run then says why)."""
-    return asyncio.run(probe_max_model_len(target, model_name=model_name, api_key=api_key))
+    return asyncio.run(
+        probe_max_model_len(target, model_name=model_name, api_key=api_key, tls_ca=tls_ca)
+    )
 
 
 def summarize_run(workload: Workload, result: RunResult, slo: Slo) -> Summary:
@@ -177,6 +183,13 @@ def build_run_parser() -> argparse.ArgumentParser:
         "workload of several tenants needs a service key, or tenants that narrow the key's",
     )
     p.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        default=os.environ.get("FASTSWITCH_TLS_CA") or None,
+        help="a TLS target: dial a gRPC target (and --stats-target) with TLS trusting this CA "
+        "file, and verify an https:// target with it (default $FASTSWITCH_TLS_CA)",
+    )
+    p.add_argument(
         "--wait-workers",
         metavar="N",
         type=int,
@@ -212,7 +225,12 @@ def wait_workers(a: argparse.Namespace) -> int | None:
     try:
         joined = asyncio.run(
             wait_for_workers(
-                a.target, a.wait_workers, a.wait_timeout, on_wait=waiting, api_key=a.api_key
+                a.target,
+                a.wait_workers,
+                a.wait_timeout,
+                on_wait=waiting,
+                api_key=a.api_key,
+                tls_ca=getattr(a, "tls_ca", None),
             )
         )
     except ValueError as err:
@@ -229,7 +247,9 @@ def run_main(argv: Sequence[str]) -> int:
         return code
     try:
         server_len = (
-            None if a.max_model_len else server_max_model_len(a.target, a.model_name, a.api_key)
+            None
+            if a.max_model_len
+            else server_max_model_len(a.target, a.model_name, a.api_key, a.tls_ca)
         )
         spec, workload, cfg, slo = prepare_run(a, a.target, server_len)
     except (ValueError, RuntimeError) as err:

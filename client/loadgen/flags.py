@@ -258,6 +258,7 @@ def run_config_from_args(a: argparse.Namespace, target: str) -> RunConfig:
         stats_target=getattr(a, "stats_target", None),
         model_name=getattr(a, "model_name", None),
         api_key=getattr(a, "api_key", None),
+        tls_ca=getattr(a, "tls_ca", None),
     )
 
 

@@ -36,6 +36,7 @@ from client.loadgen.transport import (
     TargetError,
     failed,
 )
+from client.tls import ssl_context
 
 NO_STATS = (
     "the server's stats were not collected: the HTTP door has none "
@@ -57,10 +58,12 @@ class HttpTransport:
         connect_timeout_s: float = 5.0,
         network: httpx.AsyncBaseTransport | None = None,
         api_key: str | None = None,
+        tls_ca: str | None = None,
     ) -> None:
         """``network``: an httpx transport in place of the real network (tests). ``api_key``
         (None: ``$FASTSWITCH_API_KEY``) is the door's key, sent as ``Authorization: Bearer``,
-        and the stats target's."""
+        and the stats target's. ``tls_ca`` verifies an ``https://`` door and makes the stats
+        target TLS."""
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self.target = url.rstrip("/")
@@ -75,8 +78,11 @@ class HttpTransport:
         key = os.environ.get("FASTSWITCH_API_KEY", "") if api_key is None else api_key
         self._headers = {"authorization": f"Bearer {key}"} if key else {}
         self._stats_api = (
-            None if stats_target is None else AsyncClient(stats_target, api_key=api_key)
+            None
+            if stats_target is None
+            else AsyncClient(stats_target, api_key=api_key, tls_ca=tls_ca)
         )
+        self._verify = ssl_context(tls_ca) if tls_ca else True
         self._stats_target = stats_target
         self._network = network
         self._http: httpx.AsyncClient | None = None
@@ -89,6 +95,7 @@ class HttpTransport:
             timeout=httpx.Timeout(self._timeout_s, connect=self._connect_timeout_s),
             transport=self._network,
             headers=self._headers,
+            verify=self._verify,
         )
         return self
 

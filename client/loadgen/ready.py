@@ -27,6 +27,7 @@ async def wait_for_workers(
     interval_s: float = POLL_S,
     on_wait: Callable[[int], None] | None = None,
     api_key: str | None = None,
+    tls_ca: str | None = None,
 ) -> int:
     """Returns the number of workers joined (``>= want``) once the scheduler at ``target``
     lists that many. ``TargetError`` (one line: how many joined, the last error) when it does
@@ -38,7 +39,7 @@ async def wait_for_workers(
     deadline = time.monotonic() + timeout_s
     joined, last_error, reported = 0, "", -1
     probe = "GET /health" if is_http(target) else "GetStats"
-    async with open_transport(target, timeout_s=CALL_S, api_key=api_key) as api:
+    async with open_transport(target, timeout_s=CALL_S, api_key=api_key, tls_ca=tls_ca) as api:
         while True:
             left = deadline - time.monotonic()
             try:

@@ -66,6 +66,7 @@ class RunConfig:
     model_name: str | None = None  # HTTP target: the model to ask for (None: the door's first)
     # The API key sent on every call (None: $FASTSWITCH_API_KEY); never shown in a repr.
     api_key: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None  # the CA of a TLS target (docs/security.md)
 
     def __post_init__(self) -> None:
         if self.use_chat and is_http(self.target):
@@ -126,6 +127,7 @@ def transport_of(cfg: RunConfig) -> Transport:
         max_connections=cfg.concurrency,
         connect_timeout_s=cfg.connect_timeout_s,
         api_key=cfg.api_key,
+        tls_ca=cfg.tls_ca,
     )
 
 
@@ -135,11 +137,12 @@ async def probe_max_model_len(
     *,
     model_name: str | None = None,
     api_key: str | None = None,
+    tls_ca: str | None = None,
 ) -> int | None:
     """The model's context as the server reports it (GetStats, or the HTTP door's
     ``/v1/models``); None when it is unreachable or does not say (an older server)."""
     async with open_transport(
-        target, timeout_s=timeout_s, model_name=model_name, api_key=api_key
+        target, timeout_s=timeout_s, model_name=model_name, api_key=api_key, tls_ca=tls_ca
     ) as t:
         return await t.max_model_len(timeout_s=timeout_s)
 

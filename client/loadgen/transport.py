@@ -129,11 +129,14 @@ def open_transport(
     max_connections: int | None = None,
     connect_timeout_s: float = 5.0,
     api_key: str | None = None,
+    tls_ca: str | None = None,
 ) -> Transport:
     """The transport of ``target``: HTTP for ``http(s)://``, else gRPC. ``stats_target`` (a
     scheduler's gRPC address), ``model_name`` and ``max_connections`` (the keep-alive pool;
     None: no cap) concern HTTP only. ``api_key`` goes with every call (gRPC metadata, or the
-    door's ``Authorization: Bearer`` header; None: ``$FASTSWITCH_API_KEY``)."""
+    door's ``Authorization: Bearer`` header; None: ``$FASTSWITCH_API_KEY``). ``tls_ca`` (a CA
+    file) makes a gRPC target (and an HTTP target's stats target) TLS, and verifies an
+    ``https://`` target (None: the system roots)."""
     if is_http(target):
         from client.loadgen.http_transport import HttpTransport
 
@@ -145,12 +148,13 @@ def open_transport(
             connect_timeout_s=connect_timeout_s,
             timeout_s=timeout_s,
             api_key=api_key,
+            tls_ca=tls_ca,
         )
     if stats_target is not None or model_name is not None:
         raise ValueError(
             f"--stats-target and --model-name are for an http:// target; got target {target!r}"
         )
-    return GrpcTransport(target, timeout_s=timeout_s, api_key=api_key)
+    return GrpcTransport(target, timeout_s=timeout_s, api_key=api_key, tls_ca=tls_ca)
 
 
 def failed(err: FastSwitchError) -> RequestFailed:
@@ -181,9 +185,16 @@ class GrpcTransport:
     can_set_priority = True
     stats_note: str | None = None
 
-    def __init__(self, target: str, *, timeout_s: float, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float,
+        api_key: str | None = None,
+        tls_ca: str | None = None,
+    ) -> None:
         self.target = target
-        self._api = AsyncClient(target, timeout_s=timeout_s, api_key=api_key)
+        self._api = AsyncClient(target, timeout_s=timeout_s, api_key=api_key, tls_ca=tls_ca)
 
     async def __aenter__(self) -> Self:
         await self._api.__aenter__()

@@ -34,6 +34,10 @@ class DeploymentConfig:
     starting one. ``http_port`` starts the OpenAI-compatible HTTP door (api_svc) on that port (0:
     a free one); None starts none. ``api_keys`` is the key file of both the scheduler's API and
     the door (docs/security.md); the launcher adds keys of its own (``deploy/keys.py``).
+    ``tls_cert``/``tls_key`` (both or neither) make the public listeners TLS: the scheduler's
+    gRPC port and the door's HTTPS; ``tls_ca`` is the CA the launcher, the door and clients
+    trust for them (None: the certificate itself, for a self-signed one). The certificate must
+    name the address the launcher dials (``127.0.0.1``, or ``host`` when not a wildcard).
     ``restart``: once started, a worker, the store or the door that exits is started again after
     ``restart_backoff_s`` (doubling up to ``restart_max_backoff_s``), until it exits quickly
     more than ``max_restarts`` times in a row (``fastswitch/deploy/supervisor.py``).
@@ -61,6 +65,9 @@ class DeploymentConfig:
     kvstore: str | None = None
     http_port: int | None = None
     api_keys: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
     served_model_name: str | None = None
     extra_api_args: tuple[str, ...] = ()
     extra_scheduler_args: tuple[str, ...] = ()
@@ -73,6 +80,11 @@ class DeploymentConfig:
     restart_backoff_s: float = 0.5
     restart_max_backoff_s: float = 30.0
     max_restarts: int = 5
+
+    @property
+    def trusted_ca(self) -> Path | None:
+        """The CA file that verifies the public listeners (None: they are plaintext)."""
+        return self.tls_ca or self.tls_cert
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -121,5 +133,11 @@ class DeploymentConfig:
                 f"restart back-off must satisfy 0 < {self.restart_backoff_s} <= "
                 f"{self.restart_max_backoff_s} (restart_backoff_s, restart_max_backoff_s)"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "tls_cert and tls_key go together (TLS takes a certificate and its key)"
+            )
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_ca needs tls_cert and tls_key (the listeners are plaintext)")
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")

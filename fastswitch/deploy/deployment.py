@@ -95,6 +95,12 @@ class Deployment:
         return url
 
     @property
+    def tls_ca(self) -> Path | None:
+        """The CA file a client trusts to dial this deployment's TLS listeners
+        (``AsyncClient(d.address, tls_ca=d.tls_ca)``); None: they are plaintext."""
+        return self.config.trusted_ca
+
+    @property
     def admin_key(self) -> str:
         """An admin key of this deployment's scheduler ("" when it has no keys: it is open);
         made for this deployment, valid until it stops."""
@@ -268,6 +274,7 @@ class Deployment:
             kvstore=cfg.kvstore,
             devices=devices,
             http_port=http_port,
+            tls=cfg.tls_cert is not None,
         )
         sockets = (layout.unix(f"worker-{cfg.workers - 1}"), layout.scheduler_internal)
         longest = max(map(len, sockets)) - len("unix://")
@@ -317,10 +324,11 @@ class Deployment:
         async def healthy(child: Child) -> None:
             target = child.spec.health_target
             try:
-                if target.startswith("http://"):
-                    await wait_http_ok(target, timeout_s=_remaining(deadline))
+                ca = child.spec.health_ca
+                if target.startswith(("http://", "https://")):
+                    await wait_http_ok(target, timeout_s=_remaining(deadline), ca=ca)
                 else:
-                    await wait_healthy(target, timeout_s=_remaining(deadline))
+                    await wait_healthy(target, timeout_s=_remaining(deadline), tls_ca=ca)
             except TimeoutError as err:
                 raise DeploymentError(f"{child.name}: {err}\n{child.log_tail()}") from None
 
@@ -338,7 +346,9 @@ class Deployment:
     async def _wait_joined(self, n: int, deadline: float) -> None:
         """Polls the scheduler's stats until n workers joined (bounded by the start deadline)."""
         joined = 0
-        async with AsyncClient(self.address, timeout_s=5.0, api_key=self.admin_key) as api:
+        ca = self.config.trusted_ca
+        api = AsyncClient(self.address, timeout_s=5.0, api_key=self.admin_key, tls_ca=ca)
+        async with api:
             while True:
                 try:
                     joined = len((await api.stats(timeout_s=_poll_timeout(deadline))).workers)

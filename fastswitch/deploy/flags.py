@@ -38,6 +38,7 @@ class Layout:
     kvstore: str | None = None
     devices: tuple[str, ...] = ()
     http_port: int | None = None
+    tls: bool = False  # the public listeners are TLS (https:// for the door)
 
     def unix(self, name: str) -> str:
         return f"unix://{self.run_dir / f'{name}.sock'}"
@@ -60,10 +61,12 @@ class Layout:
 
     @property
     def http_url(self) -> str | None:
-        """Where this machine reaches the HTTP door, ``http://127.0.0.1:PORT`` (None: no door)."""
+        """Where this machine reaches the HTTP door, ``http://127.0.0.1:PORT`` (``https://`` with
+        TLS; None: no door)."""
         if self.http_port is None:
             return None
-        return f"http://{_bracketed(_reachable(self.host))}:{self.http_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{_bracketed(_reachable(self.host))}:{self.http_port}"
 
     @property
     def kvstore_address(self) -> str:
@@ -73,12 +76,14 @@ class Layout:
 @dataclass(frozen=True, slots=True)
 class ChildSpec:
     """One service process: its name (log file, metrics key), service kind, flags, health target
-    (a gRPC address, or an ``http://`` URL that answers 200 once the process serves)."""
+    (a gRPC address, or an ``http(s)://`` URL that answers 200 once the process serves) and the
+    CA file that verifies the target's TLS (None: plaintext)."""
 
     name: str
     service: str
     flags: tuple[str, ...]
     health_target: str
+    health_ca: str | None = None
 
 
 def child_specs(cfg: DeploymentConfig, layout: Layout) -> list[ChildSpec]:
@@ -99,6 +104,8 @@ def child_specs(cfg: DeploymentConfig, layout: Layout) -> list[ChildSpec]:
         *("--policy", cfg.policy),
         *("--mode", cfg.mode),
         *_keys(cfg, layout),
+        *_opt("--tls-cert", cfg.tls_cert),
+        *_opt("--tls-key", cfg.tls_key),
         *_opt("--tenants", cfg.tenants or None),
         *(("--strict-tenants",) if cfg.strict_tenants else ()),
         *_opt("--preemption", cfg.preemption),
@@ -109,7 +116,8 @@ def child_specs(cfg: DeploymentConfig, layout: Layout) -> list[ChildSpec]:
         *common,
         *cfg.extra_scheduler_args,
     )
-    specs.append(ChildSpec("scheduler", "scheduler", scheduler, layout.scheduler_address))
+    ca = None if cfg.trusted_ca is None else str(cfg.trusted_ca)
+    specs.append(ChildSpec("scheduler", "scheduler", scheduler, layout.scheduler_address, ca))
     if layout.http_url is not None:
         specs.append(_api_spec(cfg, layout))
     for i in range(cfg.workers):
@@ -136,10 +144,14 @@ def _api_spec(cfg: DeploymentConfig, layout: Layout) -> ChildSpec:
         *_opt("--api-keys", cfg.api_keys),
         *_opt("--scheduler-api-key-file", layout.run_dir / DOOR_KEY if cfg.api_keys else None),
         *_opt("--served-model-name", cfg.served_model_name),
+        *_opt("--ssl-certfile", cfg.tls_cert),
+        *_opt("--ssl-keyfile", cfg.tls_key),
+        *_opt("--scheduler-tls-ca", cfg.trusted_ca),
         *("--log-level", cfg.log_level),
         *cfg.extra_api_args,
     )
-    return ChildSpec("api", "api", flags, f"{layout.http_url}/version")
+    ca = None if cfg.trusted_ca is None else str(cfg.trusted_ca)
+    return ChildSpec("api", "api", flags, f"{layout.http_url}/version", ca)
 
 
 def _worker_spec(
