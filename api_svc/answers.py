@@ -23,7 +23,16 @@ class Shape:
     token_ids: bool = False
     include_usage: bool = False
     continuous_usage: bool = False
-    _cached_head: bytes = field(default=b"", init=False, repr=False, compare=False)
+    _head: bytes = field(default=b"", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # what every chunk of the answer begins with, encoded once
+        head = (
+            b'data: {"id":' + _string(self.id) + b',"object":' + _string(self._object)
+            + b',"created":' + str(self.created).encode() + b',"model":'
+            + _string(self.model) + b',"choices":[{"index":0,'
+        )  # fmt: skip
+        object.__setattr__(self, "_head", head)
 
     @property
     def _object(self) -> str:
@@ -95,18 +104,6 @@ class Shape:
             parts.append(b',"usage":null')
         parts.append(b"}\n\n")
         return b"".join(parts)
-
-    @property
-    def _head(self) -> bytes:
-        head = self._cached_head
-        if not head:
-            head = (
-                b'data: {"id":' + _string(self.id) + b',"object":' + _string(self._object)
-                + b',"created":' + str(self.created).encode() + b',"model":'
-                + _string(self.model) + b',"choices":[{"index":0,'
-            )  # fmt: skip
-            object.__setattr__(self, "_cached_head", head)
-        return head
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         return {

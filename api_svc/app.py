@@ -348,11 +348,11 @@ async def _events(
         try:
             while chunk is not None:
                 usage.add(chunk.token_ids)
-                bad = _ended_badly(chunk)
+                done = chunk.finish_reason is not None
+                bad = _ended_badly(chunk) if done else None
                 if bad is not None:
                     tail.append(event(bad.body()))
                     break
-                done = chunk.finish_reason is not None
                 if done:
                     usage.finish(chunk.metrics)
                 if chunk.text or (shape.token_ids and chunk.token_ids):

@@ -9,7 +9,6 @@ scheduler's, so both doors give the same tokens and text for the same request.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -23,8 +22,7 @@ from client.results import FinishReason, RequestMetrics
 from client.stream import GenerationStream
 from servekit.modelspec import ModelSpec
 from servekit.tokenizer import Tokenizer
-
-_USER = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
+from servekit.validation import validate_tenant
 
 # OpenAI's defaults where a request leaves a field out.
 _DEFAULT_TEMPERATURE = 1.0
@@ -124,11 +122,10 @@ class Door:
             return key_tenant
         if user is None or user == "":
             return "default"
-        if not _USER.match(user):
-            raise bad_request(
-                f"user names the tenant: 1-64 characters of [A-Za-z0-9_.:@-], got {user!r}",
-                param="user",
-            )
+        try:
+            validate_tenant(user)  # the scheduler's own rule, checked here to name the field
+        except ValueError as err:
+            raise bad_request(f"user names the tenant: {err}", param="user") from None
         return user
 
     def completion(self, req: CompletionRequest, key_tenant: str | None) -> Prepared:

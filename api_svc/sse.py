@@ -88,8 +88,8 @@ class EventStream(Response):
 async def unless_disconnected(
     request: Request, work: Awaitable[T], on_disconnect: Callable[[], None]
 ) -> T:
-    """Awaits ``work``; if the client leaves first, calls ``on_disconnect`` and raises
-    CancelledError-free ``ClientGone``."""
+    """Awaits ``work``; if the client leaves first, calls ``on_disconnect``, cancels ``work``
+    and raises ``ClientGone``."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.create_task(_wait_disconnect(request.receive))
     try:
