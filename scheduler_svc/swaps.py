@@ -121,6 +121,10 @@ class SwapController:
             if slot is not None and req.offloading and not req.swap_sent:
                 self.release_after_swap(slot, req)
             return
+        if req.status not in (Status.SWAPPING_OUT, Status.SWAPPING_IN, Status.SWAPPED):
+            # Nothing waits on this op any more: a swap-out given up before its reserve came
+            # back (rule 3) runs on, a request already requeued is queued once.
+            return
         log.warning(
             "host op failed; recomputing", extra={"seq": seq, "op": kind.value, "why": message}
         )
@@ -152,8 +156,13 @@ class SwapController:
     # ---------------------------------------------------------- transitions
 
     def requeue_for_recompute(self, req: Request) -> None:
-        """Forgets the request's KV everywhere and queues its token ids to be prefilled again."""
+        """Forgets the request's KV everywhere and queues its token ids to be prefilled again.
+        No copy of it is in flight any more (it failed, was refused, or its worker is gone), so
+        its swap state goes too: a request recomputed with a copy still on record would wait
+        for that copy when it finishes, and keep its device blocks for ever."""
         self._host.release(req)
+        self._host.clear_swap(req)
+        self._host.take_stale(req.seq)
         req.status = Status.WAITING
         req.worker_id = None
         req.resident = False

@@ -21,7 +21,7 @@ import grpc
 from proto import worker_pb2 as wk
 from proto import worker_pb2_grpc as wk_grpc
 from scheduler_svc.core import SchedulerCore
-from scheduler_svc.host_ops import HostOpKind
+from scheduler_svc.host_ops import HostOp, HostOpKind
 from scheduler_svc.plan import StepOutput, StepPlan, SwapOrder
 from scheduler_svc.workers import WorkerInfo
 
@@ -58,6 +58,11 @@ class FakeHost:
     def serve(self, core: SchedulerCore) -> int:
         """Answers every queued host op at once; returns how many there were."""
         ops = core.take_host_ops()
+        self.answer(core, ops)
+        return len(ops)
+
+    def answer(self, core: SchedulerCore, ops: list[HostOp]) -> None:
+        """Answers `ops` (taken from the core earlier: a store whose answers lag)."""
         for op in ops:
             if op.kind is HostOpKind.RESERVE:
                 if self.fail_reserve or len(self.reserved) + len(self.committed) + op.num_blocks > (
@@ -100,7 +105,6 @@ class FakeHost:
                     self._drop(b)
             else:
                 self.release(op.lease_id)
-        return len(ops)
 
     def _drop(self, b: int) -> None:
         self.committed.discard(b)

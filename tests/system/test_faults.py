@@ -48,19 +48,32 @@ async def _until(
         await asyncio.sleep(0.02)
 
 
-async def _idle(c: AsyncClient) -> None:
-    """Every request is over and every worker has all its device blocks back (no leak)."""
-
-    async def done() -> bool:
+async def _idle(c: AsyncClient, *, timeout_s: float = 60.0) -> None:
+    """Every request is over and every worker has all its device blocks back (no leak). On a
+    timeout the message carries the last stats, to tell a leak from a slow machine."""
+    deadline = time.monotonic() + timeout_s
+    while True:
         s = await c.stats()
-        return (
+        if (
             s.running == 0
             and s.waiting == 0
             and s.swapped == 0
             and all(w.free_blocks == w.num_blocks for w in s.workers)
-        )
-
-    await _until(done, what="no request left and every device block free", timeout_s=60)
+        ):
+            return
+        if time.monotonic() >= deadline:
+            workers = [
+                f"{w.worker_id}: {w.free_blocks}/{w.num_blocks} free, {w.running} running, "
+                f"{w.steps} steps"
+                for w in s.workers
+            ]
+            raise AssertionError(
+                f"after {timeout_s:g} s: {s.running} running, {s.waiting} waiting, "
+                f"{s.swapped} swapped; {'; '.join(workers)}; {s.finished} finished, {s.failed} "
+                f"failed, {s.swap_outs} swap-outs, {s.swap_ins} swap-ins, {s.recomputes} "
+                f"recomputes, {s.offloaded_blocks} blocks offloaded"
+            )
+        await asyncio.sleep(0.02)
 
 
 def _assert_clean(dep: Deployment) -> None:

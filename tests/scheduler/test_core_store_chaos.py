@@ -1,0 +1,163 @@
+"""The KV store lost at random moments, with answers that lag and workers that refuse swaps
+until they registered again: the scheduler core against two fake workers sharing one fake store
+(sched_fakes.py), seeded. Every request ends with the tokens an undisturbed run gives, the core
+agrees with itself after every step, and at the end every device block is free and the last
+store holds no lease or reservation.
+
+This is what the real deployment does around a store restart (``host_agent.py``: answers from a
+lost store count as failures; ``worker_svc/link.py``: swaps refused while the arena is not
+mapped), without the processes, so many interleavings run in a second."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import replace
+
+import pytest
+from sched_fakes import FakeHost, FakeWorker, next_token
+
+from scheduler_svc.config import CoreConfig
+from scheduler_svc.core import SchedulerCore
+from scheduler_svc.host_ops import HostOp, HostOpKind
+from scheduler_svc.plan import StepOutput, StepPlan
+from scheduler_svc.policy import make_policy
+from scheduler_svc.request import FinishReason, GenerationLimits, Request, Sampling
+from scheduler_svc.workers import WorkerInfo
+
+BS = 4
+BLOCKS = 24
+SHARED = [(13 * j) % 200 for j in range(14)]  # every prompt's first tokens: lookups hit
+
+
+class LaggingAgent:
+    """The host agent: takes the core's ops at once and answers a random share of them each
+    tick; when the store is lost, the unanswered reserves, pins and lookups fail (they were
+    sent to a store that is gone) and frees and releases are dropped."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.pending: list[HostOp] = []
+
+    def tick(self, core: SchedulerCore, host: FakeHost) -> int:
+        self.pending += core.take_host_ops()
+        ready = [op for op in self.pending if self.rng.random() < 0.5]
+        self.pending = [op for op in self.pending if op not in ready]
+        host.answer(core, ready)
+        return len(ready)
+
+    def store_lost(self, core: SchedulerCore) -> None:
+        lost, self.pending = self.pending, []
+        core.on_store_lost()
+        for op in lost:
+            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
+                core.on_host_failed(op.seq, op.kind, "the KV store was lost meanwhile")
+
+
+class RefusingWorker(FakeWorker):
+    """A worker that refuses its plans' swaps for `refuse` steps (the arena of a restarted store
+    not mapped yet): swap-outs come back not committed, swap-ins as errors, never started."""
+
+    refuse = 0
+
+    def run(self, plan: StepPlan) -> StepOutput:
+        if self.refuse <= 0 or not (plan.swap_in or plan.swap_out):
+            return super().run(plan)
+        self.refuse -= 1
+        ins = {o.seq for o in plan.swap_in}
+        kept = StepPlan(
+            step_id=plan.step_id,
+            start=[s for s in plan.start if s.seq not in ins],
+            append=[a for a in plan.append if a.seq not in ins],
+            prefill=plan.prefill,
+            decode=plan.decode,
+            cancel_swap_out=plan.cancel_swap_out,
+            drop=plan.drop,
+        )
+        out = super().run(kept)
+        for order in [*plan.swap_in, *plan.swap_out]:
+            self.host.release(order.lease_id)
+        return replace(
+            out,
+            swap_out_failed=out.swap_out_failed + tuple(o.seq for o in plan.swap_out),
+            errors={**out.errors, **{seq: "the KV store's arena is unavailable" for seq in ins}},
+        )
+
+
+def expected(prompt: list[int], n: int) -> list[int]:
+    history = list(prompt)
+    for _ in range(n):
+        history.append(next_token(history))
+    return history[len(prompt) :]
+
+
+def scenario(seed: int) -> None:
+    rng = random.Random(seed)
+    clock = itertools.count()
+    core = SchedulerCore(
+        CoreConfig(preemption="swap", min_swap_tokens=1, retain=True, preempt_margin=0),
+        make_policy(rng.choice(["vtc", "fcfs"])),
+        eos_token_ids=[255],
+        clock=lambda: next(clock) * 0.001,
+        model_fingerprint="m",
+        secret=b"s",
+    )
+    host = FakeHost()
+    workers: dict[str, RefusingWorker] = {}
+    for wid in ("w0", "w1"):
+        info = WorkerInfo(
+            wid, num_blocks=BLOCKS, block_size=BS, block_bytes=100, max_model_len=4096
+        )
+        core.add_worker(info)
+        workers[wid] = RefusingWorker(info, host, swap_delay=rng.randint(1, 3))
+    agent = LaggingAgent(rng)
+    reqs: list[tuple[Request, list[int]]] = []
+    to_submit = 24
+    losses = 0
+    for tick in range(20_000):
+        if to_submit and rng.random() < 0.3:
+            to_submit -= 1
+            prompt = SHARED + [rng.randrange(200) for _ in range(rng.randint(1, 10))]
+            out = rng.randint(3, 12)
+            req = core.submit(
+                prompt_ids=prompt,
+                sampling=Sampling(),
+                limits=GenerationLimits(max_tokens=out),
+                tenant=rng.choice("abc"),
+                retain_ttl_s=0.0 if rng.random() < 0.7 else None,  # most are retained turns
+            )
+            reqs.append((req, expected(prompt, out)))
+        if losses < 3 and tick > 5 and rng.random() < 0.02:
+            losses += 1
+            agent.store_lost(core)
+            core.check_integrity()
+            host = FakeHost()  # the restarted store: empty, knows no lease of the old one
+            for w in workers.values():
+                w.host = host
+                w.refuse = rng.randint(0, 3)
+        progressed = agent.tick(core, host) > 0
+        for wid, w in workers.items():
+            plan = core.schedule(wid)
+            if plan is None:
+                continue
+            progressed = True
+            core.update_from_output(wid, w.run(plan))
+            core.check_integrity()
+        done = all(r.is_finished for r, _ in reqs)
+        if not to_submit and done and not progressed and not agent.pending:
+            break
+    else:
+        raise AssertionError("did not drain")
+    for req, want in reqs:
+        assert req.finish_reason is FinishReason.LENGTH, (req.request_id, req.finish_reason)
+        assert list(req.output_ids) == want
+    for wid in workers:
+        slot = core.workers[wid]
+        assert not slot.running, f"{wid} still holds {sorted(slot.running)}"
+        assert slot.allocator.num_free == BLOCKS, f"{wid}: device blocks leaked"
+    assert not host.reserved and not host.leases, "host memory leaked in the last store"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_store_losses_at_random_moments_lose_and_leak_nothing(seed):
+    scenario(seed)
