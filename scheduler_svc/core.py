@@ -294,13 +294,16 @@ class SchedulerCore:
     def take_host_ops(self) -> list[HostOp]:
         return self._host.take()
 
-    def on_reserved(self, seq: int, lease_id: str, host_blocks: list[int]) -> None:
-        """The store reserved host blocks: the swap-out (or offload) goes in the next plan."""
-        self._swaps.on_reserved(seq, lease_id, host_blocks)
+    def on_reserved(
+        self, seq: int, lease_id: str, host_blocks: list[int], ticket: int | None = None
+    ) -> None:
+        """The store reserved host blocks: the swap-out (or offload) goes in the next plan
+        (`ticket`: the reserve's, so that a late answer is not taken for a later swap)."""
+        self._swaps.on_reserved(seq, lease_id, host_blocks, ticket)
 
-    def on_pinned(self, seq: int, lease_id: str) -> None:
+    def on_pinned(self, seq: int, lease_id: str, ticket: int | None = None) -> None:
         """The host copy is pinned: SeqStart + SwapIn go in the next plan."""
-        self._swaps.on_pinned(seq, lease_id)
+        self._swaps.on_pinned(seq, lease_id, ticket)
 
     def on_looked_up(self, seq: int, host_blocks: list[int]) -> None:
         """A new prompt's retained prefix: resume it from the host at that length."""
@@ -308,9 +311,11 @@ class SchedulerCore:
         if req is not None:
             self._host.on_looked_up(req, host_blocks)
 
-    def on_host_failed(self, seq: int, kind: HostOpKind, message: str) -> None:
+    def on_host_failed(
+        self, seq: int, kind: HostOpKind, message: str, ticket: int | None = None
+    ) -> None:
         """A reserve, pin or lookup failed (host memory short, evicted, lease lost)."""
-        self._swaps.on_host_failed(seq, kind, message)
+        self._swaps.on_host_failed(seq, kind, message, ticket)
 
     def on_store_lost(self) -> None:
         """The KV store died or restarted: every host copy is forgotten and the requests that

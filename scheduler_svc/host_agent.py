@@ -102,7 +102,9 @@ class HostAgent:
             await self._call(stub, op, epoch)
         except _Stale:
             if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
-                self._core.on_host_failed(op.seq, op.kind, "the KV store was lost meanwhile")
+                self._core.on_host_failed(
+                    op.seq, op.kind, "the KV store was lost meanwhile", op.ticket
+                )
         await self._changed()
 
     def _check(self, epoch: int) -> None:
@@ -122,7 +124,7 @@ class HostAgent:
                 )
                 check(epoch)
                 blocks = [b for e in resp.extents for b in range(e.start, e.start + e.count)]
-                self._core.on_reserved(op.seq, resp.lease_id, blocks)
+                self._core.on_reserved(op.seq, resp.lease_id, blocks, op.ticket)
             elif op.kind is HostOpKind.PIN:
                 pin = await stub.Pin(
                     kv.PinRequest(
@@ -134,7 +136,7 @@ class HostAgent:
                     timeout=t,
                 )
                 check(epoch)
-                self._core.on_pinned(op.seq, pin.lease_id)
+                self._core.on_pinned(op.seq, pin.lease_id, op.ticket)
             elif op.kind is HostOpKind.LOOKUP:
                 found = await stub.Lookup(
                     kv.LookupRequest(block_hashes=_wire(op.hashes)), timeout=t
@@ -150,7 +152,9 @@ class HostAgent:
         except grpc.aio.AioRpcError as err:
             check(epoch)  # a failure from a store already forgotten is the same failure
             if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
-                self._core.on_host_failed(op.seq, op.kind, f"{err.code().name}: {err.details()}")
+                self._core.on_host_failed(
+                    op.seq, op.kind, f"{err.code().name}: {err.details()}", op.ticket
+                )
             elif err.code() != grpc.StatusCode.NOT_FOUND:  # already gone is fine
                 log.warning(
                     "host op failed",

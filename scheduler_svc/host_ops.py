@@ -3,7 +3,8 @@
 The core is synchronous and never waits on the network: when it preempts by swap or resumes a
 swapped request, it queues a HostOp; the frontend's host agent runs it against the KV store and
 hands the answer back (``on_reserved``, ``on_pinned``, ``on_host_failed``). Until then the request
-simply waits in its transitional state.
+simply waits in its transitional state. An answer names the op it answers (its seq and its
+ticket): one for a swap given up since is released, never applied to the next one.
 
     preempt (swap)   RESERVE n host blocks ──▶ on_reserved  ──▶ SwapOut in the next plan
     resume           PIN the host copy      ──▶ on_pinned    ──▶ SeqStart + SwapIn in the next plan
@@ -36,6 +37,7 @@ class HostOp(NamedTuple):
     lease_id: str | None = None  # RELEASE
     # PIN: expected content, parallel to blocks (None: a private block); LOOKUP, FREE: hashes
     hashes: tuple[bytes | None, ...] = ()
+    ticket: int = 0  # RESERVE, PIN: the request's swap_ticket when the op was queued
 
 
 def pair_runs(device_ids: Sequence[int], host_ids: Sequence[int]) -> list[RunCopy]:

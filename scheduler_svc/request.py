@@ -102,6 +102,10 @@ class Request:
     swap_host_blocks: list[int] = field(default_factory=list)
     swap_tokens: int = 0
     swap_sent: bool = False
+    # Which host reserve or pin is this request's current one: an answer carries the ticket of
+    # the op it answers, so a late answer to a swap given up since (rule 3, a worker that died,
+    # a recompute) is never taken for the swap that followed it (whose sizes differ).
+    swap_ticket: int = 0
     # Content addresses of the full blocks of prompt + output (a prefix of them, cached), the
     # hash of each host block (None = private), and retention of a finished request's KV.
     hashes: list[bytes] = field(default_factory=list)

@@ -57,12 +57,17 @@ class SwapController:
 
     # ------------------------------------------------------- host answers
 
-    def on_reserved(self, seq: int, lease_id: str, host_blocks: list[int]) -> None:
-        """The store reserved host blocks: the swap-out (or offload) goes in the next plan."""
+    def on_reserved(
+        self, seq: int, lease_id: str, host_blocks: list[int], ticket: int | None = None
+    ) -> None:
+        """The store reserved host blocks: the swap-out (or offload) goes in the next plan.
+        `ticket`: the reserve's (None: the request's current one)."""
         req = self._table.by_seq(seq)
         slot = self._workers.slot_of(req)
-        wanted = req is not None and (
-            req.status == Status.SWAPPING_OUT or (req.is_finished and req.offloading)
+        wanted = (
+            req is not None
+            and (req.status == Status.SWAPPING_OUT or (req.is_finished and req.offloading))
+            and _current(req, ticket)
         )
         if req is None or slot is None or not wanted or req.swap_lease is not None:
             self._host.release_lease(seq, lease_id)
@@ -84,11 +89,17 @@ class SwapController:
             )
         )
 
-    def on_pinned(self, seq: int, lease_id: str) -> None:
+    def on_pinned(self, seq: int, lease_id: str, ticket: int | None = None) -> None:
         """The host copy is pinned: SeqStart + SwapIn go in the next plan."""
         req = self._table.by_seq(seq)
         slot = self._workers.slot_of(req)
-        if req is None or slot is None or req.status != Status.SWAPPING_IN or req.swap_sent:
+        if (
+            req is None
+            or slot is None
+            or req.status != Status.SWAPPING_IN
+            or req.swap_sent
+            or not _current(req, ticket)
+        ):
             self._host.release_lease(seq, lease_id)
             return
         n = len(req.host_blocks)
@@ -107,15 +118,20 @@ class SwapController:
         order = SwapOrder(seq, tuple(pair_runs(device[k:n], req.host_blocks[k:])), lease_id)
         slot.swap_in_orders.append((start, order))
 
-    def on_host_failed(self, seq: int, kind: HostOpKind, message: str) -> None:
+    def on_host_failed(
+        self, seq: int, kind: HostOpKind, message: str, ticket: int | None = None
+    ) -> None:
         """A reserve, pin or lookup failed (host memory short, evicted, lease lost): a lookup
-        counts as a miss, a swap falls back to recompute."""
+        counts as a miss, a swap falls back to recompute. `ticket`: the failed op's (None: the
+        request's current swap, e.g. a copy the worker reported failed)."""
         req = self._table.by_seq(seq)
         if req is None:
             return
         if kind is HostOpKind.LOOKUP:
             req.lookup = LookupState.DONE
             return
+        if not _current(req, ticket):
+            return  # a reserve or pin of a swap given up since: nothing waits on it
         slot = self._workers.slot_of(req)
         if req.is_finished:  # an offload that could not get host memory: just let it go
             if slot is not None and req.offloading and not req.swap_sent:
@@ -151,7 +167,7 @@ class SwapController:
                 self.requeue_for_recompute(req)
         for op in ops:
             if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
-                self.on_host_failed(op.seq, op.kind, "the KV store is gone")
+                self.on_host_failed(op.seq, op.kind, "the KV store is gone", op.ticket)
 
     # ---------------------------------------------------------- transitions
 
@@ -163,6 +179,7 @@ class SwapController:
         self._host.release(req)
         self._host.clear_swap(req)
         self._host.take_stale(req.seq)
+        req.swap_ticket += 1  # answers to its reserves and pins in flight are for nothing now
         req.status = Status.WAITING
         req.worker_id = None
         req.resident = False
@@ -184,16 +201,21 @@ class SwapController:
         if need == 0:  # the host holds it all already: nothing to copy
             self._swapped_out(slot, req, plan.drop)
             return
-        self._host.queue(HostOp(HostOpKind.RESERVE, req.seq, num_blocks=need))
+        req.swap_ticket += 1
+        self._host.queue(
+            HostOp(HostOpKind.RESERVE, req.seq, num_blocks=need, ticket=req.swap_ticket)
+        )
 
     def begin_swap_in(self, req: Request) -> None:
         """Swap-in of a request just placed with its device blocks: pin the host copy first."""
+        req.swap_ticket += 1
         self._host.queue(
             HostOp(
                 HostOpKind.PIN,
                 req.seq,
                 blocks=tuple(req.host_blocks),
                 hashes=tuple(req.host_hashes),
+                ticket=req.swap_ticket,
             )
         )
         self._counters.swap_ins += 1
@@ -211,7 +233,10 @@ class SwapController:
         self._host.begin_offload(req)
         req.swap_tokens = full * bs
         self._counters.offloaded_blocks += full - keep
-        self._host.queue(HostOp(HostOpKind.RESERVE, req.seq, num_blocks=full - keep))
+        req.swap_ticket += 1
+        self._host.queue(
+            HostOp(HostOpKind.RESERVE, req.seq, num_blocks=full - keep, ticket=req.swap_ticket)
+        )
         return True
 
     def _swapped_out(self, slot: WorkerSlot, req: Request, drops: list[int]) -> None:
@@ -323,3 +348,8 @@ class SwapController:
             )
             self._host.free_private(req.seq, req.swap_host_blocks, hashes)
             self.release_after_swap(slot, req)
+
+
+def _current(req: Request, ticket: int | None) -> bool:
+    """True when an answer with `ticket` is for the request's current reserve or pin."""
+    return ticket is None or ticket == req.swap_ticket

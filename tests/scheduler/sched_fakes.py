@@ -68,26 +68,28 @@ class FakeHost:
                 if self.fail_reserve or len(self.reserved) + len(self.committed) + op.num_blocks > (
                     self.capacity
                 ):
-                    core.on_host_failed(op.seq, op.kind, "host memory short")
+                    core.on_host_failed(op.seq, op.kind, "host memory short", op.ticket)
                     continue
                 ids = [self._new_id() for _ in range(op.num_blocks)]
                 self.reserved.update(ids)
                 lease = f"r{next(self.lease_ids)}"
                 self.leases[lease] = ("reserve", tuple(ids))
-                core.on_reserved(op.seq, lease, ids)
+                core.on_reserved(op.seq, lease, ids, op.ticket)
             elif op.kind is HostOpKind.PIN:
                 expected = op.hashes or (b"",) * len(op.blocks)
                 if any(
                     h and self.hash_of.get(b) != h for b, h in zip(op.blocks, expected, strict=True)
                 ):
-                    core.on_host_failed(op.seq, op.kind, "evicted")
+                    core.on_host_failed(op.seq, op.kind, "evicted", op.ticket)
                     continue
-                assert set(op.blocks) <= self.committed, "pin of uncommitted host blocks"
+                if not set(op.blocks) <= self.committed:  # freed since (a late pin): NotFound
+                    core.on_host_failed(op.seq, op.kind, "not committed", op.ticket)
+                    continue
                 lease = f"p{next(self.lease_ids)}"
                 self.leases[lease] = ("pin", op.blocks)
                 for b in op.blocks:
                     self.pinned[b] = self.pinned.get(b, 0) + 1
-                core.on_pinned(op.seq, lease)
+                core.on_pinned(op.seq, lease, op.ticket)
             elif op.kind is HostOpKind.LOOKUP:
                 found = []
                 for h in op.hashes:
