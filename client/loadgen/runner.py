@@ -331,17 +331,14 @@ class Runner:
         try:
             async with self._slot(rec.tenant):
                 rec.sent_s = self._now()
-                if (wait := rec.queued_s or 0.0) > self._cfg.warn_after_s:
-                    self._warn_once(
-                        "queued",
-                        f"{rec.request_id} waited {wait:.2f} s in the client "
-                        "for a concurrency slot: the server sees the client's queue order",
-                    )
+                self._warn_if_queued(rec)
                 self._inflight[rec.tenant].add(rec.request_id)
                 await self._stream(api, chat, rec, prompt, turn, reply)
         finally:
             rec.end_s = self._now()
             self._inflight[rec.tenant].discard(rec.request_id)
+            if rec.sent_s is None:  # ended (the run's drain) while still waiting for a slot
+                self._warn_if_queued(rec)
         if rec.ttft_s is not None and rec.status is Status.OK:
             self._recent_ttft.append(rec.ttft_s)
             if rec.output_tokens > 1:
@@ -413,6 +410,15 @@ class Runner:
             if self._gate is not None:
                 await stack.enter_async_context(self._gate)
             yield
+
+    def _warn_if_queued(self, rec: RequestRecord) -> None:
+        """The live twin of the run's note on client queueing (same measure, same limit)."""
+        if (wait := rec.queued_s or 0.0) > self._cfg.warn_after_s:
+            self._warn_once(
+                "queued",
+                f"{rec.request_id} waited {wait:.2f} s in the client "
+                "for a concurrency slot: the server sees the client's queue order",
+            )
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
