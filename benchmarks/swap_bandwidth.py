@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import torch
 
 from servekit import shm
+from servekit.memcpy_tuning import TUNABLE, reexec_with_streaming_memcpy
 from worker_svc.kv_pool import KVPool
 from worker_svc.swap_engine import RunCopy, SwapEngine, SwapLayout
 
@@ -278,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         f"torch threads {torch.get_num_threads()})"
     )
     print(f"device pool: {where}; host arena: pre-faulted shm; {args.repeats} repeats, medians")
+    tuning = next(
+        (t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t.startswith(TUNABLE)),
+        f"{TUNABLE}: glibc's default",
+    )
+    print(f"memcpy: {tuning} (servekit/memcpy_tuning.py)")
     tag = f"fastswitch-bench-{os.getpid()}"
     rows: list[Row] = []
     pool_size = size if device.type == "cpu" else 1  # CUDA: the pool is in GPU memory
@@ -322,4 +328,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_streaming_memcpy()  # as a worker runs (FASTSWITCH_GLIBC_TUNING=0: glibc's own)
     sys.exit(main())

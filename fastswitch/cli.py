@@ -18,6 +18,7 @@ from types import FrameType, ModuleType
 from fastswitch.deploy import SERVICES, Deployment, DeploymentError, StartRefused
 from fastswitch.options import add_deployment_args, add_service_args, config_from_args
 from servekit.config import package_version
+from servekit.memcpy_tuning import reexec_with_streaming_memcpy
 
 _SERVICE_MODULES = {s: f"{s}_svc.server" for s in SERVICES}
 
@@ -113,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     # `serve SERVICE` and `run` hand every later flag to code that parses its own.
     if len(args_list) >= 2 and args_list[0] == "serve" and args_list[1] in SERVICES:
+        if argv is None and args_list[1] == "worker":  # this process is the worker
+            reexec_with_streaming_memcpy()  # block-group swaps on the CPU at full speed
         return _serve(args_list[1], args_list[2:])
     if args_list and args_list[0] == "run":
         return _run(args_list[1:])
