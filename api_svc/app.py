@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,9 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api_svc.auth import KeyRing
 from api_svc.door import Door
 from api_svc.errors import ApiError
+from api_svc.generation import CHAT, COMPLETIONS, Generation, validation_error
 from api_svc.generation import ROUTES as GENERATION_ROUTES
-from api_svc.generation import Generation, validation_error
 from api_svc.metrics import ApiMetrics
+from api_svc.protocol import ChatCompletionRequest, CompletionRequest
 from client.errors import FastSwitchError
 from servekit.config import package_version
 
@@ -229,6 +232,7 @@ def create_app(
     async def version() -> dict[str, str]:
         return {"version": package_version()}
 
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
     app_with_gate = Gate(
         app,
         Generation(door, metrics),
@@ -238,3 +242,43 @@ def create_app(
         max_body_bytes=max_body_bytes,
     )
     return app_with_gate, state
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI's schema (``GET /openapi.json``, ``/docs``) with the generation routes added,
+    which are not FastAPI routes (:mod:`api_svc.generation`): their bodies' JSON schemas."""
+
+    def schema() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            for path, model in ((COMPLETIONS, CompletionRequest), (CHAT, ChatCompletionRequest)):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+                ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+                doc["paths"][path] = {
+                    "post": {
+                        "summary": model.__doc__,
+                        "requestBody": {
+                            "required": True,
+                            "content": {"application/json": {"schema": ref}},
+                        },
+                        "responses": {"200": {"description": _ANSWER}},
+                    }
+                }
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    return schema
+
+
+_ANSWER = (
+    "the answer as one JSON object, or with stream: true server-sent events of its chunks "
+    "ending with data: [DONE]"
+)

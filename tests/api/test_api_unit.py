@@ -399,3 +399,17 @@ def test_stream_chunks_encode_to_the_json_openai_defines(
     elif include_usage:
         want["usage"] = None
     assert got == want
+
+
+async def test_the_schema_lists_the_generation_routes_with_their_bodies():
+    app, _, _ = make_app(FakeClient())
+    async with http(app) as c:
+        doc = (await c.get("/openapi.json")).json()
+    for path, model, field in [
+        ("/v1/completions", "CompletionRequest", "prompt"),
+        ("/v1/chat/completions", "ChatCompletionRequest", "messages"),
+    ]:
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert ref == {"$ref": f"#/components/schemas/{model}"}
+        assert field in doc["components"]["schemas"][model]["properties"]
+    assert "ChatMessage" in doc["components"]["schemas"] and "/v1/models" in doc["paths"]
