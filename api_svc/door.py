@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from api_svc.errors import ApiError, bad_request
@@ -47,9 +46,6 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int = 0
     cached_tokens: int = 0
-
-    def add(self, token_ids: Sequence[int]) -> None:
-        self.completion_tokens += len(token_ids)
 
     def finish(self, final: pb.GenerateChunk) -> None:
         """The scheduler's counts, from the final chunk's metrics."""

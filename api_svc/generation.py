@@ -236,8 +236,10 @@ async def _events(
                 body = parts[0] if len(parts) == 1 else b"".join(parts)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 parts = []
-            # None only after a final message, which ended the loop above
-            msg = await gen.read_message()  # type: ignore[assignment]
+            nxt = await gen.read_message()
+            if nxt is None:  # only after a final message, which ended the loop above
+                break
+            msg = nxt
     except FastSwitchError as err:
         if watch.gone:
             return

@@ -26,8 +26,9 @@ to TTFT and TBT at P50 and P99 with 64 streams.
         [--json PATH]
 
 About 3 minutes here (one deployment, 5 repeats of 6 runs); ``--quick`` (2 repeats, half the
-requests) about a minute; more when other work loads the machine. The machine's load average is printed and written with the results:
-the client, the door, the scheduler and the worker share its cores.
+requests) about a minute; more when other work loads the machine. The machine's load average
+is printed and written with the results: the client, the door, the scheduler and the worker
+share its cores.
 """
 
 from __future__ import annotations
