@@ -63,22 +63,27 @@ class Generation:
         the client leaves); returns the HTTP status. Raises ApiError before the answer began
         (the caller sends it)."""
         req: CompletionRequest | ChatCompletionRequest
-        if path == CHAT:
-            req = _parse(ChatCompletionRequest, body)
-            prepared = self.door.chat(req, key_tenant)
-        else:
-            req = _parse(CompletionRequest, body)
-            prepared = self.door.completion(req, key_tenant)
-        shape = Shape(
-            id=f"{'chatcmpl' if path == CHAT else 'cmpl'}-{prepared.request_id}",
-            created=int(time.time()),
-            model=req.model,
-            chat=path == CHAT,
-            token_ids=req.return_token_ids,
-            include_usage=req.include_usage,
-            continuous_usage=req.continuous_usage,
-        )
-        gen = self.door.open(prepared)
+        try:
+            if path == CHAT:
+                req = _parse(ChatCompletionRequest, body)
+                prepared = self.door.chat(req, key_tenant)
+            else:
+                req = _parse(CompletionRequest, body)
+                prepared = self.door.completion(req, key_tenant)
+            shape = Shape(
+                id=f"{'chatcmpl' if path == CHAT else 'cmpl'}-{prepared.request_id}",
+                created=int(time.time()),
+                model=req.model,
+                chat=path == CHAT,
+                token_ids=req.return_token_ids,
+                include_usage=req.include_usage,
+                continuous_usage=req.continuous_usage,
+            )
+            gen = self.door.open(prepared)
+        except ApiError:
+            raise
+        except Exception as err:
+            raise _internal(err) from None
         usage = Usage(prompt_tokens=len(prepared.prompt_ids))
         watch = _Watch(receive, gen, self.metrics)
         try:
@@ -112,9 +117,7 @@ class Generation:
         except ApiError:
             raise
         except Exception as err:
-            log.exception("request failed")
-            msg = f"internal error ({type(err).__name__})"
-            raise ApiError(500, msg, type="server_error", code="internal") from None
+            raise _internal(err) from None
         if first is None:
             raise ApiError(500, "the scheduler ended the stream without an answer")
         await send(
@@ -125,6 +128,13 @@ class Generation:
         except OSError:
             watch.left()  # the transport broke while we wrote
         return 499 if watch.gone else 200
+
+
+def _internal(err: Exception) -> ApiError:
+    """A failure of ours before the answer began: logged, and a 500 in OpenAI's shape."""
+    log.error("request failed", exc_info=err)
+    msg = f"internal error ({type(err).__name__})"
+    return ApiError(500, msg, type="server_error", code="internal")
 
 
 M = TypeVar("M", bound=BaseModel)

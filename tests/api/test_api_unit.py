@@ -413,3 +413,25 @@ async def test_the_schema_lists_the_generation_routes_with_their_bodies():
         assert ref == {"$ref": f"#/components/schemas/{model}"}
         assert field in doc["components"]["schemas"][model]["properties"]
     assert "ChatMessage" in doc["components"]["schemas"] and "/v1/models" in doc["paths"]
+
+
+async def test_a_failure_of_ours_is_a_500_in_openai_shape_and_the_door_serves_on():
+    fake = FakeClient()
+    app, state, _ = make_app(fake)
+
+    def broken(**_: object) -> None:
+        raise RuntimeError("boom")
+
+    fake.generate_stream = broken  # type: ignore[method-assign]
+    async with http(app) as c:
+        for stream in (False, True):
+            r = await c.post("/v1/completions", json={**BODY, "stream": stream})
+            assert r.status_code == 500, r.text
+            assert r.json()["error"] == {
+                "message": "internal error (RuntimeError)",
+                "type": "server_error",
+                "param": None,
+                "code": "internal",
+            }
+        assert (await c.get("/v1/models")).status_code == 200
+    assert state.in_flight == 0
