@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from api_svc.errors import ApiError, bad_request
 from api_svc.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 from client.aio import AsyncClient
 from client.options import SamplingOptions
-from client.results import FinishReason, RequestMetrics
 from client.stream import GenerationStream
+from proto import scheduler_pb2 as pb
 from servekit.modelspec import ModelSpec
 from servekit.tokenizer import Tokenizer
 from servekit.validation import validate_tenant
@@ -48,13 +47,11 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0
 
-    def add(self, token_ids: Sequence[int]) -> None:
-        self.completion_tokens += len(token_ids)
-
-    def finish(self, metrics: RequestMetrics | None) -> None:
-        if metrics is not None:
-            self.prompt_tokens = metrics.prompt_tokens or self.prompt_tokens
-            self.cached_tokens = metrics.cached_prompt_tokens
+    def finish(self, final: pb.GenerateChunk) -> None:
+        """The scheduler's counts, from the final chunk's metrics."""
+        if final.HasField("metrics"):
+            self.prompt_tokens = final.metrics.prompt_tokens or self.prompt_tokens
+            self.cached_tokens = final.metrics.cached_prompt_tokens
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -65,12 +62,10 @@ class Usage:
         }
 
 
-def finish_reason(reason: FinishReason | None) -> str | None:
-    """OpenAI's finish_reason for ours (``cancelled``/``aborted`` never reach a reader as a
-    normal end: the door turns them into errors)."""
-    if reason is None:
-        return None
-    return "length" if reason == FinishReason.LENGTH else "stop"
+def finish_reason(reason: int) -> str:
+    """OpenAI's finish_reason for the scheduler's (``cancelled``/``aborted`` never reach a
+    reader as a normal end: the door turns them into errors)."""
+    return "length" if reason == pb.FINISH_REASON_LENGTH else "stop"
 
 
 @dataclass(slots=True)

@@ -11,6 +11,8 @@ so drift of a shared machine does not always favour one door):
   request due at once). ``N`` requests of ``P`` random prompt tokens and ``T`` output tokens
   (``ignore_eos``, greedy).
 * **ceiling**: the same loop with ``max_tokens`` 1: the requests/s each door sustains.
+* **serial**: one stream (``S`` requests one after another, ``T`` output tokens): the door's
+  own latency, apart from what its CPU and its client's take from a saturated machine.
 
 The client measures both doors with the same code (the runner stamps each streamed piece on
 arrival): TTFT = first token - request sent (the wait for a client slot is not the door's),
@@ -23,9 +25,10 @@ to TTFT and TBT at P50 and P99 with 64 streams.
     .venv/bin/python benchmarks/http_door.py [--quick] [--repeats 5] [--concurrency 64]
         [--json PATH]
 
-About 2 minutes here (one deployment, 5 repeats of 4 runs); ``--quick`` (2 repeats, half the
-requests) about 40 s. The machine's load average is printed and written with the results:
-the client, the door, the scheduler and the worker share its cores.
+About 3 minutes here (one deployment, 5 repeats of 6 runs); ``--quick`` (2 repeats, half the
+requests) about a minute; more when other work loads the machine. The machine's load average
+is printed and written with the results: the client, the door, the scheduler and the worker
+share its cores.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class Figures:
     """One run through one door."""
 
     door: str
-    phase: str  # "stream" | "ceiling"
+    phase: str  # "stream" | "ceiling" | "serial"
     repeat: int
     finished: int
     failed: int
@@ -158,6 +161,7 @@ def run_door(dep: Deployment, door: str, workload: Workload, concurrency: int) -
         if door == "grpc"
         else RunConfig(dep.http_url, stats_target=dep.address, **common)
     )
+    # asyncio's own loop: its time() is the runner's clock, and uvloop's ticks in milliseconds
     result = asyncio.run(Runner(workload, cfg).run())
     if result.stopped:
         raise RuntimeError(f"{door}: the run stopped early: {result.stopped}")
@@ -177,6 +181,10 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("stream", "requests_per_s", "requests/s"),
     ("ceiling", "requests_per_s", "ceiling requests/s"),
     ("ceiling", "ttft_p50_ms", "ceiling TTFT P50 (ms)"),
+    ("serial", "ttft_p50_ms", "1 stream: TTFT P50 (ms)"),
+    ("serial", "ttft_p99_ms", "1 stream: TTFT P99 (ms)"),
+    ("serial", "tbt_p50_ms", "1 stream: TBT P50 (ms)"),
+    ("serial", "tbt_p99_ms", "1 stream: TBT P99 (ms)"),
 )
 
 
@@ -240,7 +248,8 @@ def format_table(title: str, rows: Sequence[dict[str, Any]]) -> str:
     ]
     for r in rows:
         verdict = ""
-        if r["phase"] == "stream" and r["figure"].endswith("_ms") and r["added"] is not None:
+        timed = r["phase"] in ("stream", "serial") and r["figure"].endswith("_ms")
+        if timed and r["added"] is not None:
             verdict = f"  {'met' if r['added'] < TARGET_MS else 'NOT met'} (< {TARGET_MS:g} ms)"
         ratio = cell(r["ratio"], "{:.3f}x")
         lines.append(
@@ -259,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--ceiling-requests", type=int, default=None, help="max_tokens-1 requests (8C; quick 4C)"
     )
+    p.add_argument(
+        "--serial-requests", type=int, default=None, help="one-stream requests (16; quick 8)"
+    )
     p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens (32)")
     p.add_argument("--max-tokens", type=int, default=32, help="output tokens (32)")
     p.add_argument("--device-kv-blocks", type=int, default=1024, help="device pool (1024)")
@@ -269,10 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     repeats = a.repeats or (2 if a.quick else 5)
     n = a.requests or (2 * c if a.quick else 4 * c)
     n_ceiling = a.ceiling_requests or (4 * c if a.quick else 8 * c)
-    if min(c, repeats, n, n_ceiling) < 1:
-        p.error("--concurrency, --repeats, --requests and --ceiling-requests must be >= 1")
+    n_serial = a.serial_requests or (8 if a.quick else 16)
+    if min(c, repeats, n, n_ceiling, n_serial) < 1:
+        p.error(
+            "--concurrency, --repeats, --requests, --ceiling-requests and --serial-requests "
+            "must be >= 1"
+        )
     stream_set = request_set(n, a.prompt_len, a.max_tokens, a.seed)
     ceiling_set = request_set(n_ceiling, a.prompt_len, 1, a.seed + 1)
+    serial_set = request_set(n_serial, a.prompt_len, a.max_tokens, a.seed + 2)
     load_before = os.getloadavg()
     t0 = time.monotonic()
     dep = Deployment(
@@ -289,10 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for k in range(repeats):
             order = DOORS if k % 2 == 0 else DOORS[::-1]
-            for phase, workload in (("stream", stream_set), ("ceiling", ceiling_set)):
+            phases = (
+                ("stream", stream_set, c),
+                ("ceiling", ceiling_set, c),
+                ("serial", serial_set, 1),
+            )
+            for phase, workload, streams in phases:
                 for door in order:
                     cpu0 = cpu_seconds(dep)
-                    result = run_door(dep, door, workload, c)
+                    result = run_door(dep, door, workload, streams)
                     cpu = spent(cpu0, cpu_seconds(dep))
                     x = figures(door, phase, k, result, cpu)
                     runs.append(x)
@@ -310,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     preempted = sum(x.preemptions or 0 for x in runs)
     title = (
         f"HTTP door vs gRPC: {c} closed-loop streams, {n} requests of {a.prompt_len} prompt + "
-        f"{a.max_tokens} output tokens (ceiling: {n_ceiling} requests, max_tokens 1); tiny "
+        f"{a.max_tokens} output tokens (ceiling: {n_ceiling} requests, max_tokens 1; 1 stream: "
+        f"{n_serial} requests); tiny "
         f"model, 1 worker, CPU; medians of {repeats} repeats, doors alternating"
     )
     print()
@@ -332,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                 "repeats": repeats,
                 "requests": n,
                 "ceiling_requests": n_ceiling,
+                "serial_requests": n_serial,
             },
             "machine": {
                 "cpus": os.cpu_count(),

@@ -16,6 +16,7 @@ import grpc
 
 from client.errors import Cancelled, InternalError, from_rpc_error
 from client.results import FinishReason, GenerationChunk, GenerationResult, RequestMetrics
+from proto import scheduler_pb2 as pb
 
 StartCall = Callable[[], Any]  # returns a started grpc.aio.UnaryStreamCall
 
@@ -48,10 +49,23 @@ class GenerationStream:
         return self
 
     async def __anext__(self) -> GenerationChunk:
+        msg = await self.read_message()
+        if msg is None:
+            raise StopAsyncIteration
+        chunk = GenerationChunk.from_proto(msg)
+        if self._on_chunk is not None:
+            self._on_chunk(chunk)
+        return chunk
+
+    async def read_message(self) -> pb.GenerateChunk | None:
+        """The next chunk as the scheduler's message, None after the final one: what
+        ``__anext__`` reads, without building a :class:`GenerationChunk` (the HTTP door turns
+        every message of every stream straight into bytes). Errors as ``__anext__``; not for
+        a stream with ``on_chunk``."""
         if self._cancelled:
             raise Cancelled(grpc.StatusCode.CANCELLED, "stream cancelled by the client")
         if self._closed:
-            raise StopAsyncIteration
+            return None
         if self._call is None:
             self._loop = asyncio.get_running_loop()
             self._call = self._start()
@@ -70,13 +84,10 @@ class GenerationStream:
             self._close()
             if not self._final:
                 raise InternalError(grpc.StatusCode.INTERNAL, "stream ended without a final chunk")
-            raise StopAsyncIteration
-        chunk = GenerationChunk.from_proto(msg)
-        if chunk.finish_reason is not None:
+            return None
+        if msg.finish_reason != pb.FINISH_REASON_UNSPECIFIED:
             self._final = True
-        if self._on_chunk is not None:
-            self._on_chunk(chunk)
-        return chunk
+        return msg  # type: ignore[no-any-return]
 
     def cancel(self) -> None:
         """Cancels the RPC (and so the request on the server) unless it already finished."""

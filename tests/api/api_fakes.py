@@ -38,10 +38,19 @@ class FakeStream:
         if not self._chunks:
             raise StopAsyncIteration
         await asyncio.sleep(self._gap_s)
+        if self.cancelled:  # as a gRPC read that cancel() ends
+            raise Cancelled(grpc.StatusCode.CANCELLED, "stream cancelled by the client")
         item = self._chunks.pop(0)
         if isinstance(item, Exception):
             raise item
         return item
+
+    async def read_message(self) -> pb.GenerateChunk | None:
+        """The next scripted chunk as the scheduler's message (GenerationStream.read_message)."""
+        try:
+            return to_proto(await self.__anext__())
+        except StopAsyncIteration:
+            return None
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -55,6 +64,35 @@ class FakeStream:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def to_proto(chunk: GenerationChunk) -> pb.GenerateChunk:
+    """The message GenerationChunk.from_proto would read back as ``chunk``."""
+    msg = pb.GenerateChunk(
+        request_id=chunk.request_id,
+        token_ids=chunk.token_ids,
+        text=chunk.text,
+        conversation_id=chunk.conversation_id or "",
+        worker_id=chunk.worker_id or "",
+    )
+    if chunk.finish_reason is not None:
+        msg.finish_reason = _FINISH[chunk.finish_reason]
+    if chunk.metrics is not None:
+        m = chunk.metrics
+        msg.metrics.CopyFrom(
+            pb.RequestMetrics(
+                prompt_tokens=m.prompt_tokens, cached_prompt_tokens=m.cached_prompt_tokens
+            )
+        )
+    return msg
+
+
+_FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+    FinishReason.ABORTED: pb.FINISH_REASON_ABORTED,
+}
 
 
 def reply(

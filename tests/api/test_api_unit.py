@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client.errors import InvalidArgument, ResourceExhausted, Unavailable
-from client.results import FinishReason
+from client.results import FinishReason, GenerationChunk, RequestMetrics
 from servekit.tokenizer import load_tokenizer
 
 BODY = {"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0}
@@ -94,6 +94,33 @@ async def test_streamed_chat_chunks_role_first_then_text_finish_usage_done():
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
     assert all(ch["usage"] is None for ch in chunks[:-1])
     assert fake.calls[0]["options"].max_tokens == 3
+
+
+async def test_a_message_of_several_tokens_is_one_event_of_the_same_text_and_ids():
+    # the scheduler puts every token a stream has pending into one message (its send lagged,
+    # or the door read late); the door writes each message as one event, adding nothing and
+    # dropping nothing, so the events concatenate to the whole answer's text and ids
+    script = [
+        GenerationChunk("r", (1, 2, 3), "abc"),
+        GenerationChunk("r", (4,), ""),  # the first bytes of a multi-byte character
+        GenerationChunk("r", (5, 6), "\u00e9!"),
+        GenerationChunk("r", (7,), ".", FinishReason.LENGTH, RequestMetrics(prompt_tokens=3)),
+    ]
+    body = {**BODY, "max_tokens": 7, "return_token_ids": True}
+    app, _, _ = make_app(FakeClient(script=list(script)))
+    async with http(app) as c:
+        whole = (await c.post("/v1/completions", json=body)).json()
+    app, _, _ = make_app(FakeClient(script=list(script)))
+    async with http(app) as c:
+        req = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        events = sse((await c.post("/v1/completions", json=req)).text)
+    chunks = [e["choices"][0] for e in events if isinstance(e, dict) and e["choices"]]
+    assert [ch["token_ids"] for ch in chunks[:-1]] == [list(m.token_ids) for m in script]
+    assert chunks[-1]["finish_reason"] == "length" and chunks[-1]["text"] == ""
+    assert "".join(ch["text"] for ch in chunks) == whole["choices"][0]["text"] == "abc\u00e9!."
+    ids = [t for ch in chunks for t in ch["token_ids"]]
+    assert ids == whole["choices"][0]["token_ids"] == list(range(1, 8))
+    assert events[-2]["usage"]["completion_tokens"] == whole["usage"]["completion_tokens"] == 7
 
 
 @pytest.mark.parametrize(
@@ -372,3 +399,39 @@ def test_stream_chunks_encode_to_the_json_openai_defines(
     elif include_usage:
         want["usage"] = None
     assert got == want
+
+
+async def test_the_schema_lists_the_generation_routes_with_their_bodies():
+    app, _, _ = make_app(FakeClient())
+    async with http(app) as c:
+        doc = (await c.get("/openapi.json")).json()
+    for path, model, field in [
+        ("/v1/completions", "CompletionRequest", "prompt"),
+        ("/v1/chat/completions", "ChatCompletionRequest", "messages"),
+    ]:
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert ref == {"$ref": f"#/components/schemas/{model}"}
+        assert field in doc["components"]["schemas"][model]["properties"]
+    assert "ChatMessage" in doc["components"]["schemas"] and "/v1/models" in doc["paths"]
+
+
+async def test_a_failure_of_ours_is_a_500_in_openai_shape_and_the_door_serves_on():
+    fake = FakeClient()
+    app, state, _ = make_app(fake)
+
+    def broken(**_: object) -> None:
+        raise RuntimeError("boom")
+
+    fake.generate_stream = broken  # type: ignore[method-assign]
+    async with http(app) as c:
+        for stream in (False, True):
+            r = await c.post("/v1/completions", json={**BODY, "stream": stream})
+            assert r.status_code == 500, r.text
+            assert r.json()["error"] == {
+                "message": "internal error (RuntimeError)",
+                "type": "server_error",
+                "param": None,
+                "code": "internal",
+            }
+        assert (await c.get("/v1/models")).status_code == 200
+    assert state.in_flight == 0
