@@ -102,37 +102,59 @@ class Admission:
     # -------------------------------------------------------------- preemption
 
     def _preempt_for_rank(self, slot: WorkerSlot, plan: StepPlan) -> None:
-        """Preempts the lowest-ranked running requests while the best-ranked waiting one
-        outranks them by more than the margin and lacks slots or blocks (issue: preemptive VTC).
+        """Preempts for the best-ranked waiting request only what fairness needs (the quantum
+        rule of ``scheduler_svc.policy``): nothing while it would find a batch slot and blocks,
+        only running requests it outranks by more than the quantum (``preempt_margin``), the
+        cheapest to switch first (:meth:`_switch_cost`), and no more than it needs: a victim
+        swapping out still holds its slot and blocks until the copy is done, but they are
+        counted as freed here.
 
         A request whose swap-in has just completed is spared until it has computed once: its
         tenant's counter may have moved while it was copied in, and preempting it now would
-        throw that swap-in away for nothing (a thrash, at every iteration when the margin is 0).
+        throw that swap-in away for nothing (a thrash, at every iteration when the quantum is 0).
         """
         head = self._best_waiting(slot)
         self._maybe_cancel_swap_outs(slot, head)
         if head is None:
             return
-        running = sorted(
+        quantum = self._limits.preempt_margin
+        allowed = sorted(
             (
                 r
                 for r in slot.running.values()
-                if self._preemptible(slot, r) and not r.just_swapped_in
+                if self._preemptible(slot, r)
+                and not r.just_swapped_in
+                and self._policy.outranks(head, r, quantum)
             ),
-            key=self._policy.sort_key,
+            key=lambda r: self._switch_cost(slot, r),
         )
         need = self._admission_blocks(slot, head)
         leaving = slot.blocks_leaving()
-        margin = self._limits.preempt_margin
-        while running:
-            victim = running[-1]
-            slots_short = len(slot.running) >= self._limits.max_num_seqs
+        staying = sum(1 for r in slot.running.values() if r.status != Status.SWAPPING_OUT)
+        for victim in allowed:
+            slots_short = staying >= self._limits.max_num_seqs
             blocks_short = slot.allocator.num_free + leaving < need
-            if not (slots_short or blocks_short) or not self._policy.outranks(head, victim, margin):
+            if not (slots_short or blocks_short):
                 return
-            running.pop()
             leaving += slot.allocator.num_blocks_of(victim.seq)
+            staying -= 1
             self._preempt(slot, victim, plan)
+
+    def _switch_cost(self, slot: WorkerSlot, req: Request) -> tuple[float, ...]:
+        """What preempting `req` costs, compared in order: the blocks it moves (a swap copies out
+        those its host copy lacks and later copies all of them back in; a recompute prefills
+        them again), its block runs (each one copy in block-group mode), then fewer tokens left
+        last (a request about to finish frees its slot soon without any switch), then the
+        policy's rank, lowest-ranked first."""
+        held = slot.allocator.num_blocks_of(req.seq)
+        moved = held + (self._swaps.blocks_to_copy_out(slot, req) if self._swaps_out(req) else 0)
+        left = req.limits.max_tokens - len(req.output_ids) + _remaining(req)
+        rank = tuple(-k for k in self._policy.sort_key(req))
+        return (moved, len(slot.allocator.table(req.seq)), -left, *rank)
+
+    def _swaps_out(self, req: Request) -> bool:
+        """Whether a preemption of `req` swaps it (else it is recomputed)."""
+        return self._limits.swap and req.num_computed >= max(1, self._limits.min_swap_tokens)
 
     def _maybe_cancel_swap_outs(self, slot: WorkerSlot, head: Request | None) -> None:
         """Rule 3: a request still swapping out that would now run keeps its blocks."""
@@ -166,7 +188,7 @@ class Admission:
     def _preempt(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:
         req.preemptions += 1
         self._counters.preemptions += 1
-        if self._limits.swap and req.num_computed >= max(1, self._limits.min_swap_tokens):
+        if self._swaps_out(req):
             self._counters.swap_preemptions += 1
             self._swaps.begin_swap_out(slot, req, plan)
         else:

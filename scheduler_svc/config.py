@@ -21,7 +21,7 @@ class CoreConfig:
     kv_reuse: bool = True
     min_swap_tokens: int = 32
     priority_update_interval: int = 4
-    preempt_margin: float = 128.0
+    preempt_margin: float = 1024.0  # the preemption quantum (scheduler_svc.policy)
     # Retained KV: finished requests' blocks are offloaded and content-addressed, and new prompts
     # look up their longest retained prefix (needs swap preemption and kv_reuse).
     retain: bool = False

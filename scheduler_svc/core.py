@@ -336,6 +336,13 @@ class SchedulerCore:
 
     def schedule(self, worker_id: str) -> StepPlan | None:
         """The next plan for `worker_id`, or None when it has nothing to do."""
+        t0 = time.perf_counter()
+        try:
+            return self._schedule(worker_id)
+        finally:
+            self.counters.schedule_s += time.perf_counter() - t0
+
+    def _schedule(self, worker_id: str) -> StepPlan | None:
         slot = self._workers[worker_id]
         plan = StepPlan(step_id=slot.next_step_id, drop=slot.take_drops())
         slot.take_swap_orders(plan)
@@ -354,6 +361,13 @@ class SchedulerCore:
 
     def update_from_output(self, worker_id: str, output: StepOutput) -> list[TokenEvent]:
         """Applies a worker's step result: swap completions, new tokens, per-sequence errors."""
+        t0 = time.perf_counter()
+        try:
+            return self._update_from_output(worker_id, output)
+        finally:
+            self.counters.schedule_s += time.perf_counter() - t0
+
+    def _update_from_output(self, worker_id: str, output: StepOutput) -> list[TokenEvent]:
         slot = self._workers.get(worker_id)
         if slot is None:
             return []

@@ -7,8 +7,9 @@ services expose exactly what it names). How they are fed, all on the event loop 
   that left included): the request, token and cached-token counters and the four latency
   histograms, from ``request_metrics`` (the numbers the client gets in ``RequestMetrics``);
 * ``on_rejected(reason)``: a Generate or Chat call refused with that status code;
-* ``on_step(worker, plan, out)``: after each step: the queue gauges, swap bytes, and the
-  preemption counters (from the core's counters, by difference).
+* ``on_step(worker, plan, out)``: after each step: the plan's shape (compute or not, sequences,
+  prefill and decode tokens), the queue gauges, swap bytes, and the preemption counters and
+  scheduling time (from the core's counters, by difference).
 
 Tenant labels are capped (``servekit.labels``): the first ``max_tenants`` tenants seen, plus
 any configured with ``--tenants``, are their own; the rest are reported as ``_other``. The
@@ -170,6 +171,39 @@ class SchedulerMetrics:
             [*m, "tier"],
             registry=registry,
         )
+        self.plans = Counter(
+            "fastswitch_scheduler_plans", "Step plans sent to workers", m, registry=registry
+        )
+        self.compute_plans = Counter(
+            "fastswitch_scheduler_compute_plans",
+            "Step plans with at least one prefill chunk or decode (the rest only move KV)",
+            m,
+            registry=registry,
+        )
+        self.planned_seqs = Counter(
+            "fastswitch_scheduler_planned_seqs",
+            "Sequences computing in a plan, summed over plans",
+            m,
+            registry=registry,
+        )
+        self.planned_prefill = Counter(
+            "fastswitch_scheduler_planned_prefill_tokens",
+            "Prompt tokens planned for prefill (recomputed ones included)",
+            m,
+            registry=registry,
+        )
+        self.planned_decode = Counter(
+            "fastswitch_scheduler_planned_decode_tokens",
+            "Tokens planned for decode",
+            m,
+            registry=registry,
+        )
+        self.schedule_seconds = Counter(
+            "fastswitch_scheduler_schedule_seconds",
+            "Time the scheduler spent making plans and applying their results",
+            m,
+            registry=registry,
+        )
         self.swapped = Gauge(
             "fastswitch_requests_swapped",
             "Requests swapped out to the host or moving (swapping out or in)",
@@ -185,13 +219,33 @@ class SchedulerMetrics:
         self._swapped = self.swapped.labels(model)
         self._device_evictions = self.cache_evictions.labels(model, "device")
         self._evictions_counted = 0
+        self._plan_series = tuple(
+            c.labels(model)
+            for c in (
+                self.plans,
+                self.compute_plans,
+                self.planned_seqs,
+                self.planned_prefill,
+                self.planned_decode,
+            )
+        )
+        self._schedule_s = self.schedule_seconds.labels(model)
+        self._schedule_s_counted = 0.0
         registry.register(_TenantCollector(self))
         self.refresh()
 
     # ----------------------------------------------------------------- feeding
 
     def on_step(self, worker_id: str, plan: StepPlan, out: StepOutput) -> None:
-        """After a step: swap bytes, preemptions since the last step, queue gauges."""
+        """After a step: the plan's shape, swap bytes, preemptions since the last step, queue
+        gauges."""
+        plans, compute, seqs, prefill, decode = self._plan_series
+        plans.inc()
+        if plan.has_compute:
+            compute.inc()
+            seqs.inc(len(plan.decode) + len(plan.prefill))
+            prefill.inc(sum(len(c.token_ids) for c in plan.prefill))
+            decode.inc(len(plan.decode))
         if out.swap_out_bytes:
             self._swap_out.inc(out.swap_out_bytes)
         if out.swap_in_bytes:
@@ -237,6 +291,9 @@ class SchedulerMetrics:
             if total > self._counted[kind]:
                 self._preemptions[kind].inc(total - self._counted[kind])
                 self._counted[kind] = total
+        if c.schedule_s > self._schedule_s_counted:
+            self._schedule_s.inc(c.schedule_s - self._schedule_s_counted)
+            self._schedule_s_counted = c.schedule_s
         if c.device_evicted_blocks > self._evictions_counted:
             self._device_evictions.inc(c.device_evicted_blocks - self._evictions_counted)
             self._evictions_counted = c.device_evicted_blocks

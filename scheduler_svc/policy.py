@@ -8,6 +8,28 @@
   tenant's weight); the least-served tenant goes first; a tenant that becomes active is lifted to
   the smallest counter among the active tenants, so idling earns no credit.
 
+Preemption by quantum (``--preempt-margin Q``, ``CoreConfig.preempt_margin``; default 1024, the
+service one full step of decodes hands out at the default batch of 512 tokens and w_output 2).
+``outranks(a, b, Q)`` is true when ``a``'s tenant trails ``b``'s by more than Q, and admission
+(``scheduler_svc.admission``) preempts a running request ``b`` for the best-ranked waiting one
+``a`` only then, and only while ``a`` lacks a batch slot or blocks; while the batch has room,
+waiting requests are admitted by counter and nothing is preempted. Among the running requests
+``a`` outranks by Q, the cheapest to switch goes first (blocks its host copy lacks plus blocks to
+bring back, block runs, then more tokens left), and only as many as ``a`` needs.
+
+* *The bound it keeps.* Between two backlogged tenants, the difference in service (weighted,
+  divided by the tenants' weights) over any interval stays within VTC's own bound
+  ``2 * max(w_prompt * L_input, w_output * M)`` (L_input the longest prompt, M the tokens a
+  worker's KV holds) whatever Q: non-preemptive VTC keeps it (Sheng et al., OSDI'24, Theorem
+  4.4: the less-served tenant takes every slot that frees), and a preemption only ever moves a
+  slot from a tenant more than Q ahead to the one behind. What Q changes is when the less-served
+  tenant stops waiting for a slot to free: never for a gap up to Q.
+* *Hysteresis.* A tenant preempted for trailing by more than Q gets its slots back by
+  preemption only once *it* trails by more than Q: the gap must swing by 2Q between a switch and
+  the switch back, so two tenants served neck and neck (as VTC keeps them) do not trade their
+  requests at every crossing; a request whose swap-in has just completed is not preempted
+  before it has computed once. Q = 0 is fully preemptive VTC (a switch at every crossing).
+
 Tenants idle for a while leave the scheduler's live table (``SchedulerCore.prune_idle_tenants``)
 and the policy hears ``on_pruned``. VTC keeps the pruned tenant's counter, one float (O(1) per
 pruned tenant), because the lift rule needs it: a tenant that returns while no other is active

@@ -211,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--preempt-margin",
         type=float,
-        default=env_default("--preempt-margin", 128.0),
-        help="VTC: a waiting tenant preempts when its counter is lower by more than this",
+        default=env_default("--preempt-margin", 1024.0),
+        help="the preemption quantum Q: a waiting request preempts a running one only when its "
+        "tenant's VTC counter is lower by more than Q, and only for a batch slot or blocks it "
+        "lacks (0: at every crossing; default %(default)s)",
     )
     g.add_argument(
         "--host-lease-s", type=float, default=60.0, help="lease of host reservations and pins"

@@ -29,6 +29,7 @@ class Counters:
     device_hit_blocks: int = 0
     device_evicted_blocks: int = 0  # cached device blocks taken back for other allocations
     store_losses: int = 0  # the KV store died or restarted (host copies forgotten)
+    schedule_s: float = 0.0  # wall time in ``schedule`` and ``update_from_output``
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,8 +191,7 @@ class SwapController:
 
     def begin_swap_out(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:
         """Swap-out: host blocks are reserved for what the host lacks; blocks stay until done."""
-        bs = slot.info.block_size
-        keep = req.host_tokens // bs if self._kv_reuse else 0
+        keep = self._host_blocks_kept(slot, req)
         self._host.drop_host_blocks(req, keep)
         need = slot.info.blocks_for(req.num_computed) - keep
         req.status = Status.SWAPPING_OUT
@@ -205,6 +204,14 @@ class SwapController:
         self._host.queue(
             HostOp(HostOpKind.RESERVE, req.seq, num_blocks=need, ticket=req.swap_ticket)
         )
+
+    def blocks_to_copy_out(self, slot: WorkerSlot, req: Request) -> int:
+        """Device blocks a swap-out of `req` would copy now: those its host copy lacks."""
+        return slot.info.blocks_for(req.num_computed) - self._host_blocks_kept(slot, req)
+
+    def _host_blocks_kept(self, slot: WorkerSlot, req: Request) -> int:
+        """Blocks of `req`'s host copy still valid (rule 5, KV reuse): a swap-out skips them."""
+        return req.host_tokens // slot.info.block_size if self._kv_reuse else 0
 
     def begin_swap_in(self, req: Request) -> None:
         """Swap-in of a request just placed with its device blocks: pin the host copy first."""

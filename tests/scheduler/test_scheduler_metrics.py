@@ -12,7 +12,7 @@ from sched_fakes import FakeHost, FakeWorker
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.core import SchedulerCore
 from scheduler_svc.metrics import SchedulerMetrics
-from scheduler_svc.plan import StepOutput
+from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.policy import make_policy
 from scheduler_svc.request import GenerationLimits, Request, Sampling
 from scheduler_svc.workers import WorkerInfo
@@ -153,6 +153,31 @@ def test_swap_bytes_and_gauges_follow_the_steps():
     assert value(registry, "fastswitch_swap_bytes_total", direction="in") == 7
     assert value(registry, "fastswitch_requests_running") == 2
     assert value(registry, "fastswitch_requests_waiting") == 0
+
+
+def test_plan_shapes_and_scheduling_time_are_counted():
+    """Per plan: one plan, compute or not, its sequences, prefill and decode tokens; the core's
+    time in schedule/update_from_output, by difference. Two requests (6 and 7 prompt tokens,
+    12 outputs each) drained: 13 prompt tokens prefilled, 2 x 11 decodes."""
+    registry = CollectorRegistry()
+    core, worker, metrics = make(registry)
+    submit(core, 0, "a")
+    submit(core, 1, "b")
+    drive(core, worker, metrics)
+    plans = value(registry, "fastswitch_scheduler_plans_total")
+    compute = value(registry, "fastswitch_scheduler_compute_plans_total")
+    assert plans is not None and compute is not None and 0 < compute <= plans
+    assert value(registry, "fastswitch_scheduler_planned_prefill_tokens_total") == 13
+    assert value(registry, "fastswitch_scheduler_planned_decode_tokens_total") == 22
+    assert value(registry, "fastswitch_scheduler_planned_seqs_total") == 2 + 22
+    metrics.refresh()  # the last, empty schedule() came after the last step
+    seconds = value(registry, "fastswitch_scheduler_schedule_seconds_total")
+    assert seconds is not None and 0 < seconds == core.counters.schedule_s
+    # A plan that only moves KV counts as a plan, not as compute.
+    empty = StepPlan(step_id=99, drop=[12345])
+    metrics.on_step("w0", empty, StepOutput(99, {}))
+    assert value(registry, "fastswitch_scheduler_plans_total") == plans + 1
+    assert value(registry, "fastswitch_scheduler_compute_plans_total") == compute
 
 
 def test_tenant_labels_are_capped_and_configured_tenants_keep_theirs():

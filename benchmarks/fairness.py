@@ -1,0 +1,502 @@
+"""Fairness and its cost (issue 12): FCFS, VTC on the vLLM-style baseline and VTC on FastSwitch,
+same workload and seed, one run.
+
+Workload ``two-tenant`` (``fastswitch-bench``'s ``fairness`` generator): one worker, the tiny
+model, two tenants sending Poisson streams of ``--rates`` requests/s (80 and 20) of ``--prompt``
+prompt + ``--output`` output tokens (128 + 64) for ``--duration`` seconds: together far more
+than the worker serves, so both stay backlogged. Open loop with no cap on requests in flight,
+so every request reaches the server and the order is the scheduler's, not the client's.
+Requests still running at the end of the arrivals are cancelled (``drain 0``): throughput is
+measured while both tenants are backlogged.
+
+Configurations (each a fresh deployment; the order alternates between repeats):
+
+* ``fcfs``: arrival order, no fairness, no preemption for rank (``--policy fcfs``);
+* ``vtc-baseline``: VTC on ``--mode vllm-baseline`` (per-layer synchronous swaps, no reuse);
+* ``vtc-fastswitch``: VTC on ``--mode fastswitch``.
+
+Figures (medians of ``--repeats``): requests/s and output tokens/s with their ratio to FCFS,
+Jain's index over the tenants' service by the end of the arrivals, the largest service gap
+between backlogged tenants against VTC's bound ``2 * max(w_p * L_input, w_q * M)``
+(:func:`vtc_bound`), the light tenant's TTFT P50/P99, preemptions per second, and where the
+worker's time went (steps, batch sizes, swap waits, recomputed prefill, scheduler time).
+
+Service is VTC's, with its weights ``w_p`` = 1 per prompt token and ``w_q`` = 2 per output
+token (the scheduler's defaults) and tenant weights 1; the client credits a request's prompt
+when its first token arrives and each output token when it arrives. A tenant is *backlogged*
+while it has a request that has arrived and not yet received its first token (one waiting in
+the server's queue, as far as the client can tell); the gap is the largest difference in
+service two tenants received over any stretch of time during which both were backlogged.
+
+    .venv/bin/python benchmarks/fairness.py [--repeats 3] [--duration 20] [--rates 80,20]
+        [--prompt 128] [--output 64] [--seed 0] [--json PATH]
+
+About 5 minutes here (9 deployments of ~30 s). On a busy 2-core machine a step of 64 sequences
+of the tiny model can take 200 ms, so a request of 64 output tokens may not finish within the
+run (requests/s 0, output tokens/s still counts every token): ``--output 16`` then keeps the
+shape of the workload with requests that finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from client.loadgen.runner import RunConfig, RunResult
+from client.loadgen.stats import RequestRecord, Slo, Weights, percentile
+from client.loadgen.summary import Summary
+from client.loadgen.workloads import Workload, WorkloadSpec, build_workload
+from fastswitch.deploy import Deployment, DeploymentConfig
+from fastswitch.deploy.compare import ratio
+from fastswitch.deploy.variants import Variant, run_variants
+
+CONFIGS = (
+    Variant("fcfs", "fastswitch", scheduler_args=("--policy", "fcfs")),
+    Variant("vtc-baseline", "vllm-baseline", scheduler_args=("--policy", "vtc")),
+    Variant("vtc-fastswitch", "fastswitch", scheduler_args=("--policy", "vtc")),
+)
+WEIGHTS = Weights(prompt=1.0, output=2.0)  # the scheduler's --vtc-prompt/output-weight defaults
+
+# ------------------------------------------------------------------ pure parts
+
+
+def vtc_bound(w_prompt: float, w_output: float, max_input: int, batch_tokens: int) -> float:
+    """VTC's bound on the service gap between backlogged tenants (Sheng et al., OSDI'24,
+    Theorem 4.4): ``2 * max(w_p * L_input, w_q * M)``, L_input the longest prompt, M the most
+    tokens a running batch holds."""
+    return 2 * max(w_prompt * max_input, w_output * batch_tokens)
+
+
+def backlogged(
+    records: Sequence[RequestRecord], tenant: str, end_s: float
+) -> list[tuple[float, float]]:
+    """The stretches of time (merged, in order) during which `tenant` had a request that had
+    arrived and not yet received its first token; none extends past `end_s`."""
+    spans = sorted(
+        (r.scheduled_s, min(end_s, r.token_times[0] if r.token_times else end_s))
+        for r in records
+        if r.tenant == tenant and r.scheduled_s < end_s
+    )
+    out: list[tuple[float, float]] = []
+    for lo, hi in spans:
+        if hi <= lo:
+            continue
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def overlap(
+    a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """The intersection of two sorted lists of disjoint intervals."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo < hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def service_events(
+    records: Sequence[RequestRecord], tenant: str, w: Weights
+) -> list[tuple[float, float]]:
+    """(time, service) of each token `tenant` received; the first token of a request also
+    carries its prompt."""
+    out = []
+    for r in records:
+        if r.tenant != tenant:
+            continue
+        for k, t in enumerate(r.token_times):
+            out.append((t, w.output + (w.prompt * r.prompt_tokens if k == 0 else 0.0)))
+    out.sort()
+    return out
+
+
+def max_service_gap(
+    records: Sequence[RequestRecord],
+    tenants: Sequence[str],
+    w: Weights,
+    end_s: float,
+    tenant_weights: Mapping[str, float] | None = None,
+) -> float | None:
+    """The largest |service(a) - service(b)| (each divided by its tenant's weight) over any
+    time interval [t1, t2] during which both tenants a and b were backlogged; None when no two
+    tenants ever were."""
+    weight = dict(tenant_weights or {})
+    events = {t: service_events(records, t, w) for t in tenants}
+    spans = {t: backlogged(records, t, end_s) for t in tenants}
+    worst: float | None = None
+    for i, a in enumerate(tenants):
+        for b in tenants[i + 1 :]:
+            for lo, hi in overlap(spans[a], spans[b]):
+                steps = [
+                    (t, s / weight.get(name, 1.0) * sign)
+                    for name, sign in ((a, 1.0), (b, -1.0))
+                    for t, s in events[name]
+                    if lo <= t <= hi
+                ]
+                steps.sort()
+                d = top = bottom = 0.0
+                for _, s in steps:
+                    d += s
+                    top, bottom = max(top, d), min(bottom, d)
+                worst = max(worst or 0.0, top - bottom)
+    return worst
+
+
+# ------------------------------------------------------------- measurement
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """What the run cost on the server, from the workers' and the scheduler's own counters
+    over the deployment's life (the deployment is fresh; warm-up requests are a few tokens)."""
+
+    steps: float  # worker steps
+    step_s: float  # plan received -> result sent
+    forward_s: float  # the steps' forwards
+    swap_wait_s: float  # steps held before their forward by swaps
+    plans: float  # plans the scheduler made (= steps)
+    compute_plans: float  # plans with at least one prefill or decode
+    seqs: float  # sequences computing, summed over plans
+    prefill_tokens: float  # prompt (and recomputed) tokens prefilled
+    decode_tokens: float
+    schedule_s: float  # the scheduler's planning and result handling
+
+
+SCRAPED = {
+    "fastswitch_worker_steps_total": "steps",
+    "fastswitch_worker_step_seconds_sum": "step_s",
+    "fastswitch_worker_forward_seconds_sum": "forward_s",
+    "fastswitch_worker_swap_wait_seconds_total": "swap_wait_s",
+    "fastswitch_scheduler_plans_total": "plans",
+    "fastswitch_scheduler_compute_plans_total": "compute_plans",
+    "fastswitch_scheduler_planned_seqs_total": "seqs",
+    "fastswitch_scheduler_planned_prefill_tokens_total": "prefill_tokens",
+    "fastswitch_scheduler_planned_decode_tokens_total": "decode_tokens",
+    "fastswitch_scheduler_schedule_seconds_total": "schedule_s",
+}
+
+
+def scrape(dep: Deployment) -> Counters:
+    totals = dict.fromkeys(SCRAPED.values(), 0.0)
+    for name, port in dep.metrics_ports.items():
+        if not (name.startswith("worker-") or name == "scheduler"):
+            continue
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in SCRAPED:
+                    totals[SCRAPED[sample.name]] += sample.value
+    return Counters(**totals)
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """One (repeat, configuration)."""
+
+    label: str
+    repeat: int
+    requests_per_s: float
+    output_tokens_per_s: float
+    jain: float | None
+    max_gap: float | None
+    bound: float | None
+    light_ttft_p50_s: float | None
+    light_ttft_p99_s: float | None
+    preemptions_per_s: float | None
+    swap_ins: float | None
+    recomputes: float | None
+    counters: Counters
+
+
+def figures(
+    label: str,
+    repeat: int,
+    summary: Summary,
+    records: Sequence[RequestRecord],
+    workload: Workload,
+    counters: Counters,
+    *,
+    light: str,
+    capacity_tokens: int | None,
+    max_num_seqs: int,
+) -> Figures:
+    srv = summary.server
+    wall = max(summary.wall_s, 1e-9)
+    ttfts = [t for r in records if r.tenant == light and (t := r.ttft_s) is not None]
+    bound = None
+    if capacity_tokens is not None:
+        turns = [t for s in workload.sessions for t in s.turns]
+        longest = max(len(t.message) + t.max_tokens for t in turns)
+        inputs = max(len(t.message) for t in turns)
+        batch = min(capacity_tokens, max_num_seqs * longest)
+        bound = vtc_bound(WEIGHTS.prompt, WEIGHTS.output, inputs, batch)
+    return Figures(
+        label=label,
+        repeat=repeat,
+        requests_per_s=summary.requests_per_s,
+        output_tokens_per_s=summary.output_tokens_per_s,
+        jain=summary.jain,
+        max_gap=max_service_gap(records, workload.tenants, WEIGHTS, workload.duration_s),
+        bound=bound,
+        light_ttft_p50_s=percentile(ttfts, 50),
+        light_ttft_p99_s=percentile(ttfts, 99),
+        preemptions_per_s=None if srv is None else srv.preemptions / wall,
+        swap_ins=None if srv is None else float(srv.swap_ins),
+        recomputes=None if srv is None else float(srv.recomputes),
+        counters=counters,
+    )
+
+
+def capacity_tokens(result: RunResult, block_size: int) -> int | None:
+    """The largest worker's device KV in tokens, from the scheduler's stats after the run."""
+    workers = result.after.workers if result.after is not None else ()
+    return max(w.num_blocks for w in workers) * block_size if workers else None
+
+
+# -------------------------------------------------------------------- table
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    label: str
+    figure: Callable[[Figures], float | None]
+    better: str | None = None  # "lower" | "higher": a ratio column against FCFS
+    fmt: str = "{:.1f}"
+
+
+def _per_step(name: str) -> Callable[[Figures], float | None]:
+    def f(x: Figures) -> float | None:
+        c = x.counters
+        return getattr(c, name) / c.compute_plans if c.compute_plans else None
+
+    return f
+
+
+def _share(name: str) -> Callable[[Figures], float | None]:
+    def f(x: Figures) -> float | None:
+        c = x.counters
+        return 100 * getattr(c, name) / c.step_s if c.step_s else None
+
+    return f
+
+
+def rows() -> list[Row]:
+    ms = 1e3
+    return [
+        Row("requests/s", lambda x: x.requests_per_s, "higher", "{:.2f}"),
+        Row("output tokens/s", lambda x: x.output_tokens_per_s, "higher", "{:.0f}"),
+        Row("Jain's index", lambda x: x.jain, None, "{:.3f}"),
+        Row("max service gap", lambda x: x.max_gap, None, "{:.0f}"),
+        Row("VTC bound", lambda x: x.bound, None, "{:.0f}"),
+        Row("light TTFT P50 (ms)", lambda x: _scale(x.light_ttft_p50_s, ms), "lower", "{:.0f}"),
+        Row("light TTFT P99 (ms)", lambda x: _scale(x.light_ttft_p99_s, ms), "lower", "{:.0f}"),
+        Row("preemptions/s", lambda x: x.preemptions_per_s, None, "{:.1f}"),
+        Row("swap-ins", lambda x: x.swap_ins, None, "{:.0f}"),
+        Row("recomputes", lambda x: x.recomputes, None, "{:.0f}"),
+        Row("worker steps", lambda x: x.counters.steps, None, "{:.0f}"),
+        Row(
+            "steps without compute",
+            lambda x: x.counters.plans - x.counters.compute_plans,
+            None,
+            "{:.0f}",
+        ),
+        Row("seqs per compute step", _per_step("seqs"), "higher", "{:.1f}"),
+        Row("prefill tok per step", _per_step("prefill_tokens"), None, "{:.1f}"),
+        Row("decode tok per step", _per_step("decode_tokens"), "higher", "{:.1f}"),
+        Row("prefilled tokens", lambda x: x.counters.prefill_tokens, None, "{:.0f}"),
+        Row(
+            "mean step (ms)",
+            lambda x: _mean(x.counters.step_s, x.counters.steps, ms),
+            "lower",
+            "{:.2f}",
+        ),
+        Row("forward share (%)", _share("forward_s"), None, "{:.1f}"),
+        Row("swap wait share (%)", _share("swap_wait_s"), "lower", "{:.2f}"),
+        Row("scheduler time (s)", lambda x: x.counters.schedule_s, "lower", "{:.2f}"),
+    ]
+
+
+def _scale(v: float | None, k: float) -> float | None:
+    return None if v is None else v * k
+
+
+def _mean(total: float, n: float, k: float = 1.0) -> float | None:
+    return total / n * k if n else None
+
+
+def medians(runs: Sequence[Figures], labels: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for lab in labels:
+        mine = [x for x in runs if x.label == lab]
+        out[lab] = {}
+        for row in rows():
+            known = [v for x in mine if (v := row.figure(x)) is not None]
+            out[lab][row.label] = statistics.median(known) if known else None
+    return out
+
+
+def format_table(
+    title: str, med: Mapping[str, Mapping[str, float | None]], labels: Sequence[str]
+) -> str:
+    """Medians per configuration; a ratio column of each VTC configuration against the first
+    (FCFS): other/first for higher-is-better figures (throughput: > 1 is faster than FCFS),
+    first/other for lower-is-better ones (> 1 is better than FCFS)."""
+    first, others = labels[0], labels[1:]
+    w0 = max(len(r.label) for r in rows()) + 2
+    widths = [max(12, len(lab) + 2) for lab in labels]
+    heads = [f"{o}/{first}" for o in others]
+    lines = [
+        title,
+        "",
+        f"  {'metric':<{w0}}"
+        + "".join(f"{lab:>{w}}" for lab, w in zip(labels, widths, strict=True))
+        + "".join(f"{h:>{len(h) + 2}}" for h in heads),
+    ]
+    for row in rows():
+        cells = "".join(
+            f"{_fmt(med[lab][row.label], row.fmt):>{w}}"
+            for lab, w in zip(labels, widths, strict=True)
+        )
+        for o, h in zip(others, heads, strict=True):
+            x = ratio(med[o][row.label], med[first][row.label], row.better)
+            cells += f"{'-' if x is None else f'{x:.2f}x':>{len(h) + 2}}"
+        lines.append(f"  {row.label:<{w0}}{cells}")
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None, fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+# --------------------------------------------------------------------- main
+
+
+def two_tenant(a: argparse.Namespace) -> Workload:
+    rates = tuple(float(r) for r in a.rates.split(","))
+    spec = WorkloadSpec(
+        workload="fairness",
+        seed=a.seed,
+        duration_s=a.duration,
+        tenants=len(rates),
+        tenant_rates=rates,
+        tenant_prompt_lens=(f"const:{a.prompt}",) * len(rates),
+        tenant_output_lens=(f"const:{a.output}",) * len(rates),
+        max_model_len=2048,
+        max_requests=100_000,
+    )
+    return build_workload(spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=3, help="runs per configuration (3)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals (20)")
+    p.add_argument("--rates", default="80,20", help="requests/s per tenant (80,20)")
+    p.add_argument("--prompt", type=int, default=128, help="prompt tokens (128)")
+    p.add_argument("--output", type=int, default=64, help="output tokens (64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-num-seqs", type=int, default=64, help="the scheduler's batch (64)")
+    p.add_argument("--block-size", type=int, default=16, help="the worker's block size (16)")
+    p.add_argument(
+        "--scheduler-arg",
+        action="append",
+        default=[],
+        help="an extra scheduler flag for every configuration (repeatable, e.g. "
+        "--scheduler-arg=--preempt-margin=0)",
+    )
+    p.add_argument("--json", type=Path, metavar="PATH", help="write every run and the medians")
+    a = p.parse_args(argv)
+    if a.repeats < 1 or a.duration <= 0:
+        p.error("--repeats must be >= 1 and --duration > 0")
+    workload = two_tenant(a)
+    rates = [float(r) for r in a.rates.split(",")]
+    light = workload.tenants[rates.index(min(rates))]
+    base = DeploymentConfig(
+        model="tiny",
+        workers=1,
+        port=0,
+        block_size=a.block_size,
+        max_num_seqs=a.max_num_seqs,
+        log_level="warning",
+        extra_scheduler_args=tuple(a.scheduler_arg),
+    )
+    cfg = RunConfig(target="", drain_timeout_s=0.0, request_timeout_s=120.0)
+    t0 = time.monotonic()
+    load_before = os.getloadavg()
+    runs: list[Figures] = []
+    for run in run_variants(workload, cfg, base, CONFIGS, scrape, repeats=a.repeats, slo=Slo()):
+        if run.result.stopped:
+            raise RuntimeError(f"{run.label}: the run stopped early: {run.result.stopped}")
+        x = figures(
+            run.label,
+            run.repeat,
+            run.summary,
+            run.result.records,
+            workload,
+            run.measured,
+            light=light,
+            capacity_tokens=capacity_tokens(run.result, a.block_size),
+            max_num_seqs=a.max_num_seqs,
+        )
+        runs.append(x)
+        print(
+            f"[{run.repeat + 1}/{a.repeats}] {run.label}: {x.requests_per_s:.1f} req/s, "
+            f"Jain {x.jain or 0:.3f}, {x.preemptions_per_s or 0:.1f} preemptions/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    labels = [v.label for v in CONFIGS]
+    med = medians(runs, labels)
+    title = (
+        f"fairness, two-tenant: {' + '.join(f'{r:g}' for r in rates)} req/s of {a.prompt} prompt "
+        f"+ {a.output} output tokens for {a.duration:g} s (open loop, no client cap), seed "
+        f"{a.seed}; tiny model, 1 worker, max {a.max_num_seqs} seqs; medians of {a.repeats} "
+        f"repeats; light tenant {light}"
+    )
+    print()
+    print(format_table(title, med, labels))
+    print(
+        f"  ratio: throughput other/fcfs (> 1 faster than FCFS), latencies fcfs/other; service "
+        f"weights w_p={WEIGHTS.prompt:g} w_q={WEIGHTS.output:g}, tenant weights 1; bound "
+        f"2*max(w_p*L_input, w_q*M), M = min(KV capacity, max seqs x longest request) tokens"
+    )
+    extra = " ".join(a.scheduler_arg)
+    load_after = os.getloadavg()
+    print(
+        f"  {os.cpu_count()} CPUs, load {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
+        f"extra scheduler flags: {extra or 'none'}; wall time {time.monotonic() - t0:.0f} s"
+    )
+    if a.json is not None:
+        doc = {
+            "params": {**vars(a), "json": str(a.json)},
+            "runs": [asdict(x) for x in runs],
+            "medians": med,
+        }
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"  wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
