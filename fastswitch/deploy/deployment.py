@@ -316,7 +316,7 @@ class Deployment:
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
         log_path = None if log_dir is None else log_dir / f"{spec.name}.log"
-        return spawn(spec, self._command, log_path, self.deployment_id)
+        return spawn(spec, self._command, log_path, self.deployment_id, self.run_dir)
 
     async def _ready(self, children: list[Child], deadline: float) -> None:
         """Waits until every child in `children` answers SERVING on gRPC health."""
