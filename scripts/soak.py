@@ -216,8 +216,10 @@ def main() -> int:
         f"({warm_up} interval{'s' if warm_up > 1 else ''}) -> last =="
     )
     samples = rss_by_interval or [first_rss]
+    # "last" is the last interval's end too: a sample taken later may be of a child the final
+    # kill has just restarted (a fresh process, not the one that ran)
     for name in sorted(last_rss):
-        a, b = first_rss[name], last_rss[name]
+        a, b = first_rss[name], samples[-1].get(name, last_rss[name])
         w1, w = (samples[min(i, len(samples) - 1)].get(name, a) for i in (1, warm_up))
         print(
             f"{name:10s} {a:9d} -> {w1:9d} -> {w:9d} -> {b:9d}  (after warm-up {b - w:+d} KiB, "
