@@ -546,6 +546,18 @@ class SchedulerCore:
             workers=tuple(s.stats() for _, s in sorted(self._workers.slots().items())),
         )
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of the core's tables (the memory debug aid logs them, servekit/memtrace.py):
+        none may grow with the number of requests served, only with those in flight."""
+        return {
+            **self._table.sizes(),
+            "tallies": self._table.num_tenants,
+            "waiting": len(self._waiting),
+            "resident": sum(len(w.running) for w in self._workers),
+            "workers": len(self._workers.slots()),
+            **self._host.sizes(),
+        }
+
     def check_integrity(self) -> None:
         """Raises AssertionError if any part disagrees with itself or with another."""
         self._table.check_integrity()

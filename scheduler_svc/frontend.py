@@ -413,6 +413,15 @@ class Frontend:
         async with self._changed:
             await self._changed.wait_for(lambda: self._version != seen or self._closing)
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of the scheduler's tables: the core's, open streams, conversations (the
+        memory debug aid logs them, servekit/memtrace.py)."""
+        return {
+            **self.core.sizes(),
+            "streams": len(self._streams),
+            "conversations": len(self.conversations),
+        }
+
     async def shutdown(self) -> None:
         """Stops sessions from planning further and ends every open stream as aborted with
         Fault.UNAVAILABLE (its call ends UNAVAILABLE, never CANCELLED: the client did not)."""

@@ -228,6 +228,16 @@ class HostCopies:
                 waiting.lookup = LookupState.NONE
                 self.begin_lookup(waiting)
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of each table (the memory debug aid logs them, servekit/memtrace.py)."""
+        return {
+            "salts": len(self._salts),
+            "host_ops": len(self._ops),
+            "offloads": len(self._offloads_by_root),
+            "deferred": sum(len(reqs) for reqs in self._deferred.values()),
+            "stale_swaps": len(self._stale_swaps),
+        }
+
     def check_integrity(self, requests: list[Request]) -> None:
         """Checks the host-copy fields of `requests` and the offload counts."""
         offloading: dict[bytes, int] = {}

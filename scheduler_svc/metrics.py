@@ -1,7 +1,7 @@
 """Prometheus metrics of the scheduler, registered on the service's own registry.
 
 Every name, label and unit is documented in docs/metrics.md (a test checks that the running
-services expose exactly what it names). How they are fed, all on the event loop thread:
+services expose exactly what it names). How they are fed, on the event loop thread but the last:
 
 * ``on_finish(req)``: once per request when its stream closes (every finish reason, a client
   that left included): the request, token and cached-token counters and the four latency
@@ -9,7 +9,9 @@ services expose exactly what it names). How they are fed, all on the event loop 
 * ``on_rejected(reason)``: a Generate or Chat call refused with that status code;
 * ``on_step(worker, plan, out)``: after each step: the plan's shape (compute or not, sequences,
   prefill and decode tokens), the queue gauges, swap bytes, and the preemption counters and
-  scheduling time (from the core's counters, by difference).
+  scheduling time (from the core's counters, by difference);
+* at scrape time, on the metrics HTTP thread: the per-tenant VTC gauges, and the KV store
+  losses (``core.counters.store_losses``: the host agent sees the store go, between steps).
 
 Tenant labels are capped (``servekit.labels``): the first ``max_tenants`` tenants seen, plus
 any configured with ``--tenants``, are their own; the rest are reported as ``_other``. The
@@ -22,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scheduler_svc.core import SchedulerCore
@@ -323,7 +325,8 @@ class SchedulerMetrics:
 
 class _TenantCollector(Collector):
     """``tenant_virtual_counter`` and ``tenant_weight`` of the tenants with their own label, read
-    from the policy at scrape time (on the metrics HTTP thread: a dict read per tenant)."""
+    from the policy at scrape time (on the metrics HTTP thread: a dict read per tenant), and
+    ``store_losses_total`` from the core's counters (an int read)."""
 
     def __init__(self, metrics: SchedulerMetrics) -> None:
         self._metrics = metrics
@@ -346,3 +349,11 @@ class _TenantCollector(Collector):
             weight.add_metric([m.model, tenant], policy.weight(tenant))
         yield counter
         yield weight
+        losses = CounterMetricFamily(
+            "fastswitch_store_losses",
+            "Times the KV store died or restarted (its host copies forgotten, their requests "
+            "recomputed)",
+            labels=["model"],
+        )
+        losses.add_metric([m.model], m.core.counters.store_losses)
+        yield losses

@@ -135,6 +135,15 @@ class RequestTable:
     def __len__(self) -> int:
         return len(self._by_id)
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of each table (the memory debug aid logs them, servekit/memtrace.py)."""
+        return {
+            "by_id": len(self._by_id),
+            "by_seq": len(self._by_seq),
+            "live_tenants": len(self._live),
+            "idle_tenants": len(self._idle),
+        }
+
     def check_integrity(self) -> None:
         live: dict[str, int] = {}
         for rid, req in self._by_id.items():

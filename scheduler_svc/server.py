@@ -20,6 +20,7 @@ from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.policy import make_policy
 from scheduler_svc.servicer import REJECT_REASONS, FastSwitchServicer, StepLinkServicer
 from scheduler_svc.tenancy import PriorityClasses
+from servekit import heap, memtrace
 from servekit.config import add_common_flags, env_default, parse_weights
 from servekit.keys import KeyRing
 from servekit.labels import DEFAULT_MAX_TENANTS
@@ -66,6 +67,7 @@ class SchedulerConfig:
     internal_listen: str = ""  # the worker plane (StepLink); "" -> default_internal_address
     plane: InternalPlane = OPEN_PLANE
     tls: TlsPair | None = None  # server-side TLS of the public --listen (None: plaintext)
+    malloc_trim_s: float = 30.0  # servekit/heap.py; 0: never
 
     def __post_init__(self) -> None:
         if not self.internal_listen:
@@ -85,6 +87,8 @@ class SchedulerConfig:
             raise ValueError(f"--max-prompt-bytes must be >= 0, got {self.max_prompt_bytes}")
         if self.metrics_max_tenants < 0:
             raise ValueError(f"--metrics-max-tenants must be >= 0, got {self.metrics_max_tenants}")
+        if not self.malloc_trim_s >= 0:  # NaN too
+            raise ValueError(f"--malloc-trim-s must be >= 0, got {self.malloc_trim_s}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         "[role=tenant|admin|service]' or a JSON object (docs/security.md); repeatable, the files "
         "are merged. Default: $FASTSWITCH_API_KEYS_FILE, else the text of "
         "$FASTSWITCH_API_KEYS_TEXT, else none: the API is open",
+    )
+    p.add_argument(
+        "--malloc-trim-s",
+        type=float,
+        default=env_default("--malloc-trim-s", 30.0),
+        help="give the C heap's free memory back to the system every this many seconds "
+        "(malloc_trim: RSS follows the live heap after a backlog drains; 0: never; %(default)s)",
     )
     p.add_argument("--vtc-prompt-weight", type=float, default=1.0)
     p.add_argument("--vtc-output-weight", type=float, default=2.0)
@@ -290,6 +301,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         internal_listen=args.internal_listen,
         plane=plane_from_args(args),
         tls=tls_pair(args.tls_cert, args.tls_key),
+        malloc_trim_s=args.malloc_trim_s,
     )
 
 
@@ -396,6 +408,9 @@ async def serve(cfg: SchedulerConfig) -> int:
     service.install_signal_handlers()
     internal.set_serving(True)
     service.set_serving(True)
+    every_s = memtrace.interval_s()  # the memory debug aid, off unless asked for
+    trace = None if every_s is None else asyncio.create_task(memtrace.run(frontend.sizes, every_s))
+    trim = asyncio.create_task(heap.trim_every(cfg.malloc_trim_s)) if cfg.malloc_trim_s else None
     log.info(
         "scheduler ready",
         extra={
@@ -413,9 +428,10 @@ async def serve(cfg: SchedulerConfig) -> int:
     await frontend.shutdown()
     await service.stop(grace_s=3.0)
     await internal.stop(grace_s=1.0)
-    if agent_task is not None:
-        agent_task.cancel()
-        await asyncio.gather(agent_task, return_exceptions=True)
+    for task in (agent_task, trace, trim):
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     return 0
 
 

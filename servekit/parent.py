@@ -7,6 +7,11 @@ its shared-memory files go as after a SIGTERM. The parent may already be gone wh
 looks: the pidfd is opened first and ``getppid()`` compared afterwards, so that race ends in a
 stop too.
 
+The launcher also names its runtime directory (``FASTSWITCH_PARENT_RUN_DIR``: sockets, key
+files, logs) which it removes on its own stop; when it died instead, each child removes that
+directory as it exits, so nothing of the deployment outlives it (the first child to exit takes
+it; its siblings' open logs and sockets are unlinked files until they exit too).
+
 Why not ``PR_SET_PDEATHSIG``: it fires when the *thread* that forked the child exits, and the
 launcher may start children from a helper thread (``deploy/bridge.py``, a supervisor thread),
 so it would stop healthy children. Without pidfds (Linux < 5.3) ``getppid()`` is polled.
@@ -15,13 +20,18 @@ so it would stop healthy children. Without pidfds (Linux < 5.3) ``getppid()`` is
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "FASTSWITCH_PARENT_PID"
+RUN_DIR_ENV = "FASTSWITCH_PARENT_RUN_DIR"
+RUN_DIR_PREFIX = "fastswitch-"  # only a directory named so is ever removed (tempfile.mkdtemp)
 _POLL_S = 0.5
 
 
@@ -41,6 +51,7 @@ def watch_parent(on_death: Callable[[], None]) -> Callable[[], None] | None:
         if not fired:
             fired = True
             log.warning("the launcher is gone; stopping", extra={"launcher_pid": parent})
+            atexit.register(remove_run_dir)
             on_death()
 
     pidfd = _open_pidfd(parent)
@@ -69,6 +80,23 @@ def watch_parent(on_death: Callable[[], None]) -> Callable[[], None] | None:
         task.cancel()
 
     return cancel
+
+
+def remove_run_dir() -> None:
+    """Removes the dead launcher's runtime directory (``FASTSWITCH_PARENT_RUN_DIR``), if it is
+    one: an absolute path to a directory of ours named ``fastswitch-*``. A sibling that exits
+    at the same time may be removing it too, so what is already gone is no error."""
+    raw = os.environ.get(RUN_DIR_ENV, "")
+    path = Path(raw)
+    if not raw or not path.is_absolute() or not path.name.startswith(RUN_DIR_PREFIX):
+        return
+    try:
+        if path.is_symlink() or not path.is_dir() or path.stat().st_uid != os.getuid():
+            return
+    except OSError:
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    log.info("removed the launcher's runtime dir", extra={"run_dir": raw})
 
 
 def _open_pidfd(pid: int) -> int | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fastswitch.deploy.config import DeploymentError
 from fastswitch.deploy.flags import ChildSpec, CommandBuilder
-from servekit.parent import PARENT_ENV
+from servekit.parent import PARENT_ENV, RUN_DIR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +91,22 @@ class Child:
 
 
 def spawn(
-    spec: ChildSpec, command: CommandBuilder, log_path: Path | None, deployment_id: str
+    spec: ChildSpec,
+    command: CommandBuilder,
+    log_path: Path | None,
+    deployment_id: str,
+    run_dir: Path,
 ) -> Child:
     """Starts one child in its own process group, its output appended to `log_path` after a
     header line naming the deployment (None: to this stderr). The child is told this process's
-    pid (``FASTSWITCH_PARENT_PID``) and stops in order when it dies (``servekit/parent.py``).
+    pid (``FASTSWITCH_PARENT_PID``) and the deployment's `run_dir` (``FASTSWITCH_PARENT_RUN_DIR``):
+    when this process dies it stops in order and removes that dir (``servekit/parent.py``).
 
     DeploymentError when the command cannot be executed.
     """
     cmd = command(spec.service, spec.flags)
-    env = {**os.environ, PARENT_ENV: str(os.getpid())}  # the child stops when we die
+    # The child stops when we die, and takes the runtime dir with it.
+    env = {**os.environ, PARENT_ENV: str(os.getpid()), RUN_DIR_ENV: str(run_dir)}
     offset = 0
     try:
         if log_path is None:

@@ -29,7 +29,7 @@ from fastswitch.deploy.flags import (
 )
 from fastswitch.deploy.keys import LauncherKeys
 from fastswitch.deploy.ports import free_ports
-from fastswitch.deploy.preflight import check_model, check_ports, check_store, place
+from fastswitch.deploy.preflight import check_model, check_ports, check_store, check_tls, place
 from fastswitch.deploy.supervisor import RestartPolicy, Supervisor
 from servekit.healthcheck import wait_http_ok
 from servekit.service import wait_healthy
@@ -244,6 +244,7 @@ class Deployment:
         decides every address, port and device."""
         cfg = self.config
         check_model(cfg.model)
+        check_tls(cfg)
         devices = place(cfg)
         names = [
             *(() if cfg.kvstore else ("kvstore",)),
@@ -316,7 +317,7 @@ class Deployment:
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
         log_path = None if log_dir is None else log_dir / f"{spec.name}.log"
-        return spawn(spec, self._command, log_path, self.deployment_id)
+        return spawn(spec, self._command, log_path, self.deployment_id, self.run_dir)
 
     async def _ready(self, children: list[Child], deadline: float) -> None:
         """Waits until every child in `children` answers SERVING on gRPC health."""

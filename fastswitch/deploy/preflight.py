@@ -1,10 +1,13 @@
 """Checks made before any child starts, each failing in one line (:class:`StartRefused`): the
-model loads, the ports are free, an external KV store answers, the devices can be placed."""
+model loads, the TLS files are a certificate and its key, the ports are free, an external KV
+store answers, the devices can be placed."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Mapping
 
+from client.tls import read_pem
 from fastswitch.deploy.bridge import run_sync
 from fastswitch.deploy.config import DeploymentConfig, StartRefused
 from fastswitch.deploy.placement import worker_devices
@@ -21,6 +24,27 @@ def check_model(model: str) -> None:
         load_model_spec(model)
     except (OSError, ValueError) as err:
         raise StartRefused(f"bad model {model!r}: {_one_line(err)}") from None
+
+
+def check_tls(cfg: DeploymentConfig) -> None:
+    """``--tls-cert``, ``--tls-key`` and ``--tls-ca`` can be read, and the first two are a PEM
+    certificate and its private key (else the scheduler would fail at start, in its log)."""
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        return
+    files = (("--tls-cert", cfg.tls_cert), ("--tls-key", cfg.tls_key), ("--tls-ca", cfg.tls_ca))
+    try:
+        for flag, path in files:
+            if path is not None:
+                read_pem(flag, path)
+    except ValueError as err:
+        raise StartRefused(str(err)) from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except ssl.SSLError:  # its text names OpenSSL's source lines, not the problem
+        raise StartRefused(
+            f"--tls-cert {cfg.tls_cert} and --tls-key {cfg.tls_key} are not a PEM certificate "
+            "and its private key"
+        ) from None
 
 
 def check_ports(host: str, ports: Mapping[str, int]) -> None:

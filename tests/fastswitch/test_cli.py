@@ -222,3 +222,24 @@ def test_the_readme_demo_runs_end_to_end(capsys):
     assert cli_main(argv) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "FastSwitch demo: 6 requests from 2 tenants" in out and "0 failed" in out
+
+
+@pytest.mark.parametrize("bad", ["missing", "directory", "not-pem", "key-as-cert"])
+def test_a_bad_tls_file_is_one_line_and_exit_2(capsys, tmp_path, bad):
+    """Checked before any child starts: not a traceback, nor a scheduler failing in its log.
+    (An unreadable file's EACCES takes the same path as a missing one's ENOENT.)"""
+    key = tmp_path / "key.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    cert = {
+        "missing": tmp_path / "none.pem",
+        "directory": tmp_path,
+        "not-pem": tmp_path / "junk.pem",
+        "key-as-cert": key,
+    }[bad]
+    (tmp_path / "junk.pem").write_text("junk")
+    argv = ["up", "--port", "0", "--no-http", "--tls-cert", str(cert), "--tls-key", str(key)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastswitch: error: --tls-cert {cert}") and err.count("\n") == 1
+    if bad in ("missing", "directory"):
+        assert "cannot read it" in err

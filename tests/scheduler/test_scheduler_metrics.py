@@ -204,3 +204,14 @@ def test_tenant_labels_are_capped_and_configured_tenants_keep_theirs():
         if "tenant" in s.labels
     }
     assert tenants == {"vip", "x", OTHER}
+
+
+def test_store_losses_are_exported_as_they_happen():
+    """A store loss happens between steps (the host agent sees it): the counter is read from
+    the core at scrape time, so it shows with no step or finished request after it."""
+    registry = CollectorRegistry()
+    core, _, _ = make(registry)
+    assert value(registry, "fastswitch_store_losses_total") == 0
+    core.on_store_lost()
+    core.on_store_lost()
+    assert value(registry, "fastswitch_store_losses_total") == 2
