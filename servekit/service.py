@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
 from client.tls import channel_credentials
+from servekit.health_watch import PEER_CHANNEL_OPTIONS
 from servekit.parent import watch_parent
 
 log = logging.getLogger(__name__)
@@ -171,10 +172,14 @@ async def wait_healthy(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     last: str = "no answer"
+    # A service that is slow to come up: gRPC's default reconnect back-off would grow to two
+    # minutes while its socket is missing, and see it late (or after the deadline).
     channel = (
-        grpc.aio.insecure_channel(target)
+        grpc.aio.insecure_channel(target, options=PEER_CHANNEL_OPTIONS)
         if tls_ca is None
-        else grpc.aio.secure_channel(target, channel_credentials(tls_ca))
+        else grpc.aio.secure_channel(
+            target, channel_credentials(tls_ca), options=PEER_CHANNEL_OPTIONS
+        )
     )
     async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
