@@ -14,6 +14,7 @@ import sys
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -118,25 +119,39 @@ def median(values: Sequence[float | None]) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One line of a table: how to read a figure from a run, and which way is better."""
+    """One line of a table: how to read a figure from a run (anything with a ``label``), and
+    which way is better."""
 
     label: str
-    figure: Callable[[VariantRun], float | None]
+    figure: Callable[[Any], float | None]
     better: str | None = None  # "lower" | "higher" | None (no ratio)
     fmt: str = "{:.1f}"
 
 
-def format_table(
-    title: str, runs: Sequence[VariantRun], labels: Sequence[str], rows: Sequence[Row]
-) -> str:
-    """Medians per variant; the ratio columns judge ``labels[0]`` against each other variant:
-    other/first for lower-is-better figures, first/other for higher-is-better; > 1: the
-    first is better."""
-    first, others = labels[0], labels[1:]
-    med: dict[str, dict[str, float | None]] = {
+def medians(
+    runs: Sequence[Any], labels: Sequence[str], rows: Sequence[Row]
+) -> dict[str, dict[str, float | None]]:
+    """Per label (the run's ``label``), per row: the median of the figure over its runs."""
+    return {
         lab: {row.label: median([row.figure(x) for x in runs if x.label == lab]) for row in rows}
         for lab in labels
     }
+
+
+def format_table(
+    title: str,
+    runs: Sequence[Any],
+    labels: Sequence[str],
+    rows: Sequence[Row],
+    *,
+    others_judged: bool = False,
+) -> str:
+    """Medians per variant; the ratio columns judge ``labels[0]`` against each other variant:
+    other/first for lower-is-better figures, first/other for higher-is-better; > 1: the
+    first is better. ``others_judged`` turns them round (> 1: the other is better than the
+    first, e.g. each configuration against an FCFS reference)."""
+    first, others = labels[0], labels[1:]
+    med = medians(runs, labels, rows)
     w0 = max(len(r.label) for r in rows) + 2
     widths = [max(12, len(lab) + 2) for lab in labels]
     heads = [f"{o}/{first}" if len(others) > 1 else "ratio" for o in others]
@@ -153,7 +168,8 @@ def format_table(
             for lab, w in zip(labels, widths, strict=True)
         )
         for o, h in zip(others, heads, strict=True):
-            x = ratio(med[first][row.label], med[o][row.label], row.better)
+            pair = (med[o][row.label], med[first][row.label])
+            x = ratio(*(pair if others_judged else pair[::-1]), row.better)
             cells += f"{'-' if x is None else f'{x:.2f}x':>{max(10, len(h) + 2)}}"
         lines.append(f"  {row.label:<{w0}}{cells}")
     return "\n".join(lines)

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import urllib.request
@@ -52,12 +51,15 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from e2e import Row, format_table, medians
+
 from client.loadgen.runner import RunConfig, RunResult
 from client.loadgen.stats import RequestRecord, Slo, Weights, percentile
 from client.loadgen.summary import Summary
 from client.loadgen.workloads import Workload, WorkloadSpec, build_workload
 from fastswitch.deploy import Deployment, DeploymentConfig
-from fastswitch.deploy.compare import ratio
 from fastswitch.deploy.variants import Variant, run_variants
 
 CONFIGS = (
@@ -276,14 +278,6 @@ def capacity_tokens(result: RunResult, block_size: int) -> int | None:
 # -------------------------------------------------------------------- table
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    label: str
-    figure: Callable[[Figures], float | None]
-    better: str | None = None  # "lower" | "higher": a ratio column against FCFS
-    fmt: str = "{:.1f}"
-
-
 def _per_step(name: str) -> Callable[[Figures], float | None]:
     def f(x: Figures) -> float | None:
         c = x.counters
@@ -342,50 +336,6 @@ def _scale(v: float | None, k: float) -> float | None:
 
 def _mean(total: float, n: float, k: float = 1.0) -> float | None:
     return total / n * k if n else None
-
-
-def medians(runs: Sequence[Figures], labels: Sequence[str]) -> dict[str, dict[str, float | None]]:
-    out: dict[str, dict[str, float | None]] = {}
-    for lab in labels:
-        mine = [x for x in runs if x.label == lab]
-        out[lab] = {}
-        for row in rows():
-            known = [v for x in mine if (v := row.figure(x)) is not None]
-            out[lab][row.label] = statistics.median(known) if known else None
-    return out
-
-
-def format_table(
-    title: str, med: Mapping[str, Mapping[str, float | None]], labels: Sequence[str]
-) -> str:
-    """Medians per configuration; a ratio column of each VTC configuration against the first
-    (FCFS): other/first for higher-is-better figures (throughput: > 1 is faster than FCFS),
-    first/other for lower-is-better ones (> 1 is better than FCFS)."""
-    first, others = labels[0], labels[1:]
-    w0 = max(len(r.label) for r in rows()) + 2
-    widths = [max(12, len(lab) + 2) for lab in labels]
-    heads = [f"{o}/{first}" for o in others]
-    lines = [
-        title,
-        "",
-        f"  {'metric':<{w0}}"
-        + "".join(f"{lab:>{w}}" for lab, w in zip(labels, widths, strict=True))
-        + "".join(f"{h:>{len(h) + 2}}" for h in heads),
-    ]
-    for row in rows():
-        cells = "".join(
-            f"{_fmt(med[lab][row.label], row.fmt):>{w}}"
-            for lab, w in zip(labels, widths, strict=True)
-        )
-        for o, h in zip(others, heads, strict=True):
-            x = ratio(med[o][row.label], med[first][row.label], row.better)
-            cells += f"{'-' if x is None else f'{x:.2f}x':>{len(h) + 2}}"
-        lines.append(f"  {row.label:<{w0}}{cells}")
-    return "\n".join(lines)
-
-
-def _fmt(v: float | None, fmt: str) -> str:
-    return "-" if v is None else fmt.format(v)
 
 
 # --------------------------------------------------------------------- main
@@ -466,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     labels = [v.label for v in CONFIGS]
-    med = medians(runs, labels)
+    med = medians(runs, labels, rows())
     title = (
         f"fairness, two-tenant: {' + '.join(f'{r:g}' for r in rates)} req/s of {a.prompt} prompt "
         f"+ {a.output} output tokens for {a.duration:g} s (open loop, no client cap), seed "
@@ -474,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         f"repeats; light tenant {light}"
     )
     print()
-    print(format_table(title, med, labels))
+    print(format_table(title, runs, labels, rows(), others_judged=True))
     print(
         f"  ratio: throughput other/fcfs (> 1 faster than FCFS), latencies fcfs/other; service "
         f"weights w_p={WEIGHTS.prompt:g} w_q={WEIGHTS.output:g}, tenant weights 1; bound "

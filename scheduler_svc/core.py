@@ -150,14 +150,13 @@ class SchedulerCore:
         if slot is None:
             return 0
         for req in list(slot.running.values()):
-            self._host.take_stale(req.seq)
             if req.is_finished:
+                self._host.take_stale(req.seq)
                 self._host.end_offload(req)
                 self._host.release(req)
                 self._table.release_seq(req)
                 continue
-            self._host.clear_swap(req)  # its lease expires in the store
-            self._swaps.requeue_for_recompute(req)
+            self._swaps.requeue_for_recompute(req)  # a copy's lease expires in the store
         log.info("worker left", extra={"worker": worker_id, "requeued": len(slot.running)})
         return len(slot.running)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+
+import pytest
 
 
 def fastswitch_shm_files(deployment_id: str) -> set[str]:
@@ -23,3 +26,21 @@ def child_pids_of(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             out.append(int(entry.name))
     return out
+
+
+def is_running(pid: int) -> bool:
+    """`pid` exists and is not a zombie (Linux /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def wait_until_up(launcher: subprocess.Popen[str]) -> None:
+    """Reads `fastswitch up`'s output until it says the deployment is up (fails if it exits)."""
+    assert launcher.stdout is not None
+    for line in launcher.stdout:
+        if line.startswith("FastSwitch is up"):
+            return
+    pytest.fail(f"fastswitch up did not come up (code {launcher.wait()})")

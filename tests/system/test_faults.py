@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from polling import eventually, eventually_sync
-from system_helpers import child_pids_of, fastswitch_shm_files
+from system_helpers import child_pids_of, fastswitch_shm_files, is_running, wait_until_up
 
 from client import AsyncClient
 from fastswitch.deploy import Deployment
@@ -213,12 +213,7 @@ def test_a_killed_launcher_takes_its_children_and_their_shared_memory_with_it(tm
         text=True,
     )
     try:
-        assert launcher.stdout is not None
-        for line in launcher.stdout:
-            if line.startswith("FastSwitch is up"):
-                break
-        else:
-            pytest.fail(f"fastswitch up did not come up (code {launcher.wait()})")
+        wait_until_up(launcher)
         header = (log_dir / "kvstore.log").read_text()
         match = re.search(r"of deployment (\w+)", header)
         assert match is not None, header
@@ -229,7 +224,7 @@ def test_a_killed_launcher_takes_its_children_and_their_shared_memory_with_it(tm
         os.kill(launcher.pid, signal.SIGKILL)
         launcher.wait()
         eventually_sync(
-            lambda: not any(_running(p) for p in children),
+            lambda: not any(is_running(p) for p in children),
             what="every child exited after the launcher died",
             timeout_s=60,
         )
@@ -239,11 +234,3 @@ def test_a_killed_launcher_takes_its_children_and_their_shared_memory_with_it(tm
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from polling import eventually_sync
-from system_helpers import child_pids_of
+from system_helpers import child_pids_of, is_running, wait_until_up
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -29,12 +29,7 @@ def test_a_killed_launchers_runtime_dir_goes_with_its_children(tmp_path: Path):
         env={**os.environ, "TMPDIR": str(tmp)},
     )  # fmt: skip
     try:
-        assert launcher.stdout is not None
-        for line in launcher.stdout:
-            if line.startswith("FastSwitch is up"):
-                break
-        else:
-            pytest.fail(f"fastswitch up did not come up (code {launcher.wait()})")
+        wait_until_up(launcher)
         (run_dir,) = tmp.glob("fastswitch-*")
         assert any(run_dir.glob("*.sock"))  # the internal plane's sockets
         children = child_pids_of(launcher.pid)
@@ -42,7 +37,7 @@ def test_a_killed_launchers_runtime_dir_goes_with_its_children(tmp_path: Path):
         os.kill(launcher.pid, signal.SIGKILL)
         launcher.wait()
         eventually_sync(
-            lambda: not child_pids_alive(children),
+            lambda: not any(is_running(p) for p in children),
             what="every child exited after the launcher died",
             timeout_s=60,
         )
@@ -54,15 +49,3 @@ def test_a_killed_launchers_runtime_dir_goes_with_its_children(tmp_path: Path):
             launcher.kill()
             launcher.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def child_pids_alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
