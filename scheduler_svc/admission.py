@@ -117,6 +117,11 @@ class Admission:
         self._maybe_cancel_swap_outs(slot, head)
         if head is None:
             return
+        need = self._admission_blocks(slot, head)
+        leaving = slot.blocks_leaving()
+        staying = sum(1 for r in slot.running.values() if r.status != Status.SWAPPING_OUT)
+        if not self._lacks(slot, staying, leaving, need):
+            return  # it finds room: no victim is costed (the common step)
         quantum = self._limits.preempt_margin
         allowed = sorted(
             (
@@ -128,17 +133,17 @@ class Admission:
             ),
             key=lambda r: self._switch_cost(slot, r),
         )
-        need = self._admission_blocks(slot, head)
-        leaving = slot.blocks_leaving()
-        staying = sum(1 for r in slot.running.values() if r.status != Status.SWAPPING_OUT)
         for victim in allowed:
-            slots_short = staying >= self._limits.max_num_seqs
-            blocks_short = slot.allocator.num_free + leaving < need
-            if not (slots_short or blocks_short):
+            if not self._lacks(slot, staying, leaving, need):
                 return
             leaving += slot.allocator.num_blocks_of(victim.seq)
             staying -= 1
             self._preempt(slot, victim, plan)
+
+    def _lacks(self, slot: WorkerSlot, staying: int, leaving: int, need: int) -> bool:
+        """The head lacks a batch slot (counting `staying` requests) or blocks (counting the
+        `leaving` ones as free)."""
+        return staying >= self._limits.max_num_seqs or slot.allocator.num_free + leaving < need
 
     def _switch_cost(self, slot: WorkerSlot, req: Request) -> tuple[float, ...]:
         """What preempting `req` costs, compared in order: the blocks it moves (a swap copies out
