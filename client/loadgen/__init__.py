@@ -12,7 +12,8 @@ priorities     per-tenant priority levels changing over time
 workloads      WorkloadSpec -> Workload (sessions of turns), scaling and clipping
 runner         runs a workload against a server; RequestRecords
 transport      what the runner needs of a server; the gRPC transport (the SDK)
-http_transport the OpenAI-compatible HTTP door (httpx); sse: its event stream
+http_transport the OpenAI-compatible HTTP door; sse: its event stream
+http_client    a lean keep-alive HTTP/1.1 client (asyncio protocols, httptools)
 ready          --wait-workers
 stats          percentiles, Jain's index, SLO attainment, service over time
 summary        a run's figures (Summary) and the headline figures of compare

@@ -1,8 +1,9 @@
 """The load generator through the OpenAI-compatible HTTP door (``--target http://HOST:PORT``).
 
-One shared ``httpx.AsyncClient`` (HTTP/1.1 keep-alive, a pool of ``max_connections``: the run's
-concurrency, no cap without one). A completion is ``POST /v1/completions`` with the prompt as
-token ids, ``stream: true``, ``stream_options.include_usage`` and the door's
+One shared :class:`~client.loadgen.http_client.HttpClient` (HTTP/1.1 keep-alive, a pool of
+``max_connections``: the run's concurrency, no cap without one; a lean client, so the bench's own
+CPU per request stays small next to the door's). A completion is ``POST /v1/completions`` with
+the prompt as token ids, ``stream: true``, ``stream_options.include_usage`` and the door's
 ``return_token_ids`` extension, so every chunk says exactly which tokens it adds (the runner
 counts and times tokens, and keeps the reply's ids for the next turn's history). The final usage
 chunk gives the server's ``prompt_tokens`` and ``cached_tokens``; the scheduler's own timings
@@ -25,9 +26,8 @@ import os
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Self
 
-import httpx
-
 from client import AsyncClient, FastSwitchError, SamplingOptions, Stats
+from client.loadgen.http_client import HttpClient, HttpError
 from client.loadgen.sse import SseParser, decode_event, error_message
 from client.loadgen.transport import (
     Conversation,
@@ -56,14 +56,12 @@ class HttpTransport:
         model_name: str | None = None,
         max_connections: int | None = None,
         connect_timeout_s: float = 5.0,
-        network: httpx.AsyncBaseTransport | None = None,
         api_key: str | None = None,
         tls_ca: str | None = None,
     ) -> None:
-        """``network``: an httpx transport in place of the real network (tests). ``api_key``
-        (None: ``$FASTSWITCH_API_KEY``) is the door's key, sent as ``Authorization: Bearer``,
-        and the stats target's. ``tls_ca`` verifies an ``https://`` door and makes the stats
-        target TLS."""
+        """``api_key`` (None: ``$FASTSWITCH_API_KEY``) is the door's key, sent as
+        ``Authorization: Bearer``, and the stats target's. ``tls_ca`` verifies an ``https://``
+        door and makes the stats target TLS."""
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self.target = url.rstrip("/")
@@ -71,9 +69,7 @@ class HttpTransport:
         self.stats_note = None if stats_target is not None else NO_STATS
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
-        self._limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
+        self._max_connections = max_connections
         self._model = model_name
         key = os.environ.get("FASTSWITCH_API_KEY", "") if api_key is None else api_key
         self._headers = {"authorization": f"Bearer {key}"} if key else {}
@@ -82,20 +78,18 @@ class HttpTransport:
             if stats_target is None
             else AsyncClient(stats_target, api_key=api_key, tls_ca=tls_ca)
         )
-        self._verify = ssl_context(tls_ca) if tls_ca else True
+        self._tls = ssl_context(tls_ca) if tls_ca else None
         self._stats_target = stats_target
-        self._network = network
-        self._http: httpx.AsyncClient | None = None
+        self._http: HttpClient | None = None
         self._server_ids: dict[str, str] = {}  # our request id -> the scheduler's (x-request-id)
 
     async def __aenter__(self) -> Self:
-        self._http = httpx.AsyncClient(
-            base_url=self.target,
-            limits=self._limits,
-            timeout=httpx.Timeout(self._timeout_s, connect=self._connect_timeout_s),
-            transport=self._network,
+        self._http = HttpClient(
+            self.target,
+            max_connections=self._max_connections,
+            connect_timeout_s=self._connect_timeout_s,
             headers=self._headers,
-            verify=self._verify,
+            ssl=self._tls,
         )
         return self
 
@@ -110,15 +104,15 @@ class HttpTransport:
 
     async def check(self, *, timeout_s: float) -> None:
         try:
-            resp = await self._client().get("/health", timeout=timeout_s)
-        except httpx.HTTPError as err:
+            status, raw = await self._get("/health", timeout_s)
+        except (HttpError, TimeoutError) as err:
             raise TargetError(
                 f"no FastSwitch HTTP door answers at {self.target} ({_why(err)})"
             ) from None
-        if resp.status_code != 200:
+        if status != 200:
             raise TargetError(
                 f"the HTTP door at {self.target} is not ready: GET /health answered "
-                f"{resp.status_code} {resp.text[:200]}"
+                f"{status} {_text(raw)}"
             )
         await self._model_name(timeout_s)
         if self._stats_api is not None:
@@ -137,17 +131,16 @@ class HttpTransport:
 
     async def _first_model(self, timeout_s: float) -> dict[str, Any]:
         try:
-            resp = await self._client().get("/v1/models", timeout=timeout_s)
-        except httpx.HTTPError as err:
+            status, raw = await self._get("/v1/models", timeout_s)
+        except (HttpError, TimeoutError) as err:
             raise TargetError(f"GET {self.target}/v1/models failed ({_why(err)})") from None
         try:
-            first = resp.json()["data"][0] if resp.status_code == 200 else None
+            first = json.loads(raw)["data"][0] if status == 200 else None
         except (ValueError, KeyError, IndexError, TypeError):
             first = None
         if not isinstance(first, dict) or "id" not in first:
             raise TargetError(
-                f"GET {self.target}/v1/models did not list a model: "
-                f"{resp.status_code} {resp.text[:200]}"
+                f"GET {self.target}/v1/models did not list a model: {status} {_text(raw)}"
             )
         return first
 
@@ -161,13 +154,13 @@ class HttpTransport:
     async def workers(self, *, timeout_s: float) -> int:
         """The ``workers`` of ``GET /health`` (its 503 still says how many: 0)."""
         try:
-            resp = await self._client().get("/health", timeout=timeout_s)
-        except httpx.HTTPError as err:
+            status, raw = await self._get("/health", timeout_s)
+        except (HttpError, TimeoutError) as err:
             raise RequestFailed("UNAVAILABLE", _why(err)) from None
         try:
-            n = resp.json().get("workers", 0)
-        except ValueError:
-            raise RequestFailed(f"HTTP_{resp.status_code}", resp.text[:200]) from None
+            n = json.loads(raw).get("workers", 0)
+        except (ValueError, AttributeError):
+            raise RequestFailed(f"HTTP_{status}", _text(raw)) from None
         return int(n) if isinstance(n, int) else 0
 
     # ------------------------------------------------------------------ requests
@@ -204,17 +197,19 @@ class HttpTransport:
             body["seed"] = options.seed
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._client().stream("POST", "/v1/completions", json=body) as resp:
-                    if resp.status_code != 200:
-                        raw = await resp.aread()
-                        raise RequestFailed(f"HTTP_{resp.status_code}", _message(raw))
+                call = self._client().request("POST", "/v1/completions", json_body=body)
+                async with call as resp:
+                    if resp.status != 200:
+                        raw = await resp.read()
+                        raise RequestFailed(f"HTTP_{resp.status}", _message(raw))
                     if sid := resp.headers.get("x-request-id"):
                         self._server_ids[request_id] = sid
                     parser = SseParser()
-                    async for data in resp.aiter_bytes():
+                    async for data in resp.pieces():
                         for event in parser.feed(data):
                             got = decode_event(event)
-                            if got is None:
+                            if got is None:  # read to the body's end: the connection is reused
+                                await resp.read()
                                 return
                             yield got
                     raise RequestFailed("HTTP_INCOMPLETE", "the stream ended without data: [DONE]")
@@ -222,9 +217,7 @@ class HttpTransport:
             raise RequestFailed(
                 "DEADLINE_EXCEEDED", f"no whole answer within {timeout_s:g} s"
             ) from None
-        except httpx.TimeoutException as err:
-            raise RequestFailed("DEADLINE_EXCEEDED", _why(err)) from None
-        except httpx.HTTPError as err:
+        except HttpError as err:
             raise RequestFailed("UNAVAILABLE", _why(err)) from None
         finally:
             self._server_ids.pop(request_id, None)
@@ -256,7 +249,11 @@ class HttpTransport:
         except FastSwitchError as err:
             raise failed(err) from err
 
-    def _client(self) -> httpx.AsyncClient:
+    async def _get(self, path: str, timeout_s: float) -> tuple[int, bytes]:
+        async with asyncio.timeout(timeout_s):
+            return await self._client().get(path)
+
+    def _client(self) -> HttpClient:
         if self._http is None:
             raise RuntimeError("the HTTP transport is not open (use it as `async with`)")
         return self._http
@@ -270,5 +267,11 @@ def _message(raw: bytes) -> str:
         return raw[:300].decode("utf-8", "replace")
 
 
-def _why(err: httpx.HTTPError) -> str:
+def _text(raw: bytes) -> str:
+    return raw[:200].decode("utf-8", "replace")
+
+
+def _why(err: Exception) -> str:
+    if isinstance(err, TimeoutError) and not str(err):
+        return "no answer in time"
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__

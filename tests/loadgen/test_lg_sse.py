@@ -1,14 +1,13 @@
-"""The HTTP door's side of the load generator without a server: the SSE parser, the event
-decoder, and the HTTP transport over an httpx mock network (what it sends, how it reads a
-stream split anywhere, and each way a request fails)."""
+"""The HTTP door's side of the load generator without a deployment: the SSE parser, the event
+decoder, and the HTTP transport against a byte-level mock door on loopback (``mock_door.py``:
+what it sends, how it reads a stream split anywhere, and each way a request fails)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
 
-import httpx
 import pytest
+from mock_door import MockDoor, split
 
 from client import SamplingOptions
 from client.loadgen.http_transport import HttpTransport
@@ -19,8 +18,6 @@ from client.loadgen.transport import Piece, RequestFailed, TargetError
 from client.loadgen.workloads import WorkloadSpec, build_workload
 from fastswitch.bench import main
 from fastswitch.deploy import free_port
-
-URL = "http://door.test"
 
 
 def chunk(ids: list[int], usage: dict | None = None, *, choices: bool = True) -> bytes:
@@ -101,37 +98,8 @@ def test_decode_what_the_door_does_not_send(data, what):
 # ---------------------------------------------------------------------- the transport
 
 
-def door(
-    body: Callable[[], AsyncIterator[bytes]] | bytes,
-    status: int = 200,
-    seen: list[dict] | None = None,
-) -> httpx.MockTransport:
-    """A mock door: /v1/models lists "tiny", /health is ok, completions answer ``body``."""
-
-    async def handle(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"data": [{"id": "tiny", "max_model_len": 2048}]})
-        if request.url.path == "/health":
-            return httpx.Response(200, json={"status": "ok", "workers": 2})
-        if seen is not None:
-            seen.append(json.loads(request.content))
-        content = body if isinstance(body, bytes) else body()
-        headers = {"x-request-id": "srv-1", "content-type": "text/event-stream"}
-        return httpx.Response(status, content=content, headers=headers)
-
-    return httpx.MockTransport(handle)
-
-
-def in_reads(data: bytes, size: int) -> Callable[[], AsyncIterator[bytes]]:
-    async def gen() -> AsyncIterator[bytes]:
-        for k in range(0, len(data), size):
-            yield data[k : k + size]
-
-    return gen
-
-
-async def collect(network: httpx.MockTransport) -> list[Piece]:
-    async with HttpTransport(URL, timeout_s=5, network=network) as t:
+async def collect(door: MockDoor) -> list[Piece]:
+    async with HttpTransport(door.url, timeout_s=5) as t:
         stream = t.stream(
             [1, 2, 3],
             options=SamplingOptions(max_tokens=3, ignore_eos=True),
@@ -145,11 +113,11 @@ async def collect(network: httpx.MockTransport) -> list[Piece]:
 
 @pytest.mark.parametrize("size", [1, 7, 1 << 16])
 async def test_the_transport_sends_openai_completions_and_reads_any_split(size):
-    seen: list[dict] = []
-    got = await collect(door(in_reads(STREAM, size), seen=seen))
+    async with MockDoor(split(STREAM, size)) as door:
+        got = await collect(door)
     assert [p.token_ids for p in got] == [(7,), (8, 9), (), ()]
     assert got[-1].usage == ServerUsage(3, 1) and all(p.metrics is None for p in got)
-    (body,) = seen
+    (body,) = door.seen
     assert body == {
         "model": "tiny",
         "prompt": [1, 2, 3],
@@ -164,29 +132,56 @@ async def test_the_transport_sends_openai_completions_and_reads_any_split(size):
     }
 
 
+async def test_streams_after_the_first_reuse_its_connection():
+    async with MockDoor([STREAM]) as door, HttpTransport(door.url, timeout_s=5) as t:
+        for k in range(3):
+            stream = t.stream(
+                [1],
+                options=SamplingOptions(max_tokens=3),
+                tenant="a",
+                priority=0,
+                request_id=f"r{k}",
+                timeout_s=5,
+            )
+            got = [p.token_ids async for p in stream]
+            assert got == [(7,), (8, 9), (), ()]
+    # GET /v1/models for the model's name, then three streams: one keep-alive connection
+    assert door.connections == 1 and len(door.seen) == 3
+
+
 async def test_a_stream_without_done_fails():
-    with pytest.raises(RequestFailed, match=r"ended without data: \[DONE\]") as info:
-        await collect(door(STREAM.replace(b"data: [DONE]\n\n", b"")))
+    async with MockDoor([STREAM.replace(b"data: [DONE]\n\n", b"")]) as door:
+        with pytest.raises(RequestFailed, match=r"ended without data: \[DONE\]") as info:
+            await collect(door)
     assert info.value.code == "HTTP_INCOMPLETE"
+
+
+async def test_a_stream_cut_mid_answer_is_unavailable():
+    async with MockDoor(split(STREAM, 40), cut_after_pieces=2) as door:
+        with pytest.raises(RequestFailed, match="closed the connection mid-answer") as info:
+            await collect(door)
+    assert info.value.code == "UNAVAILABLE"
 
 
 async def test_an_error_event_after_tokens_fails_with_its_message():
     bad = chunk([7]) + b'data: {"error": {"message": "aborted by the server"}}\n\ndata: [DONE]\n\n'
-    with pytest.raises(RequestFailed) as info:
-        await collect(door(bad))
+    async with MockDoor([bad]) as door:
+        with pytest.raises(RequestFailed) as info:
+            await collect(door)
     assert (info.value.code, info.value.details) == (STREAM_ERROR, "aborted by the server")
 
 
 async def test_a_non_200_answer_fails_with_the_door_message():
     body = json.dumps({"error": {"message": "max_tokens must be <= 4096, got 5000"}}).encode()
-    with pytest.raises(RequestFailed) as info:
-        await collect(door(body, status=400))
+    async with MockDoor([body], status=400) as door:
+        with pytest.raises(RequestFailed) as info:
+            await collect(door)
     assert info.value.code == "HTTP_400"
     assert info.value.details == "max_tokens must be <= 4096, got 5000"
 
 
 async def test_the_health_and_model_probes():
-    async with HttpTransport(URL, timeout_s=5, network=door(STREAM)) as t:
+    async with MockDoor([STREAM]) as door, HttpTransport(door.url, timeout_s=5) as t:
         await t.check(timeout_s=1)
         assert await t.max_model_len(timeout_s=1) == 2048 and await t.workers(timeout_s=1) == 2
         assert t.stats_note is not None and "--stats-target" in t.stats_note
@@ -195,10 +190,8 @@ async def test_the_health_and_model_probes():
 
 
 async def test_a_door_that_is_not_ready_is_a_target_error():
-    def unready(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(503, json={"status": "no_workers", "workers": 0})
-
-    async with HttpTransport(URL, timeout_s=5, network=httpx.MockTransport(unready)) as t:
+    unready = (503, {"status": "no_workers", "workers": 0})
+    async with MockDoor(health=unready) as door, HttpTransport(door.url, timeout_s=5) as t:
         with pytest.raises(TargetError, match="not ready: GET /health answered 503"):
             await t.check(timeout_s=1)
         assert await t.workers(timeout_s=1) == 0
