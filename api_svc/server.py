@@ -59,6 +59,7 @@ class ApiConfig:
     log_level: str
     tls: TlsPair | None = None  # --ssl-certfile/--ssl-keyfile: HTTPS (None: plain HTTP)
     scheduler_tls_ca: str | None = None  # dial the scheduler with TLS, trusting this CA
+    multiplex: bool = True  # every request on one GenerateMany call (--scheduler-calls shared)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes <= 0:
@@ -181,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_default("--drain-s", 30.0),
         help="on SIGTERM, how long requests in flight may finish (default %(default)s)",
     )
+    p.add_argument(
+        "--scheduler-calls",
+        choices=("shared", "per-request"),
+        default=env_default("--scheduler-calls", "shared"),
+        help="shared: every request on one multiplexed GenerateMany call to the scheduler (one "
+        "message per step for all streams); per-request: one Generate call each "
+        "(default %(default)s)",
+    )
     p.add_argument("--log-level", default=env_default("--log-level", "info"), choices=LOG_LEVELS)
     return p
 
@@ -213,6 +222,7 @@ def config_from_args(args: argparse.Namespace) -> ApiConfig:
         request_timeout_s=args.request_timeout_s,
         drain_s=args.drain_s,
         log_level=args.log_level,
+        multiplex=args.scheduler_calls == "shared",
         tls=tls_pair(args.ssl_certfile, args.ssl_keyfile, "--ssl-certfile", "--ssl-keyfile"),
         scheduler_tls_ca=args.scheduler_tls_ca or None,
     )
@@ -266,6 +276,7 @@ async def serve(cfg: ApiConfig) -> int:
         timeout_s=cfg.request_timeout_s,
         api_key=key,
         tls_ca=cfg.scheduler_tls_ca,
+        multiplex=cfg.multiplex,
     )
     door = Door(
         client,

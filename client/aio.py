@@ -11,6 +11,7 @@ from typing import Any, TypeVar, Unpack
 import grpc
 
 from client.errors import Cancelled, from_rpc_error
+from client.mux import Multiplexer, MuxStream
 from client.options import GenerateArgs, SamplingArgs, SamplingOptions, TurnArgs, resolve
 from client.results import GenerationChunk, GenerationResult, Stats
 from client.stream import GenerationStream, collect, task_is_cancelling
@@ -44,6 +45,10 @@ class AsyncClient:
     file ``tls_ca`` (for a self-signed certificate: the certificate itself); None reads
     ``$FASTSWITCH_TLS_CA``, and without either the system roots are trusted. Giving ``tls_ca``
     implies ``tls``. The certificate must name the host of ``address``.
+
+    ``multiplex=True`` sends every :meth:`generate_stream` of this client on one shared
+    ``GenerateMany`` call (:mod:`client.mux`): the same chunks and errors, one message per
+    scheduler step for all of them; for a client with many streams open at once (the HTTP door).
     """
 
     def __init__(
@@ -54,6 +59,7 @@ class AsyncClient:
         api_key: str | None = None,
         tls: bool = False,
         tls_ca: str | os.PathLike[str] | None = None,
+        multiplex: bool = False,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
@@ -76,6 +82,8 @@ class AsyncClient:
         self._timeout_s = timeout_s
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.FastSwitchStub | None = None
+        self._mux: Multiplexer | None = None
+        self._multiplex = multiplex
         self._closed = False
 
     @property
@@ -100,6 +108,9 @@ class AsyncClient:
     async def close(self) -> None:
         """Closes the channel; calls still in flight are cancelled. Idempotent."""
         self._closed = True
+        mux, self._mux = self._mux, None
+        if mux is not None:
+            await mux.aclose()
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             await channel.close()
@@ -159,6 +170,8 @@ class AsyncClient:
         else:
             request.token_ids.ids.extend(_token_ids(prompt_token_ids))
         deadline = self._deadline(timeout_s)
+        if self._multiplex:
+            return MuxStream(self._multiplexer(), request, deadline)
         return GenerationStream(
             lambda: self._api().Generate(request, timeout=deadline, metadata=self._metadata)
         )
@@ -224,6 +237,12 @@ class AsyncClient:
                 self._channel = grpc.aio.insecure_channel(self._address, options=_CHANNEL_OPTIONS)
             self._stub = pb_grpc.FastSwitchStub(self._channel)
         return self._stub
+
+    def _multiplexer(self) -> Multiplexer:
+        if self._mux is None:
+            api = self._api()
+            self._mux = Multiplexer(lambda: api.GenerateMany(metadata=self._metadata))
+        return self._mux
 
     def _deadline(self, timeout_s: float | None) -> float:
         if timeout_s is None:

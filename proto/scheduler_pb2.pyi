@@ -64,6 +64,37 @@ class GenerateRequest(_message.Message):
     retain_ttl_s: float
     def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., retain_ttl_s: _Optional[float] = ...) -> None: ...
 
+class ManyRequest(_message.Message):
+    __slots__ = ("tag", "generate", "cancel")
+    class Cancel(_message.Message):
+        __slots__ = ()
+        def __init__(self) -> None: ...
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    generate: GenerateRequest
+    cancel: ManyRequest.Cancel
+    def __init__(self, tag: _Optional[int] = ..., generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., cancel: _Optional[_Union[ManyRequest.Cancel, _Mapping]] = ...) -> None: ...
+
+class TaggedChunk(_message.Message):
+    __slots__ = ("tag", "chunk", "code", "message")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    chunk: GenerateChunk
+    code: int
+    message: str
+    def __init__(self, tag: _Optional[int] = ..., chunk: _Optional[_Union[GenerateChunk, _Mapping]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ManyResponse(_message.Message):
+    __slots__ = ("chunks",)
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[TaggedChunk]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[TaggedChunk, _Mapping]]] = ...) -> None: ...
+
 class ChatRequest(_message.Message):
     __slots__ = ("conversation_id", "tenant", "system", "message", "sampling", "priority", "request_id", "ttl_s")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]

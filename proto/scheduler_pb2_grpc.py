@@ -39,6 +39,11 @@ class FastSwitchStub:
                 request_serializer=proto_dot_scheduler__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=proto_dot_scheduler__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.GenerateMany = channel.stream_stream(
+                '/fastswitch.v1.FastSwitch/GenerateMany',
+                request_serializer=proto_dot_scheduler__pb2.ManyRequest.SerializeToString,
+                response_deserializer=proto_dot_scheduler__pb2.ManyResponse.FromString,
+                _registered_method=True)
         self.Chat = channel.unary_stream(
                 '/fastswitch.v1.FastSwitch/Chat',
                 request_serializer=proto_dot_scheduler__pb2.ChatRequest.SerializeToString,
@@ -72,6 +77,19 @@ class FastSwitchServicer:
     def Generate(self, request, context):
         """One completion, streamed: one chunk per step that produced tokens, then a final chunk
         with finish_reason and metrics. Cancelling the call cancels the request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateMany(self, request_iterator, context):
+        """Many Generate requests on one call, for a front door that multiplexes its own clients (the
+        HTTP door): each request is named by a tag of the caller's choosing, and every chunk ready
+        at once comes in one message, so a step of 64 streams is one message, not 64. A request
+        that fails ends with a TaggedChunk carrying its status code and message; the call itself
+        fails only for a malformed message (INVALID_ARGUMENT) or a refused key. The caller's
+        half-close ends the call once every open request has finished; cancelling the call
+        cancels all of them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +135,11 @@ def add_FastSwitchServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=proto_dot_scheduler__pb2.GenerateRequest.FromString,
                     response_serializer=proto_dot_scheduler__pb2.GenerateChunk.SerializeToString,
+            ),
+            'GenerateMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.GenerateMany,
+                    request_deserializer=proto_dot_scheduler__pb2.ManyRequest.FromString,
+                    response_serializer=proto_dot_scheduler__pb2.ManyResponse.SerializeToString,
             ),
             'Chat': grpc.unary_stream_rpc_method_handler(
                     servicer.Chat,
@@ -171,6 +194,33 @@ class FastSwitch:
             '/fastswitch.v1.FastSwitch/Generate',
             proto_dot_scheduler__pb2.GenerateRequest.SerializeToString,
             proto_dot_scheduler__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fastswitch.v1.FastSwitch/GenerateMany',
+            proto_dot_scheduler__pb2.ManyRequest.SerializeToString,
+            proto_dot_scheduler__pb2.ManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

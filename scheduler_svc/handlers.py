@@ -24,6 +24,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from proto import scheduler_pb2 as api
+from scheduler_svc.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ M = TypeVar("M", bound=Message)
 Context: TypeAlias = grpc.aio.ServicerContext
 Unary = Callable[[Any, Context], Awaitable[Message]]
 Streaming = Callable[[Any, Context], AsyncIterator[Message]]
+Bidi = Callable[[AsyncIterator[Any], Context], AsyncIterator[Message]]
 
 
 async def parse(cls: type[M], raw: bytes, context: Context) -> M:
@@ -88,6 +90,30 @@ def _streaming(method: Streaming, cls: type[Message]) -> Callable[[bytes, Contex
     return handle
 
 
+def _bidi(method: Bidi, cls: type[Message]) -> Callable[[AsyncIterator[bytes], Context], Any]:
+    """A stream of requests: each message parsed as it comes; a malformed one ends the call
+    with INVALID_ARGUMENT (the method sees it as that SchedulerError from its iterator)."""
+
+    async def parsed(raw_requests: AsyncIterator[bytes]) -> AsyncIterator[Message]:
+        async for raw in raw_requests:
+            try:
+                yield cls.FromString(raw)
+            except DecodeError:
+                raise InvalidArgument(MALFORMED) from None
+
+    async def handle(raw: AsyncIterator[bytes], context: Context) -> AsyncIterator[Message]:
+        try:
+            async for item in method(parsed(raw), context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            if not context.cancelled():
+                await _internal(context, method.__name__)
+
+    return handle
+
+
 def method_handlers(servicer: Any) -> dict[str, grpc.RpcMethodHandler]:
     """The FastSwitch methods of `servicer`, each taking raw request bytes."""
 
@@ -103,6 +129,10 @@ def method_handlers(servicer: Any) -> dict[str, grpc.RpcMethodHandler]:
 
     return {
         "Generate": streaming(servicer.Generate, api.GenerateRequest),
+        "GenerateMany": grpc.stream_stream_rpc_method_handler(
+            _bidi(servicer.GenerateMany, api.ManyRequest),
+            response_serializer=api.ManyResponse.SerializeToString,
+        ),
         "Chat": streaming(servicer.Chat, api.ChatRequest),
         "EndConversation": unary(
             servicer.EndConversation, api.EndConversationRequest, api.EndConversationResponse

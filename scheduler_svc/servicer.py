@@ -32,6 +32,7 @@ from scheduler_svc.errors import (
     Unavailable,
 )
 from scheduler_svc.frontend import Frontend, RequestStream
+from scheduler_svc.many import ManyCall
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.request import Fault, FinishReason, Request
@@ -77,6 +78,22 @@ def fault_status(req: Request) -> SchedulerError | None:
     return _FAULT[req.fault or Fault.ABORTED](req.finish_message or "the request failed")
 
 
+async def _chunks(stream: RequestStream) -> AsyncIterator[api.GenerateChunk]:
+    """A request's chunks, the final one last; a request that a fault ended raises its
+    SchedulerError after its last tokens instead of a final chunk."""
+    while True:
+        delta = await stream.next_delta()
+        failed = fault_status(stream.request) if delta.finished else None
+        if failed is None:
+            yield convert.chunk(stream.request, delta)
+            if delta.finished:
+                return
+            continue
+        if delta.token_ids or delta.text:
+            yield convert.chunk(stream.request, delta._replace(finished=False))
+        raise failed
+
+
 class FastSwitchServicer(api_grpc.FastSwitchServicer):
     def __init__(self, frontend: Frontend, metrics: SchedulerMetrics, *, policy: str, mode: str):
         self._frontend = frontend
@@ -88,19 +105,21 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         self, request: api.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api.GenerateChunk]:
         try:
-            new = convert.new_request(request)
-            new = replace(new, tenant=current_caller().tenant(request.tenant))
-            stream = await self._frontend.open(new)
+            stream = await self._open(request)
         except SchedulerError as err:
             await self._reject(context, err)
         async for chunk in self._stream(stream, context):
             yield chunk
 
+    async def _open(self, request: api.GenerateRequest) -> RequestStream:
+        new = convert.new_request(request)
+        new = replace(new, tenant=current_caller().tenant(request.tenant))
+        return await self._frontend.open(new)
+
     async def _reject(self, context: grpc.aio.ServicerContext, err: SchedulerError) -> None:
         """Refuses a Generate or Chat call: counted by status, then aborted (raises)."""
-        code = status_for(err)
-        self._metrics.on_rejected(code.name.lower())
-        await context.abort(code, str(err))
+        self._on_rejected(err)
+        await context.abort(status_for(err), str(err))
 
     async def _stream(
         self, stream: RequestStream, context: grpc.aio.ServicerContext
@@ -108,19 +127,32 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         """The request's chunks; one that a fault ended (shutdown, a worker's error) ends its
         call with that status and message after its last tokens, not with a final chunk."""
         try:
-            while True:
-                delta = await stream.next_delta()
-                failed = fault_status(stream.request) if delta.finished else None
-                if failed is None:
-                    yield convert.chunk(stream.request, delta)
-                    if delta.finished:
-                        return
-                    continue
-                if delta.token_ids or delta.text:
-                    yield convert.chunk(stream.request, delta._replace(finished=False))
-                await context.abort(status_for(failed), str(failed))
+            async for chunk in _chunks(stream):
+                yield chunk
+        except SchedulerError as failed:
+            await context.abort(status_for(failed), str(failed))
         finally:
             await self._frontend.close(stream)
+
+    async def GenerateMany(
+        self, requests: AsyncIterator[api.ManyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.ManyResponse]:
+        """Generate for many tagged requests on one call (``many.py``)."""
+        call = ManyCall(
+            open=self._open,
+            chunks=_chunks,
+            close=self._frontend.close,
+            code_of=status_for,
+            on_rejected=self._on_rejected,
+        )
+        try:
+            async for message in call.run(requests):
+                yield message
+        except SchedulerError as err:
+            await context.abort(status_for(err), str(err))
+
+    def _on_rejected(self, err: SchedulerError) -> None:
+        self._metrics.on_rejected(status_for(err).name.lower())
 
     async def Chat(
         self, request: api.ChatRequest, context: grpc.aio.ServicerContext

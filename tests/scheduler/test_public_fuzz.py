@@ -285,6 +285,33 @@ def test_small_calls_fuzz(scheduler, stub, cancel, priority, end):
     )
 
 
+@st.composite
+def many_requests(draw) -> api.ManyRequest:
+    op = draw(st.sampled_from(["generate", "cancel", "none"]))
+    out = api.ManyRequest(tag=draw(st.integers(0, 5) | st.integers(0, 2**64 - 1)))
+    if op == "generate":
+        out.generate.CopyFrom(draw(generate_requests()))
+    elif op == "cancel":
+        out.cancel.SetInParent()
+    return out
+
+
+ALLOWED_VALUES = {code.value[0] for code in ALLOWED}
+
+
+def many(call) -> None:
+    for msg in call:
+        for tagged in msg.chunks:
+            assert tagged.code in ALLOWED_VALUES and len(tagged.message) < 300, tagged.message
+            assert len(tagged.chunk.request_id) <= MAX_REQUEST_ID_CHARS
+
+
+@FUZZ
+@given(reqs=st.lists(many_requests(), max_size=8))
+def test_generate_many_fuzz(scheduler, stub, reqs):
+    assert code_of(lambda: many(stub.GenerateMany(iter(reqs), timeout=TIMEOUT_S))) in ALLOWED
+
+
 STREAMING = {"Generate": True, "Chat": True}
 
 
@@ -306,6 +333,25 @@ def test_raw_bytes_fuzz(scheduler, channel, method, payload):
     else:
         code = code_of(lambda: channel.unary_unary(path)(payload, timeout=TIMEOUT_S))
     assert code in ALLOWED
+
+
+@FUZZ
+@given(
+    payloads=st.lists(
+        st.one_of(
+            st.binary(max_size=300),
+            many_requests().map(lambda m: m.SerializeToString()),
+            many_requests().map(lambda m: m.SerializeToString()[:-1]),
+        ),
+        max_size=6,
+    )
+)
+def test_raw_bytes_generate_many_fuzz(scheduler, channel, payloads):
+    call = channel.stream_stream(
+        "/fastswitch.v1.FastSwitch/GenerateMany",
+        response_deserializer=api.ManyResponse.FromString,
+    )
+    assert code_of(lambda: many(call(iter(payloads), timeout=TIMEOUT_S))) in ALLOWED
 
 
 def test_the_scheduler_serves_normally_after_the_fuzz(scheduler, stub):

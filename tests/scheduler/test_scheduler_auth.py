@@ -298,3 +298,26 @@ def test_key_file_weights_merge_with_the_tenants_flag_which_wins(tmp_path):
     ring = KeyRing.load(cfg.api_keys)
     assert ring.tenants() == {"alice", "bob", "door"}
     assert tenant_weights(cfg, ring) == {"alice": 2.0, "bob": 5.0, "carol": 1.0}
+
+
+async def test_generate_many_checks_the_key_per_call_and_the_tenant_per_request(keyed):
+    target, frontend, _ = keyed
+    seen: list[str] = []
+    frontend.on_finish = lambda req: seen.append(req.tenant)
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = api_grpc.FastSwitchStub(ch)
+        anonymous = stub.GenerateMany()
+        await anonymous.write(api.ManyRequest(tag=1, generate=gen()))
+        assert await code_of(anonymous.read()) == grpc.StatusCode.UNAUTHENTICATED
+        call = stub.GenerateMany(metadata=ALICE)
+        for tag, tenant in ((1, "bob"), (2, ""), (3, "alice.batch")):
+            await call.write(api.ManyRequest(tag=tag, generate=gen(tenant)))
+        await call.done_writing()
+        ended: dict[int, api.TaggedChunk] = {}
+        async for msg in call:
+            for tc in msg.chunks:
+                if tc.code or tc.chunk.finish_reason:
+                    ended[tc.tag] = tc
+    assert ended[1].code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert ended[2].chunk.finish_reason == ended[3].chunk.finish_reason == api.FINISH_REASON_LENGTH
+    assert sorted(seen) == ["alice", "alice.batch"]
