@@ -14,6 +14,10 @@ so drift of a shared machine does not always favour one door):
 * **serial**: one stream (``S`` requests one after another, ``T`` output tokens): the door's
   own latency, apart from what its CPU and its client's take from a saturated machine.
 
+Both doors reach the scheduler the same way: the bench's gRPC runs send every request on one
+multiplexed GenerateMany call (``--grpc-calls shared``, the bench's default), and so does the
+door for its clients (``--scheduler-calls shared``); the difference is the door itself.
+
 The client measures both doors with the same code (the runner stamps each streamed piece on
 arrival): TTFT = first token - request sent (the wait for a client slot is not the door's),
 TBT = every gap between consecutive tokens (per token), requests/s = finished / wall time.

@@ -190,6 +190,15 @@ def build_run_parser() -> argparse.ArgumentParser:
         "file, and verify an https:// target with it (default $FASTSWITCH_TLS_CA)",
     )
     p.add_argument(
+        "--grpc-calls",
+        choices=("shared", "per-request"),
+        default="shared",
+        help="a gRPC target: shared sends every request on one multiplexed GenerateMany call "
+        "(the bench's own CPU per request stays small, as the HTTP door's does); per-request "
+        "opens a Generate call each, as a client with a call per stream does (default "
+        "%(default)s; Chat turns always have calls of their own)",
+    )
+    p.add_argument(
         "--wait-workers",
         metavar="N",
         type=int,

@@ -259,6 +259,7 @@ def run_config_from_args(a: argparse.Namespace, target: str) -> RunConfig:
         model_name=getattr(a, "model_name", None),
         api_key=getattr(a, "api_key", None),
         tls_ca=getattr(a, "tls_ca", None),
+        multiplex=getattr(a, "grpc_calls", "shared") == "shared",
     )
 
 

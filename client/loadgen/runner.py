@@ -67,6 +67,8 @@ class RunConfig:
     # The API key sent on every call (None: $FASTSWITCH_API_KEY); never shown in a repr.
     api_key: str | None = field(default=None, repr=False)
     tls_ca: str | None = None  # the CA of a TLS target (docs/security.md)
+    # A gRPC target: every Generate on one GenerateMany call (False: a call per request).
+    multiplex: bool = True
 
     def __post_init__(self) -> None:
         if self.use_chat and is_http(self.target):
@@ -128,6 +130,7 @@ def transport_of(cfg: RunConfig) -> Transport:
         connect_timeout_s=cfg.connect_timeout_s,
         api_key=cfg.api_key,
         tls_ca=cfg.tls_ca,
+        multiplex=cfg.multiplex,
     )
 
 

@@ -130,13 +130,15 @@ def open_transport(
     connect_timeout_s: float = 5.0,
     api_key: str | None = None,
     tls_ca: str | None = None,
+    multiplex: bool = True,
 ) -> Transport:
     """The transport of ``target``: HTTP for ``http(s)://``, else gRPC. ``stats_target`` (a
     scheduler's gRPC address), ``model_name`` and ``max_connections`` (the keep-alive pool;
     None: no cap) concern HTTP only. ``api_key`` goes with every call (gRPC metadata, or the
     door's ``Authorization: Bearer`` header; None: ``$FASTSWITCH_API_KEY``). ``tls_ca`` (a CA
     file) makes a gRPC target (and an HTTP target's stats target) TLS, and verifies an
-    ``https://`` target (None: the system roots)."""
+    ``https://`` target (None: the system roots). ``multiplex`` sends a gRPC target's
+    completions on one GenerateMany call (False: a Generate call each)."""
     if is_http(target):
         from client.loadgen.http_transport import HttpTransport
 
@@ -154,7 +156,9 @@ def open_transport(
         raise ValueError(
             f"--stats-target and --model-name are for an http:// target; got target {target!r}"
         )
-    return GrpcTransport(target, timeout_s=timeout_s, api_key=api_key, tls_ca=tls_ca)
+    return GrpcTransport(
+        target, timeout_s=timeout_s, api_key=api_key, tls_ca=tls_ca, multiplex=multiplex
+    )
 
 
 def failed(err: FastSwitchError) -> RequestFailed:
@@ -179,7 +183,8 @@ async def pieces(stream: GenerationStream) -> AsyncGenerator[Piece, None]:
 
 
 class GrpcTransport:
-    """The scheduler's gRPC API through the SDK."""
+    """The scheduler's gRPC API through the SDK; with ``multiplex`` every completion goes on
+    the client's one GenerateMany call (a Chat turn has a call of its own)."""
 
     kind = "grpc"
     can_set_priority = True
@@ -192,9 +197,12 @@ class GrpcTransport:
         timeout_s: float,
         api_key: str | None = None,
         tls_ca: str | None = None,
+        multiplex: bool = True,
     ) -> None:
         self.target = target
-        self._api = AsyncClient(target, timeout_s=timeout_s, api_key=api_key, tls_ca=tls_ca)
+        self._api = AsyncClient(
+            target, timeout_s=timeout_s, api_key=api_key, tls_ca=tls_ca, multiplex=multiplex
+        )
 
     async def __aenter__(self) -> Self:
         await self._api.__aenter__()

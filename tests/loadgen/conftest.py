@@ -1,8 +1,8 @@
 """A fake FastSwitch scheduler on an in-process grpc.aio server, for the load generator's runner
 and CLI tests (no model, no processes).
 
-Generate streams ``max_tokens`` tokens, one per chunk, ``token_delay_s`` apart; the last chunk
-carries finish_reason LENGTH and metrics. Knobs on the fake:
+Generate (and each request of GenerateMany) streams ``max_tokens`` tokens, one per chunk,
+``token_delay_s`` apart; the last chunk carries finish_reason LENGTH and metrics. Knobs on the fake:
   fail_after   requests after this many are aborted with UNAVAILABLE (a target failing mid-run)
   hang         streams never end (until the client cancels)
   chat_served  Chat answers like Generate (conversation ids conv-N); else UNIMPLEMENTED
@@ -23,6 +23,9 @@ import pytest
 
 from proto import scheduler_pb2 as pb
 from proto import scheduler_pb2_grpc as pb_grpc
+from scheduler_svc.errors import Unavailable
+from scheduler_svc.many import ManyCall
+from scheduler_svc.servicer import status_for
 
 
 class FakeScheduler(pb_grpc.FastSwitchServicer):
@@ -49,6 +52,26 @@ class FakeScheduler(pb_grpc.FastSwitchServicer):
         async for chunk in self._stream(request.request_id, request.sampling, context):
             yield chunk
 
+    async def GenerateMany(self, requests, context):
+        """Generate for each tagged request, multiplexed as the scheduler does (its ManyCall)."""
+
+        async def start(request):
+            self.requests.append(request)
+            return request
+
+        async def chunks(request):
+            async for chunk in self._stream(request.request_id, request.sampling, None):
+                yield chunk
+
+        async def close(request):
+            pass
+
+        call = ManyCall(
+            open=start, chunks=chunks, close=close, code_of=status_for, on_rejected=lambda e: None
+        )
+        async for message in call.run(requests):
+            yield message
+
     async def Chat(self, request, context):
         if not self.chat_served:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "conversations are not served yet")
@@ -61,6 +84,8 @@ class FakeScheduler(pb_grpc.FastSwitchServicer):
     async def _stream(self, rid, sampling, context) -> AsyncIterator[pb.GenerateChunk]:
         n = len(self.requests) + len(self.chats)
         if self.fail_after is not None and n > self.fail_after:
+            if context is None:  # a request of GenerateMany: its tag fails
+                raise Unavailable("fake is down")
             await context.abort(grpc.StatusCode.UNAVAILABLE, "fake is down")
         self.running.add(rid)
         self.max_running = max(self.max_running, len(self.running))

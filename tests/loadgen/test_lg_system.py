@@ -89,6 +89,22 @@ def test_multiturn_history_is_accepted_by_the_server(deployment, capsys):
     assert rc == 0 and " 0 failed" in text
 
 
+def test_both_kinds_of_grpc_calls_serve_the_same_requests(deployment, tmp_path):
+    counts = {}
+    for calls in ("shared", "per-request"):
+        out = tmp_path / f"{calls}.json"
+        rc = main(
+            ["--target", deployment.address, "--workload", "fairness", "--duration", "1",
+             "--rate", "8", "--seed", "3", "--grpc-calls", calls, "--json", str(out),
+             "--no-progress"]
+        )  # fmt: skip
+        assert rc == 0
+        records = json.loads(out.read_text())["requests"]
+        assert records and all(r["status"] == "ok" for r in records)
+        counts[calls] = sorted((r["tenant"], r["output_tokens"]) for r in records)
+    assert counts["shared"] == counts["per-request"]
+
+
 def test_compare_both_modes(tmp_path, capsys):
     out = tmp_path / "cmp.json"
     rc = main(
