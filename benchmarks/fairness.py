@@ -45,16 +45,13 @@ import json
 import os
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import Row, format_table, medians
+from e2e import Row, format_table, medians, scrape_counters
 
 from client.loadgen.runner import RunConfig, RunResult
 from client.loadgen.stats import RequestRecord, Slo, Weights, percentile
@@ -200,17 +197,7 @@ SCRAPED = {
 
 
 def scrape(dep: Deployment) -> Counters:
-    totals = dict.fromkeys(SCRAPED.values(), 0.0)
-    for name, port in dep.metrics_ports.items():
-        if not (name.startswith("worker-") or name == "scheduler"):
-            continue
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name in SCRAPED:
-                    totals[SCRAPED[sample.name]] += sample.value
-    return Counters(**totals)
+    return Counters(**scrape_counters(dep, SCRAPED))
 
 
 @dataclass(frozen=True, slots=True)
