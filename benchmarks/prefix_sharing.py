@@ -88,7 +88,7 @@ class TraceReplay:
 
     sample: int = 32  # keep one chain in this many
     phase: int = 0  # which one
-    duration_s: float = 30.0
+    duration_s: float = 15.0
     tenants: int = 4
     system_tokens: int = 128
     max_prompt: int = 1024
