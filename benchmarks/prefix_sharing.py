@@ -26,11 +26,14 @@ between repeats; the workloads' tenants differ, so the second cannot hit the fir
 * ``vllm-baseline``: per-layer synchronous swaps, no cache, no reuse.
 
 The device pool (``--device-kv-blocks``) is sized so that the device cache alone cannot hold
-the working set (the distinct full blocks the requests' prompts name, per tenant); the output
-says by how much. Figures (medians of ``--repeats``): TTFT P50/P95/P99, TBT P99, throughput,
-prompt tokens per request and those prefilled (as the scheduler planned them, recomputes
-included), the share of prompt tokens served per tier (the scheduler's
-``fastswitch_cached_prompt_tokens_total``), device evictions, preemptions. ``reusable`` is what
+the working set (mooncake: the distinct full blocks the prompts name, per tenant; multiturn:
+every conversation's whole history, an upper bound, since a conversation's blocks are needed
+again only until its last turn); the output says by how much.
+
+Figures (medians of ``--repeats``): TTFT P50/P95/P99, TBT P99, throughput, prompt tokens per
+request and those prefilled (as the scheduler planned them, recomputes included), the share of
+prompt tokens served per tier (the scheduler's ``fastswitch_cached_prompt_tokens_total``),
+device evictions, preemptions. ``reusable`` is what
 a cache holding every block forever could serve (mooncake only: a conversation's replies are
 not known before the run). Ratios: other / fastswitch for latencies and prefilled tokens,
 fastswitch / other for throughput (> 1: ``fastswitch`` better).
@@ -38,8 +41,9 @@ fastswitch / other for throughput (> 1: ``fastswitch`` better).
     .venv/bin/python benchmarks/prefix_sharing.py [--quick] [--repeats 3] [--seed 0]
         [--device-kv-blocks 160] [--json PATH]
 
-About 6 minutes here (18 deployments of ~20 s); ``--quick`` (one repeat, shorter runs) about 2.
-On a shared machine the numbers are noisy: compare them within one run only.
+About 7 minutes here (9 deployments, each ~15 s to start and ~30 s of runs); ``--quick`` (one
+repeat, shorter runs) about 2. On a shared machine the numbers are noisy: compare them within
+one run only.
 """
 
 from __future__ import annotations
@@ -383,8 +387,10 @@ def main(argv: list[str] | None = None) -> int:
             f"repeats"
         )
         print(format_table(title, mine, labels, rows()))
+        what = "distinct blocks" if w.name == "mooncake" else "blocks of whole histories"
         print(
-            f"  working set {blocks} blocks = {blocks / a.device_kv_blocks:.1f}x the device pool"
+            f"  working set {blocks} {what} = {blocks / a.device_kv_blocks:.1f}x the device "
+            f"pool"
             + (": the device cache alone cannot hold it" if blocks > a.device_kv_blocks else "")
         )
         if w.name == "mooncake":
