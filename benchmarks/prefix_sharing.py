@@ -41,7 +41,7 @@ fastswitch / other for throughput (> 1: ``fastswitch`` better).
     .venv/bin/python benchmarks/prefix_sharing.py [--quick] [--repeats 3] [--seed 0]
         [--device-kv-blocks 160] [--json PATH]
 
-About 7 minutes here (9 deployments, each ~15 s to start and ~30 s of runs); ``--quick`` (one
+5 to 7 minutes here (9 deployments, each ~15 s to start and ~30 s of runs); ``--quick`` (one
 repeat, shorter runs) about 2. On a shared machine the numbers are noisy: compare them within
 one run only.
 """
