@@ -5,7 +5,7 @@ Workload (``fastswitch-bench``'s ``multiturn`` generator): conversations from se
 (tenant = conversation index mod ``--tenants``) arriving as a Poisson process, ~5.5 turns each,
 every turn's prompt the whole history plus a new message. One worker with a device KV pool of
 ``--device-kv-blocks`` blocks -- a few contexts' worth -- so VTC preempts often (margin 0,
-re-ranked every iteration), and every preemption is a swap.
+re-ranked every iteration), and every preemption is a swap (``vllm-v1``: a recompute).
 
 Model: the KV-heavy Llama of ``kv_heavy.py`` (built at start in a temp dir from a fixed seed),
 whose KV bytes per token against its FLOPs per token put this CPU where LLaMA-8B on an A10
@@ -19,6 +19,9 @@ Variants:
 * ``fs-no-retain``: the same without retention, i.e. the context-switch mechanisms alone
   (block groups, the async engine, reuse across preemptions): it separates their share of the
   gain from that of not prefilling the history again;
+* ``vllm-v1``: a current vLLM (``--mode vllm-v1``): device prefix cache, preemption by
+  recompute, no host tier; a preempted context is prefilled again, from the device cache as far
+  as it still holds it;
 * ``vllm-baseline``: per-layer copies inside the step, no reuse, no retention.
 
 Figures are medians over ``--repeats`` runs; ratios are other / fastswitch for latencies and
@@ -27,14 +30,14 @@ the worker spent copying swaps over its step time (async: on the copy thread, be
 steps); "swap stall share" the part of the step time the step itself was held by swaps.
 
     .venv/bin/python benchmarks/context_switch.py [--quick] [--repeats 3] [--seed 0]
-        [--variants fastswitch,fs-no-retain,vllm-baseline] [--device cuda]
+        [--variants fastswitch,fs-no-retain,vllm-v1,vllm-baseline] [--device cuda]
         [--geometry kv-heavy|llama3-8b-kv] [--host-kv-gib 2]
 
 On a GPU: ``--device cuda --geometry llama3-8b-kv`` (LLaMA-3-8B's KV bytes per token, bf16;
 see ``kv_heavy.py``) and a larger ``--host-kv-gib``, so preempted contexts fit the arena.
 
-About 5 minutes here (9 deployments of ~30 s); ``--quick`` (one repeat of 8 s of arrivals)
-about 1 minute.
+About 7 minutes here (12 deployments of ~30 s); ``--quick`` (one repeat of 8 s of arrivals)
+about 2 minutes.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ VARIANTS = {
     for v in (
         Variant("fastswitch", "fastswitch", scheduler_args=("--retain-generate", "0")),
         Variant("fs-no-retain", "fastswitch", scheduler_args=("--no-retain",)),
+        Variant("vllm-v1", "vllm-v1"),
         Variant("vllm-baseline", "vllm-baseline"),
     )
 }

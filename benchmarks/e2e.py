@@ -1,4 +1,5 @@
-"""Shared harness of the end-to-end benchmarks (context_switch.py, multiturn.py).
+"""Shared harness of the end-to-end benchmarks (context_switch.py, multiturn.py, fairness.py,
+prefix_sharing.py).
 
 Each *variant* is a deployment (a launcher mode plus extra flags); every repeat runs the same
 workload and seed against a fresh deployment of every variant, the variant order reversed on
@@ -68,22 +69,37 @@ class VariantRun:
     swap: SwapTime
 
 
-def scrape_swap_time(dep: Deployment) -> SwapTime:
-    totals = {"copy": 0.0, "wait": 0.0, "step": 0.0}
-    names = {
-        "fastswitch_worker_swap_copy_seconds_sum": "copy",
-        "fastswitch_worker_swap_wait_seconds_total": "wait",
-        "fastswitch_worker_step_seconds_sum": "step",
-    }
-    for name, port in dep.metrics_ports.items():
-        if not name.startswith("worker-"):
+def scrape_counters(dep: Deployment, wanted: Mapping[str, str]) -> dict[str, float]:
+    """Prometheus samples of the scheduler and the workers, summed into ``wanted``'s fields:
+    a key is a sample's name (``fastswitch_worker_steps_total``) or its name with one label
+    (``fastswitch_cached_prompt_tokens_total{tier="device"}``); every field starts at 0."""
+    totals = dict.fromkeys(wanted.values(), 0.0)
+    for child, port in dep.metrics_ports.items():
+        if not (child.startswith("worker-") or child == "scheduler"):
             continue
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name in names:
-                    totals[names[sample.name]] += sample.value
+                keys = [
+                    sample.name,
+                    *(f'{sample.name}{{{k}="{v}"}}' for k, v in sample.labels.items()),
+                ]
+                for key in keys:
+                    if key in wanted:
+                        totals[wanted[key]] += sample.value
+    return totals
+
+
+def scrape_swap_time(dep: Deployment) -> SwapTime:
+    totals = scrape_counters(
+        dep,
+        {
+            "fastswitch_worker_swap_copy_seconds_sum": "copy",
+            "fastswitch_worker_swap_wait_seconds_total": "wait",
+            "fastswitch_worker_step_seconds_sum": "step",
+        },
+    )
     return SwapTime(totals["copy"], totals["wait"], totals["step"])
 
 

@@ -1,5 +1,5 @@
-"""Fairness and its cost (issue 12): FCFS, VTC on the vLLM-style baseline and VTC on FastSwitch,
-same workload and seed, one run.
+"""Fairness and its cost (issue 12): FCFS, VTC on the vLLM-style baseline, VTC on a current vLLM
+and VTC on FastSwitch, same workload and seed, one run.
 
 Workload ``two-tenant`` (``fastswitch-bench``'s ``fairness`` generator): one worker, the tiny
 model, two tenants sending Poisson streams of ``--rates`` requests/s (80 and 20) of ``--prompt``
@@ -13,6 +13,7 @@ Configurations (each a fresh deployment; the order alternates between repeats):
 
 * ``fcfs``: arrival order, no fairness, no preemption for rank (``--policy fcfs``);
 * ``vtc-baseline``: VTC on ``--mode vllm-baseline`` (per-layer synchronous swaps, no reuse);
+* ``vtc-vllm-v1``: VTC on ``--mode vllm-v1`` (device prefix cache, preemption by recompute);
 * ``vtc-fastswitch``: VTC on ``--mode fastswitch``.
 
 Figures (medians of ``--repeats``): requests/s and output tokens/s with their ratio to FCFS,
@@ -31,7 +32,7 @@ service two tenants received over any stretch of time during which both were bac
     .venv/bin/python benchmarks/fairness.py [--repeats 3] [--duration 20] [--rates 80,20]
         [--prompt 128] [--output 64] [--seed 0] [--json PATH]
 
-About 5 minutes here (9 deployments of ~30 s). On a busy 2-core machine a step of 64 sequences
+About 7 minutes here (12 deployments of ~30 s). On a busy 2-core machine a step of 64 sequences
 of the tiny model can take 200 ms, so a request of 64 output tokens may not finish within the
 run (requests/s 0, output tokens/s still counts every token): ``--output 16`` then keeps the
 shape of the workload with requests that finish.
@@ -44,16 +45,13 @@ import json
 import os
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import Row, format_table, medians
+from e2e import Row, format_table, medians, scrape_counters
 
 from client.loadgen.runner import RunConfig, RunResult
 from client.loadgen.stats import RequestRecord, Slo, Weights, percentile
@@ -65,6 +63,7 @@ from fastswitch.deploy.variants import Variant, run_variants
 CONFIGS = (
     Variant("fcfs", "fastswitch", scheduler_args=("--policy", "fcfs")),
     Variant("vtc-baseline", "vllm-baseline", scheduler_args=("--policy", "vtc")),
+    Variant("vtc-vllm-v1", "vllm-v1", scheduler_args=("--policy", "vtc")),
     Variant("vtc-fastswitch", "fastswitch", scheduler_args=("--policy", "vtc")),
 )
 WEIGHTS = Weights(prompt=1.0, output=2.0)  # the scheduler's --vtc-prompt/output-weight defaults
@@ -198,17 +197,7 @@ SCRAPED = {
 
 
 def scrape(dep: Deployment) -> Counters:
-    totals = dict.fromkeys(SCRAPED.values(), 0.0)
-    for name, port in dep.metrics_ports.items():
-        if not (name.startswith("worker-") or name == "scheduler"):
-            continue
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name in SCRAPED:
-                    totals[SCRAPED[sample.name]] += sample.value
-    return Counters(**totals)
+    return Counters(**scrape_counters(dep, SCRAPED))
 
 
 @dataclass(frozen=True, slots=True)

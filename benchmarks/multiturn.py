@@ -1,5 +1,5 @@
-"""Multi-turn KV reuse end to end (issue 5): reuse on vs reuse off vs the vLLM-style baseline,
-same workload and seed, one run.
+"""Multi-turn KV reuse end to end (issue 5): reuse on vs reuse off vs a current vLLM vs the
+vLLM-style baseline, same workload and seed, one run.
 
 Workload (``fastswitch-bench``'s ``multiturn`` generator): conversations of ~5.5 turns (geometric)
 whose history grows to a few thousand tokens; every turn's prompt is the whole history (earlier
@@ -13,18 +13,20 @@ Variants (each a fresh deployment of the KV-heavy model of ``kv_heavy.py``, one 
   swaps it in and prefills only the new tokens (what the Chat API does for conversation turns;
   the load generator sends token ids, so it uses Generate);
 * ``reuse-off``: FastSwitch mode with ``--no-retain``: every turn prefills its whole history;
+* ``vllm-v1``: a current vLLM (``--mode vllm-v1``): the next turn shares the history's blocks
+  that its worker's device cache still holds, and prefills the rest (no host tier);
 * ``vllm-baseline``: per-layer synchronous swaps, no reuse, no retention.
 
 Reported per variant (medians over ``--repeats``): TTFT of turns >= 2 (P50/P99; turn 1 for
-reference), bytes the swap engine moved per turn (out + in, offloads included), the retained-KV
-hit rate (prompt tokens of turns >= 2 taken from retained KV / their prompt tokens) and the
+reference), bytes the swap engine moved per turn (out + in, offloads included), the KV hit
+rate (prompt tokens of turns >= 2 taken from retained or cached KV / their prompt tokens) and the
 prompt tokens each turn had to prefill. Ratios: other / reuse-on for latencies and bytes,
 reuse-on / other for throughput (> 1: reuse-on better).
 
     .venv/bin/python benchmarks/multiturn.py [--quick] [--repeats 3] [--seed 0]
 
-About 7 minutes here (9 deployments of ~30-50 s, conversations run to their last turn);
-``--quick`` about 75 s.
+About 9 minutes here (12 deployments of ~30-50 s, conversations run to their last turn);
+``--quick`` about 100 s.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from client.loadgen.workloads import WorkloadSpec, build_workload
 VARIANTS = (
     Variant("reuse-on", "fastswitch", scheduler_args=("--retain-generate", "0")),
     Variant("reuse-off", "fastswitch", scheduler_args=("--no-retain",)),
+    Variant("vllm-v1", "vllm-v1"),
     Variant("vllm-baseline", "vllm-baseline"),
 )
 

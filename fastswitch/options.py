@@ -19,7 +19,7 @@ from typing import Any
 
 from fastswitch.deploy import DeploymentConfig
 from servekit.config import env_default
-from servekit.names import LOG_LEVELS, MODES, POLICIES
+from servekit.names import LOG_LEVELS, MODES, POLICIES, PREEMPTIONS
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
@@ -102,7 +102,13 @@ def add_deployment_args(
     arg("--block-size", None, type=int, help="tokens per KV block (default: the worker's)")
     arg("--kvstore", None, help="use the running KV store at this address (default: start one)")
     arg("--policy", "vtc", choices=POLICIES, help="scheduling policy (%(default)s)")
-    arg("--mode", "fastswitch", choices=MODES, help="context-switch mode (%(default)s)")
+    arg(
+        "--mode",
+        "fastswitch",
+        choices=MODES,
+        help="fastswitch; vllm-v1 (device prefix cache, recompute, no host tier); vllm-baseline "
+        "(per-layer synchronous swaps, no reuse) (%(default)s)",
+    )
     arg("--log-level", "info", choices=LOG_LEVELS)
     arg("--log-dir", None, type=Path, help="children's logs, kept after stop")
     switch("--verbose", "children log to this stderr")
@@ -124,7 +130,7 @@ def add_service_args(
 
     arg("--tenants", "", help="NAME=WEIGHT,... fairness weights (others weigh 1)")
     switch("--strict-tenants", "reject tenants not named in --tenants")
-    arg("--preemption", None, choices=("swap", "recompute"), help="default: swap")
+    arg("--preemption", None, choices=PREEMPTIONS, help="default: the mode's (vllm-v1 recompute)")
     arg("--retain-generate", None, type=float, metavar="TTL_S", help="retain Generate KV too")
     switch("--no-retain", "do not retain finished requests' KV")
     arg("--max-batched-tokens", None, type=int, help="token budget of one step")

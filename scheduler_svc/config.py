@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from servekit.names import PREEMPTIONS
+
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
@@ -44,7 +46,7 @@ class CoreConfig:
             raise ValueError("growth_allowance, min_swap_tokens and preempt_margin must be >= 0")
         if not self.tenant_idle_s >= 0:  # also NaN
             raise ValueError(f"tenant_idle_s must be >= 0, got {self.tenant_idle_s}")
-        if self.preemption not in ("swap", "recompute"):
+        if self.preemption not in PREEMPTIONS:
             raise ValueError(f"preemption must be swap or recompute, got {self.preemption!r}")
         if self.retain and (self.preemption != "swap" or not self.kv_reuse):
             raise ValueError("retain needs preemption='swap' and kv_reuse")

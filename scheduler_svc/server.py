@@ -26,7 +26,7 @@ from servekit.keys import KeyRing
 from servekit.labels import DEFAULT_MAX_TENANTS
 from servekit.logs import setup_logging
 from servekit.modelspec import load_model_spec
-from servekit.names import MODES, POLICIES, mode_settings
+from servekit.names import MODES, POLICIES, PREEMPTIONS, Preemption, mode_settings
 from servekit.planes import (
     OPEN_PLANE,
     InternalPlane,
@@ -121,7 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kvstore", default=env_default("--kvstore", ""), help="KV store address")
     p.add_argument("--model", default=env_default("--model", "tiny"), help="tiny or a HF dir")
     p.add_argument("--policy", default=env_default("--policy", "vtc"), choices=POLICIES)
-    p.add_argument("--mode", default=env_default("--mode", "fastswitch"), choices=MODES)
+    p.add_argument(
+        "--mode",
+        default=env_default("--mode", "fastswitch"),
+        choices=MODES,
+        help="fastswitch: swaps to the host arena, KV reuse and retention; vllm-v1: device "
+        "prefix cache, preemption by recompute, no host tier; vllm-baseline: swaps, no reuse, "
+        "no cache (the defaults of --preemption, --device-prefix-cache, --no-kv-reuse, "
+        "--no-retain; default %(default)s)",
+    )
     p.add_argument(
         "--max-batched-tokens",
         type=int,
@@ -198,9 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("context switching")
     g.add_argument(
         "--preemption",
-        default=env_default("--preemption", "swap"),
-        choices=("swap", "recompute"),
-        help="how a preempted request leaves the device (swap needs --kvstore; default swap)",
+        default=env_default("--preemption", None),
+        choices=PREEMPTIONS,
+        help="how a preempted request leaves the device (swap needs --kvstore; default from "
+        "--mode: swap, vllm-v1 recompute)",
     )
     g.add_argument(
         "--no-kv-reuse",
@@ -247,16 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--device-prefix-cache",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=None,
         help="the device tier: finished requests' full blocks stay cached in the worker's pool, "
         "and a new request on that worker shares its longest cached prefix there, read-only "
-        "(default off)",
+        "(default from --mode: on in vllm-v1, else off)",
     )
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
+    """The config of the parsed flags: each context-switch setting is its flag's, else the
+    mode's (``mode_settings``); swaps and retention need a KV store."""
     mode = mode_settings(args.mode)
+    swap = bool(args.kvstore) and (args.preemption or mode.preemption) == Preemption.SWAP
+    device_cache = args.device_prefix_cache
     return SchedulerConfig(
         listen=args.listen,
         metrics_port=args.metrics_port,
@@ -275,18 +288,17 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             max_waiting=args.max_waiting,
             tenant_idle_s=args.tenant_idle_s,
             max_tenants=args.max_tenants,
-            preemption=args.preemption if args.kvstore else "recompute",
+            preemption=Preemption.SWAP if swap else Preemption.RECOMPUTE,
             kv_reuse=mode.kv_reuse and not args.no_kv_reuse,
             min_swap_tokens=args.min_swap_tokens,
             priority_update_interval=args.priority_update_interval,
             preempt_margin=args.preempt_margin,
-            retain=bool(args.kvstore)
-            and args.preemption == "swap"
+            retain=swap
             and not args.no_kv_reuse
             and not args.no_retain
             and mode.kv_reuse
             and mode.retain,
-            device_prefix_cache=args.device_prefix_cache,
+            device_prefix_cache=mode.device_prefix_cache if device_cache is None else device_cache,
         ),
         host_lease_s=args.host_lease_s,
         retain_generate_ttl_s=None if args.retain_generate is None else float(args.retain_generate),
@@ -418,6 +430,7 @@ async def serve(cfg: SchedulerConfig) -> int:
             "policy": cfg.policy,
             "mode": cfg.mode,
             "preemption": cfg.core.preemption,
+            "device_prefix_cache": cfg.core.device_prefix_cache,
             "api_keys": len(keys),
             "tls": cfg.tls is not None,
             "internal_listen": cfg.internal_listen,

@@ -126,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         default=env_default("--mode", "fastswitch"),
         choices=MODES,
-        help="fastswitch: block-group swaps, async; vllm-baseline: per-layer copies inside the "
-        "step (the defaults of --swap-layout and --swap-sync) (default %(default)s)",
+        help="fastswitch: block-group swaps, async; vllm-baseline and vllm-v1: per-layer copies "
+        "inside the step (the defaults of --swap-layout and --swap-sync; vllm-v1's scheduler "
+        "recomputes unless told to swap) (default %(default)s)",
     )
     p.add_argument(
         "--swap-layout",

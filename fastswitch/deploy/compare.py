@@ -182,8 +182,8 @@ def build_compare_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--modes",
         metavar="MODES",
-        default="fastswitch,vllm-baseline",
-        help="comma list; first is the one the ratios judge",
+        default="fastswitch,vllm-v1,vllm-baseline",
+        help="comma list; first is the one the ratios judge (default %(default)s)",
     )
     d.add_argument(
         "--repeats", metavar="N", type=int, default=1, help="runs per mode; medians are shown"

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastswitch.deploy.placement import worker_devices
-from servekit.names import LOG_LEVELS, MODES, POLICIES
-
-PREEMPTIONS = ("swap", "recompute")
+from servekit.names import LOG_LEVELS, MODES, POLICIES, PREEMPTIONS
 
 
 class DeploymentError(RuntimeError):
@@ -31,9 +29,11 @@ class DeploymentConfig:
     (else the worker's own choice); one entry is every worker's, N entries one per worker.
     ``log_dir`` None keeps the children's logs in the runtime directory, removed on stop; a
     directory keeps them there after stop. ``kvstore`` names a running store to use instead of
-    starting one. ``http_port`` starts the OpenAI-compatible HTTP door (api_svc) on that port (0:
-    a free one); None starts none. ``api_keys`` is the key file of both the scheduler's API and
-    the door (docs/security.md); the launcher adds keys of its own (``deploy/keys.py``).
+    starting one; a deployment has its store in every mode, ``vllm-v1`` included (its scheduler
+    swaps, and so uses the store, only when ``preemption`` says swap). ``http_port`` starts
+    the OpenAI-compatible HTTP door (api_svc) on that port (0: a free one); None starts none.
+    ``api_keys`` is the key file of both the scheduler's API and the door (docs/security.md);
+    the launcher adds keys of its own (``deploy/keys.py``).
     ``tls_cert``/``tls_key`` (both or neither) make the public listeners TLS: the scheduler's
     gRPC port and the door's HTTPS; ``tls_ca`` is the CA the launcher, the door and clients
     trust for them (None: the certificate itself, for a self-signed one). The certificate must
@@ -122,7 +122,7 @@ class DeploymentConfig:
             ("policy", self.policy, POLICIES),
             ("mode", self.mode, MODES),
             ("log_level", self.log_level, LOG_LEVELS),
-            ("preemption", self.preemption or "swap", PREEMPTIONS),
+            ("preemption", self.preemption or PREEMPTIONS[0], PREEMPTIONS),  # None: the mode's
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")

@@ -27,7 +27,7 @@ class Variant:
     """A deployment to measure: a label, a mode, and flags added after the base config's."""
 
     label: str
-    mode: str  # fastswitch | vllm-baseline
+    mode: str  # one of servekit.names.MODES
     scheduler_args: tuple[str, ...] = ()
     worker_args: tuple[str, ...] = ()
 

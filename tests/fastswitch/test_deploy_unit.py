@@ -148,6 +148,22 @@ def test_flag_mapping():
     assert "--device-kv-blocks" not in no_blocks[2].flags
 
 
+def test_vllm_v1_has_a_store_too_and_its_services_read_the_mode():
+    """One layout for every mode: the store is started, and the scheduler and the workers take
+    the mode's settings from --mode themselves (no per-setting flag is added)."""
+    ports = {"kvstore": 1, "scheduler": 2, "worker-0": 3}
+    specs = child_specs(DeploymentConfig(mode="vllm-v1"), Layout(Path("/r"), "d", 1, ports))
+    assert [s.service for s in specs] == ["kvstore", "scheduler", "worker"]
+    for spec in specs[1:]:
+        flags = list(spec.flags)
+        assert flags[flags.index("--mode") + 1] == "vllm-v1"
+        assert "--preemption" not in flags and "--device-prefix-cache" not in flags
+    with_swaps = child_specs(
+        DeploymentConfig(mode="vllm-v1", preemption="swap"), Layout(Path("/r"), "d", 1, ports)
+    )
+    assert "--preemption" in with_swaps[1].flags
+
+
 def test_keys_go_to_the_scheduler_with_the_launcher_s_and_the_door_gets_a_service_key(tmp_path):
     from fastswitch.deploy.keys import LauncherKeys
     from servekit.keys import KeyRing, read_key_file
@@ -207,6 +223,7 @@ def test_free_ports_are_distinct_and_bindable():
         {"device_kv_blocks": 0},
         {"policy": "lottery"},
         {"mode": "turbo"},
+        {"preemption": "drop"},
         {"log_level": "loud"},
         {"start_timeout_s": 0},
     ],

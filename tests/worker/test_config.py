@@ -56,6 +56,8 @@ def test_the_baseline_mode_sets_the_swap_defaults() -> None:
     cfg = config("--mode", "vllm-baseline")
     assert (cfg.swap_layout, cfg.swap_sync) == (SwapLayout.PER_LAYER, True)
     assert config("--mode", "vllm-baseline", "--swap-layout", "group").swap_layout == "group"
+    v1 = config("--mode", "vllm-v1")  # it swaps only when its scheduler is told to: the same way
+    assert (v1.swap_layout, v1.swap_sync) == (SwapLayout.PER_LAYER, True)
 
 
 @pytest.mark.parametrize(
