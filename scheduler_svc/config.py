@@ -28,6 +28,9 @@ class CoreConfig:
     # The device tier: finished requests' full blocks stay cached in the worker's pool, and new
     # requests share their longest cached prefix there (read-only, reference counted).
     device_prefix_cache: bool = False
+    # Cache-aware placement over the device tier (scheduler_svc.placement): a request waits for
+    # locality at most this many times (left for another worker, overtaken in its band); 0: off.
+    locality_max_waits: int = 8
 
     def __post_init__(self) -> None:
         for name in (
@@ -40,8 +43,16 @@ class CoreConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.growth_allowance < 0 or self.min_swap_tokens < 0 or self.preempt_margin < 0:
-            raise ValueError("growth_allowance, min_swap_tokens and preempt_margin must be >= 0")
+        if (
+            self.growth_allowance < 0
+            or self.min_swap_tokens < 0
+            or self.preempt_margin < 0
+            or self.locality_max_waits < 0
+        ):
+            raise ValueError(
+                "growth_allowance, min_swap_tokens, preempt_margin and locality_max_waits must"
+                " be >= 0"
+            )
         if not self.tenant_idle_s >= 0:  # also NaN
             raise ValueError(f"tenant_idle_s must be >= 0, got {self.tenant_idle_s}")
         if self.preemption not in ("swap", "recompute"):
