@@ -252,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
         "and a new request on that worker shares its longest cached prefix there, read-only "
         "(default off)",
     )
+    g.add_argument(
+        "--locality-max-waits",
+        type=int,
+        default=8,
+        metavar="N",
+        help="cache-aware placement over the device tier: a waiting request goes to the worker "
+        "holding its longest prefix (near-ties within the fairness margin), waiting for it at "
+        "most N times; 0: off (default 8)",
+    )
     return p
 
 
@@ -287,6 +296,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             and mode.kv_reuse
             and mode.retain,
             device_prefix_cache=args.device_prefix_cache,
+            locality_max_waits=args.locality_max_waits,
         ),
         host_lease_s=args.host_lease_s,
         retain_generate_ttl_s=None if args.retain_generate is None else float(args.retain_generate),
