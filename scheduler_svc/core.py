@@ -105,6 +105,7 @@ class SchedulerCore:
             model_fingerprint=model_fingerprint,
             block_size=lambda: self._workers.block_size,
             counters=self.counters,
+            share_groups=config.shared_prefix_tenants,
         )
         self._swaps = SwapController(
             kv_reuse=config.kv_reuse,

@@ -37,7 +37,7 @@ from servekit.planes import (
 from servekit.service import GrpcService, run
 from servekit.tls import TlsPair, tls_pair
 from servekit.tokenizer import load_tokenizer
-from servekit.validation import PROMPT_BYTES_PER_TOKEN
+from servekit.validation import PROMPT_BYTES_PER_TOKEN, validate_tenant
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="reject tenants not named in --tenants (INVALID_ARGUMENT)",
     )
     p.add_argument(
+        "--shared-prefix-tenants",
+        action="append",
+        default=[],
+        metavar="A,B,...",
+        help="a group of tenants that may share cached KV (a public system prompt): their "
+        "blocks hash alike, so each hits, and can time, the others' cache; repeat for more "
+        "groups (default: none, every tenant's cache is its own)",
+    )
+    p.add_argument(
         "--metrics-max-tenants",
         type=int,
         default=env_default("--metrics-max-tenants", DEFAULT_MAX_TENANTS),
@@ -264,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_share_group(text: str) -> tuple[str, ...]:
+    """``a,b,c`` -> the tenants of one sharing group (each a valid tenant name)."""
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    for name in names:
+        validate_tenant(name)
+    return names
+
+
 def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
     mode = mode_settings(args.mode)
     return SchedulerConfig(
@@ -297,6 +314,9 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             and mode.retain,
             device_prefix_cache=args.device_prefix_cache,
             locality_max_waits=args.locality_max_waits,
+            shared_prefix_tenants=tuple(
+                parse_share_group(text) for text in args.shared_prefix_tenants
+            ),
         ),
         host_lease_s=args.host_lease_s,
         retain_generate_ttl_s=None if args.retain_generate is None else float(args.retain_generate),
