@@ -25,8 +25,9 @@ rules, fairness first:
   for another, or overtaken in its band by a lower-ranked request admitted for its longer
   match), its ``locality_waits`` grows; at ``max_waits`` it is *due*: first in its band in rank
   order, and never left again. A worker that would compute nothing this step takes the best
-  request it left for a busy worker rather than idle (:meth:`PlacementPass.fallback`); one left
-  for an idle worker is that worker's at its next plan, which the same wake-up brings at once.
+  request it left for a busy worker (or one that waited before) rather than idle
+  (:meth:`PlacementPass.fallback`); a fresh one left for an idle worker is that worker's at its
+  next plan, which the same wake-up brings at once.
 
 A request admitted on the worker it was left for, or ahead of a better-ranked request it
 overtook, is a *locality placement* (``Counters.locality_placements``); each time a worker
@@ -257,10 +258,16 @@ class PlacementPass:
         self._left.pop(req.seq, None)
 
     def fallback(self) -> list[Request]:
-        """The requests this pass left for a busy worker, best first: an idle worker takes one
-        rather than idle. (One left for an idle worker is not taken: that worker was woken by
-        the same change that made the request admissible, and plans at once.)"""
-        return [r for r in self.order if r.seq in self._left and self._busy(self._left[r.seq])]
+        """The requests this pass left for another worker that an idle worker takes rather than
+        idle, best first: those left for a busy worker, and those locality kept waiting before.
+        A fresh one left for an idle worker is not taken: that worker was woken by the same
+        change that made the request admissible, and plans at once (one that waited before may
+        have been passed by that worker's last plan, when the caches stood otherwise)."""
+        return [
+            r
+            for r in self.order
+            if r.seq in self._left and (r.locality_waits or self._busy(self._left[r.seq]))
+        ]
 
     def _busy(self, worker_id: str) -> bool:
         slot = self._p.workers.get(worker_id)

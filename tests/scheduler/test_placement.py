@@ -196,3 +196,44 @@ def test_a_busy_worker_leaves_a_request_for_the_holder_a_bounded_number_of_steps
     assert core.counters.locality_deferrals == 3 and own.worker_id == "w0"
     drive(core, fakes)
     assert req.output_ids == expected(req.prompt_ids, 6)
+
+
+def test_an_idle_worker_takes_a_request_that_waited_before_though_the_holder_is_idle():
+    core, fakes = make(workers=("w0", "w1"), **SMALL)
+    warm(core, fakes, "w1", ask(0, 0))
+    own = submit(core, ask(2, 1), out=2)
+    step(core, "w0", fakes["w0"])
+    req = submit(core, ask(0, 2))
+    while not own.is_finished:  # w0 is busy and leaves req for w1 (which never plans here)
+        step(core, "w0", fakes["w0"])
+    waited = core.counters.locality_deferrals
+    assert waited > 0 and req.worker_id is None
+    step(core, "w0", fakes["w0"])  # now idle: it takes req rather than idle, long before due
+    assert req.worker_id == "w0" and core.counters.locality_deferrals == waited < 8
+    drive(core, fakes)
+    assert req.output_ids == expected(req.prompt_ids, 6)
+
+
+def test_no_admission_goes_before_a_waiting_tenant_more_than_the_margin_behind():
+    margin = 30.0
+    core, fakes = make(policy="vtc", max_num_seqs=2, preempt_margin=margin, **SMALL)
+    warm(core, fakes, "w0", ask(0, 0), tenant="a")
+    reqs: list[Request] = []
+    placed_early = 0
+    for k in range(1, 41):
+        if k % 2:
+            reqs.append(submit(core, ask(0, k), tenant="a", out=3))  # hits
+        else:
+            reqs.append(submit(core, ask(1 + k % 5, k), tenant="b", out=3))  # misses
+        counters = {t: core.policy.counter(t) for t in ("a", "b")}
+        waiting = [r for r in reqs if r.worker_id is None]
+        step(core, "w0", fakes["w0"])
+        admitted = [r for r in waiting if r.worker_id is not None]
+        left = [r for r in waiting if r.worker_id is None]
+        for r in admitted:
+            for w in left:
+                assert counters[r.tenant] <= counters[w.tenant] + margin
+                placed_early += w.seq < r.seq
+    drive(core, fakes)
+    assert placed_early > 0  # locality did reorder, within the margin
+    assert all(r.output_ids == expected(r.prompt_ids, 3) for r in reqs)
