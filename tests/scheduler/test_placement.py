@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sched_fakes import drive, step
 from test_core_device_cache import expected, make, submit
 
 from scheduler_svc.placement import WorkerLoad, better_elsewhere, locality_order
-from scheduler_svc.request import Request
+from scheduler_svc.request import FinishReason, Request
 
 DOC = 24  # tokens of each shared document: 6 full blocks of 4
 DOCS = [[(31 * d + 7 * i + 1) % 200 for i in range(DOC)] for d in range(6)]
@@ -237,3 +239,46 @@ def test_no_admission_goes_before_a_waiting_tenant_more_than_the_margin_behind()
     drive(core, fakes)
     assert placed_early > 0  # locality did reorder, within the margin
     assert all(r.output_ids == expected(r.prompt_ids, 3) for r in reqs)
+
+
+PLACE_OPS = st.one_of(
+    st.tuples(st.just("submit"), st.integers(0, 5), st.integers(0, 3), st.sampled_from("ab")),
+    st.tuples(st.just("step"), st.sampled_from(["w0", "w1"]), st.integers(1, 6)),
+    st.tuples(st.just("cancel"), st.integers(0, 40)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ops=st.lists(PLACE_OPS, max_size=40),
+    policy=st.sampled_from(["vtc", "priority", "fcfs"]),
+    max_waits=st.sampled_from([0, 1, 8]),
+)
+def test_random_streams_over_two_workers_drain_with_identical_outputs(ops, policy, max_waits):
+    core, fakes = make(
+        workers=("w0", "w1"),
+        policy=policy,
+        locality_max_waits=max_waits,
+        preempt_margin=20,
+        max_num_seqs=3,
+        **SMALL,
+    )
+    reqs: list[Request] = []
+    for op in ops:
+        if op[0] == "submit":
+            _, doc, extra, tenant = op
+            reqs.append(submit(core, ask(doc, len(reqs))[: DOC + extra], tenant=tenant, out=3))
+        elif op[0] == "step":
+            for _ in range(op[2]):
+                step(core, op[1], fakes[op[1]])
+        elif reqs:
+            core.cancel(reqs[op[1] % len(reqs)].request_id)
+        core.check_integrity()
+    drive(core, fakes)
+    for r in reqs:
+        want = expected(r.prompt_ids, 3)
+        assert r.output_ids == (
+            want if r.finish_reason is not FinishReason.CANCELLED else want[: len(r.output_ids)]
+        )
+    for slot in core.workers.values():
+        assert not slot.allocator.owners()
