@@ -3,7 +3,9 @@
     preemption by rank (every priority_update_interval iterations, rule 3 first)
     running requests, best-ranked first: decode, or the next prefill chunk (growing their blocks,
         preempting lower-ranked ones when blocks are short)
-    waiting and swapped requests, best-ranked first, while budget, batch slots and blocks last
+    waiting and swapped requests in placement's order (the policy's; near-ties by cache
+        locality; some left for another worker: ``scheduler_svc.placement``), while budget,
+        batch slots and blocks last
 
 Capacity is asked before it is taken: an allocation that does not fit changes nothing.
 
@@ -21,6 +23,7 @@ import logging
 from dataclasses import dataclass
 
 from scheduler_svc.host_copies import HostCopies
+from scheduler_svc.placement import Placement, shareable_blocks
 from scheduler_svc.plan import BlockAppend, PrefillChunk, SeqStart, StepPlan
 from scheduler_svc.policy import Policy
 from scheduler_svc.request import LookupState, Request, Status
@@ -80,9 +83,11 @@ class Admission:
         waiting: WaitQueue,
         swaps: SwapController,
         host: HostCopies,
+        placement: Placement,
         counters: Counters,
     ) -> None:
         self._limits = limits
+        self._placement = placement
         self._host = host
         self._policy = policy
         self._table = table
@@ -115,8 +120,8 @@ class Admission:
         """
         head = self._best_waiting(slot)
         self._maybe_cancel_swap_outs(slot, head)
-        if head is None:
-            return
+        if head is None or self._placement.begin(slot, [head]).leave(head):
+            return  # nothing waits, or another worker takes it without a preemption
         need = self._admission_blocks(slot, head)
         leaving = slot.blocks_leaving()
         staying = sum(1 for r in slot.running.values() if r.status != Status.SWAPPING_OUT)
@@ -276,29 +281,44 @@ class Admission:
         return slot.info.blocks_for(first)
 
     def _admit_waiting(self, slot: WorkerSlot, plan: StepPlan, budget: Budget) -> None:
+        """Admits waiting and swapped requests in placement's order (``scheduler_svc.placement``:
+        the policy's, near-ties by cache locality), skipping those left for another worker,
+        until the budget or batch slots run out or one does not fit."""
         if not self._waiting:
             return
-        admitted: set[int] = set()
         just_dropped = set(plan.drop)
-        for req in self._waiting.rank(self._policy.sort_key):
+        ready = [
+            req
+            for req in self._waiting.rank(self._policy.sort_key)
+            if req.seq not in just_dropped
+            and req.lookup not in (LookupState.PENDING, LookupState.DEFERRED)
+            and req.num_tokens + 1 <= slot.info.capacity_tokens  # else it fits another worker
+        ]
+        placing = self._placement.begin(slot, ready)
+        admitted: set[int] = set()
+        for req in placing.order:
             if not budget.has_room() or len(slot.running) >= self._limits.max_num_seqs:
                 break
-            if req.seq in just_dropped or req.lookup in (
-                LookupState.PENDING,
-                LookupState.DEFERRED,
-            ):
+            if placing.leave(req):
                 continue
-            if req.num_tokens + 1 > slot.info.capacity_tokens:
-                continue  # fits another worker only
-            ok = (
-                self._resume(slot, req)
-                if req.status == Status.SWAPPED
-                else self._start(slot, req, plan, budget)
-            )
-            if not ok:
+            if not self._admit(slot, req, plan, budget):
                 break  # the best-ranked waiting request does not fit: stop, keep the order
             admitted.add(req.seq)
+            placing.admitted(req)
+        if not admitted and not plan.has_compute:
+            # Nothing computes here this step: take the best request left for another worker
+            # rather than idle.
+            for req in placing.fallback()[:1]:
+                if self._admit(slot, req, plan, budget):
+                    admitted.add(req.seq)
+                    placing.admitted(req)
+        placing.finish(admitted)
         self._waiting.remove_all(admitted)
+
+    def _admit(self, slot: WorkerSlot, req: Request, plan: StepPlan, budget: Budget) -> bool:
+        if req.status == Status.SWAPPED:
+            return self._resume(slot, req)
+        return self._start(slot, req, plan, budget)
 
     def _expected_blocks(self, slot: WorkerSlot, req: Request) -> int:
         total = min(len(req.prompt_ids) + req.limits.max_tokens, slot.info.max_model_len)
@@ -313,7 +333,7 @@ class Admission:
     def _start(self, slot: WorkerSlot, req: Request, plan: StepPlan, budget: Budget) -> bool:
         bs = slot.info.block_size
         fresh = req.num_computed == 0  # new or recomputed (a WAITING request always is)
-        prefix = self._device_prefix(slot, req, (req.num_tokens - 1) // bs if fresh else 0)
+        prefix = self._device_prefix(slot, req, shareable_blocks(req, bs) if fresh else 0)
         computed = len(prefix) * bs if prefix else req.num_computed
         n = min(req.num_tokens - computed, budget.tokens, self._limits.max_prefill_chunk)
         slot.allocator.share(req.seq, prefix)

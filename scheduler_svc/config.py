@@ -30,6 +30,12 @@ class CoreConfig:
     # The device tier: finished requests' full blocks stay cached in the worker's pool, and new
     # requests share their longest cached prefix there (read-only, reference counted).
     device_prefix_cache: bool = False
+    # Cache-aware placement over the device tier (scheduler_svc.placement): a request waits for
+    # locality at most this many times (left for another worker, overtaken in its band); 0: off.
+    locality_max_waits: int = 8
+    # Isolation: tenants never share cached KV (their blocks hash with their own salt) except
+    # within a group declared here (scheduler_svc.prefix_hash.group_salt); none by default.
+    shared_prefix_tenants: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         for name in (
@@ -42,10 +48,25 @@ class CoreConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.growth_allowance < 0 or self.min_swap_tokens < 0 or self.preempt_margin < 0:
-            raise ValueError("growth_allowance, min_swap_tokens and preempt_margin must be >= 0")
+        if (
+            self.growth_allowance < 0
+            or self.min_swap_tokens < 0
+            or self.preempt_margin < 0
+            or self.locality_max_waits < 0
+        ):
+            raise ValueError(
+                "growth_allowance, min_swap_tokens, preempt_margin and locality_max_waits must"
+                " be >= 0"
+            )
         if not self.tenant_idle_s >= 0:  # also NaN
             raise ValueError(f"tenant_idle_s must be >= 0, got {self.tenant_idle_s}")
+        seen: set[str] = set()
+        for group in self.shared_prefix_tenants:
+            if len(set(group)) < 2 or seen & set(group) or not all(group):
+                raise ValueError(
+                    f"a sharing group names two or more tenants, each in one group: {group}"
+                )
+            seen.update(group)
         if self.preemption not in PREEMPTIONS:
             raise ValueError(f"preemption must be swap or recompute, got {self.preemption!r}")
         if self.retain and (self.preemption != "swap" or not self.kv_reuse):

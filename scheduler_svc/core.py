@@ -31,6 +31,7 @@ The core is composed of small parts, each with its own state and its share of
     HostCopies      host copies, content hashes, retained lookups, HostOps  host_copies.py
     SwapController  swap-out, swap-in, offload, swap results                swaps.py
     Admission       budget, running, waiting, preemption                    admission.py
+    Placement       which worker takes a waiting request (cache locality)   placement.py
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from scheduler_svc.config import CoreConfig
 from scheduler_svc.errors import InvalidArgument, ResourceExhausted
 from scheduler_svc.host_copies import HostCopies
 from scheduler_svc.host_ops import HostOp, HostOpKind
+from scheduler_svc.placement import Placement, PlacementLimits
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.policy import Policy
 from scheduler_svc.request import (
@@ -103,6 +105,7 @@ class SchedulerCore:
             model_fingerprint=model_fingerprint,
             block_size=lambda: self._workers.block_size,
             counters=self.counters,
+            share_groups=config.shared_prefix_tenants,
         )
         self._swaps = SwapController(
             kv_reuse=config.kv_reuse,
@@ -123,6 +126,20 @@ class SchedulerCore:
             preempt_margin=config.preempt_margin,
             device_prefix_cache=config.device_prefix_cache,
         )
+        placement = Placement(
+            PlacementLimits(
+                margin=config.preempt_margin,
+                max_waits=config.locality_max_waits,
+                max_num_seqs=config.max_num_seqs,
+                max_batched_tokens=config.max_batched_tokens,
+                max_prefill_chunk=config.max_prefill_chunk,
+            ),
+            policy,
+            workers=self._workers,
+            host=self._host,
+            counters=self.counters,
+            enabled=config.device_prefix_cache,
+        )
         self._admission = Admission(
             limits,
             policy,
@@ -130,6 +147,7 @@ class SchedulerCore:
             waiting=self._waiting,
             swaps=self._swaps,
             host=self._host,
+            placement=placement,
             counters=self.counters,
         )
 

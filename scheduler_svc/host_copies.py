@@ -12,10 +12,10 @@ the blocks after ``host_tokens``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from scheduler_svc.host_ops import HostOp, HostOpKind
-from scheduler_svc.prefix_hash import chain_hashes, extend_chain, tenant_salt
+from scheduler_svc.prefix_hash import chain_hashes, extend_chain, group_salt, tenant_salt
 from scheduler_svc.request import LookupState, Request, Status
 from scheduler_svc.stats import Counters
 
@@ -40,6 +40,7 @@ class HostCopies:
         model_fingerprint: str,
         block_size: Callable[[], int | None],
         counters: Counters,
+        share_groups: Sequence[Sequence[str]] = (),
     ) -> None:
         self.retain = retain
         self._secret = secret
@@ -47,6 +48,8 @@ class HostCopies:
         self._block_size = block_size
         self._counters = counters
         self._salts: dict[str, bytes] = {}
+        # Declared sharing groups (prefix_hash.group_salt): each member hashes with its group's.
+        self._group_of = {t: tuple(g) for g in share_groups for t in g}
         self._ops: list[HostOp] = []
         # Offloads in flight by the hash of their first block, and the lookups waiting for them.
         self._offloads_by_root: dict[bytes, int] = {}
@@ -75,7 +78,12 @@ class HostCopies:
     def _salt(self, tenant: str) -> bytes:
         salt = self._salts.get(tenant)
         if salt is None:
-            salt = self._salts[tenant] = tenant_salt(self._secret, tenant, self._fingerprint)
+            group = self._group_of.get(tenant)
+            salt = self._salts[tenant] = (
+                group_salt(self._secret, group, self._fingerprint)
+                if group
+                else tenant_salt(self._secret, tenant, self._fingerprint)
+            )
         return salt
 
     def _bs(self) -> int:

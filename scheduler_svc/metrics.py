@@ -53,6 +53,7 @@ QUEUE_BUCKETS = (
 
 CACHE_TIERS = ("host", "device")  # where cached prompt KV came from
 PREEMPTION_KINDS = ("swap", "recompute")
+LOCALITY_KINDS = ("placement", "deferral")
 DIRECTIONS = ("out", "in")
 
 
@@ -176,6 +177,12 @@ class SchedulerMetrics:
         self.plans = Counter(
             "fastswitch_scheduler_plans", "Step plans sent to workers", m, registry=registry
         )
+        self.locality = Counter(
+            "fastswitch_scheduler_locality",
+            "Cache-aware placement: admissions it placed, and requests left for another worker",
+            [*m, "kind"],
+            registry=registry,
+        )
         self.compute_plans = Counter(
             "fastswitch_scheduler_compute_plans",
             "Step plans with at least one prefill chunk or decode (the rest only move KV)",
@@ -221,6 +228,8 @@ class SchedulerMetrics:
         self._swapped = self.swapped.labels(model)
         self._device_evictions = self.cache_evictions.labels(model, "device")
         self._evictions_counted = 0
+        self._locality = {k: self.locality.labels(model, k) for k in LOCALITY_KINDS}
+        self._locality_counted = dict.fromkeys(LOCALITY_KINDS, 0)
         self._plan_series = tuple(
             c.labels(model)
             for c in (
@@ -299,6 +308,13 @@ class SchedulerMetrics:
         if c.device_evicted_blocks > self._evictions_counted:
             self._device_evictions.inc(c.device_evicted_blocks - self._evictions_counted)
             self._evictions_counted = c.device_evicted_blocks
+        for kind, total in (
+            ("placement", c.locality_placements),
+            ("deferral", c.locality_deferrals),
+        ):
+            if total > self._locality_counted[kind]:
+                self._locality[kind].inc(total - self._locality_counted[kind])
+                self._locality_counted[kind] = total
         added = core.tenants_added - self._tenants_seen
         if added > 0:  # new tenants are the table's last entries (idle ones leave from anywhere)
             for tenant in list(core.tallies)[-added:]:  # in arrival order

@@ -30,6 +30,12 @@ bring back, block runs, then more tokens left), and only as many as ``a`` needs.
   requests at every crossing; a request whose swap-in has just completed is not preempted
   before it has computed once. Q = 0 is fully preemptive VTC (a switch at every crossing).
 
+Cache locality (``scheduler_svc.placement``) may reorder only near-ties (``near_tie``): VTC,
+requests whose tenant's counter is within the same quantum Q of the best-ranked one's (a lead of
+up to Q is worth neither a preemption nor a cache miss; a tenant more than Q ahead never goes
+first, so the bound above grows by at most Q); priority, requests of the same priority; FCFS,
+none (arrival order is the whole policy).
+
 Tenants idle for a while leave the scheduler's live table (``SchedulerCore.prune_idle_tenants``)
 and the policy hears ``on_pruned``. VTC keeps the pruned tenant's counter, one float (O(1) per
 pruned tenant), because the lift rule needs it: a tenant that returns while no other is active
@@ -69,6 +75,10 @@ class Policy(Protocol):
     def outranks(self, a: Request, b: Request, margin: float) -> bool:
         """Whether `a` should preempt `b` (by more than `margin` where that means anything)."""
 
+    def near_tie(self, head: Request, other: Request, margin: float) -> bool:
+        """Whether `other`, ranked after `head`, is close enough for cache locality to go
+        first (``scheduler_svc.placement``); never true across a fairness claim."""
+
 
 class FcfsPolicy:
     name = "fcfs"
@@ -94,6 +104,9 @@ class FcfsPolicy:
     def outranks(self, a: Request, b: Request, margin: float) -> bool:
         return False  # arrival order never preempts; only memory pressure does
 
+    def near_tie(self, head: Request, other: Request, margin: float) -> bool:
+        return False  # arrival order is the whole policy: locality never reorders it
+
 
 class PriorityPolicy(FcfsPolicy):
     name = "priority"
@@ -103,6 +116,9 @@ class PriorityPolicy(FcfsPolicy):
 
     def outranks(self, a: Request, b: Request, margin: float) -> bool:
         return a.priority > b.priority
+
+    def near_tie(self, head: Request, other: Request, margin: float) -> bool:
+        return other.priority == head.priority  # within a class, arrival is only a tiebreak
 
 
 class VtcPolicy:
@@ -137,6 +153,10 @@ class VtcPolicy:
 
     def outranks(self, a: Request, b: Request, margin: float) -> bool:
         return self.counter(a.tenant) + margin < self.counter(b.tenant)
+
+    def near_tie(self, head: Request, other: Request, margin: float) -> bool:
+        # The quantum again: a lead of up to Q is worth neither a preemption nor a cache miss.
+        return self.counter(other.tenant) <= self.counter(head.tenant) + margin
 
     def on_activate(self, tenant: str, active: Mapping[str, int]) -> None:
         others = [self.counter(t) for t, n in active.items() if n > 0 and t != tenant]

@@ -7,13 +7,17 @@
 The salt is derived from a per-deployment secret, the tenant and the model fingerprint, so two
 tenants never share, nor can time, each other's cache, and two models never mix. A block's hash
 names its whole prefix: equal hashes mean equal KV.
+
+An operator may declare a group of tenants that share (``--shared-prefix-tenants a,b,c``: a
+public system prompt): its members all hash with the group's salt (``group_salt``), derived in
+its own domain (another blake2b personalisation), so it is never any single tenant's salt.
 """
 
 from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 DIGEST_BYTES = 16
 
@@ -22,6 +26,15 @@ def tenant_salt(secret: bytes, tenant: str, model_fingerprint: str) -> bytes:
     key = hashlib.blake2b(secret, digest_size=32).digest()
     msg = tenant.encode() + b"\x00" + model_fingerprint.encode()
     return hashlib.blake2b(msg, key=key, digest_size=DIGEST_BYTES).digest()
+
+
+def group_salt(secret: bytes, members: Iterable[str], model_fingerprint: str) -> bytes:
+    """The one salt of a declared sharing group (whatever the order its members are named in)."""
+    key = hashlib.blake2b(secret, digest_size=32).digest()
+    msg = b"\x00".join(t.encode() for t in sorted(set(members))) + b"\x00\x00"
+    msg += model_fingerprint.encode()
+    person = b"fs-share-group"  # its own domain: never a tenant_salt
+    return hashlib.blake2b(msg, key=key, digest_size=DIGEST_BYTES, person=person).digest()
 
 
 def extend_chain(

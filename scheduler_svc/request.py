@@ -112,6 +112,10 @@ class Request:
     host_hashes: list[bytes | None] = field(default_factory=list)
     lookup: LookupState = LookupState.NONE
     offloading: bool = False
+    # Waits that cache-aware placement caused it (left for another worker, overtaken in its
+    # band), and the worker it was last left for (scheduler_svc.placement).
+    locality_waits: int = 0
+    left_for: str | None = None
     # Its swap-in completed and it has not computed since (rank preemption spares it).
     just_swapped_in: bool = False
     # Retain the KV when it finishes, with this ttl (0: no expiry); None: free it at once.

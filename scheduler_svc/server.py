@@ -37,7 +37,7 @@ from servekit.planes import (
 from servekit.service import GrpcService, run
 from servekit.tls import TlsPair, tls_pair
 from servekit.tokenizer import load_tokenizer
-from servekit.validation import PROMPT_BYTES_PER_TOKEN
+from servekit.validation import PROMPT_BYTES_PER_TOKEN, validate_tenant
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="reject tenants not named in --tenants (INVALID_ARGUMENT)",
     )
     p.add_argument(
+        "--shared-prefix-tenants",
+        action="append",
+        default=[],
+        metavar="A,B,...",
+        help="a group of tenants that may share cached KV (a public system prompt): their "
+        "blocks hash alike, so each hits, and can time, the others' cache; repeat for more "
+        "groups (default: none, every tenant's cache is its own)",
+    )
+    p.add_argument(
         "--metrics-max-tenants",
         type=int,
         default=env_default("--metrics-max-tenants", DEFAULT_MAX_TENANTS),
@@ -261,7 +270,24 @@ def build_parser() -> argparse.ArgumentParser:
         "and a new request on that worker shares its longest cached prefix there, read-only "
         "(default from --mode: on in vllm-v1, else off)",
     )
+    g.add_argument(
+        "--locality-max-waits",
+        type=int,
+        default=8,
+        metavar="N",
+        help="cache-aware placement over the device tier: a waiting request goes to the worker "
+        "holding its longest prefix (near-ties within the fairness margin), waiting for it at "
+        "most N times; 0: off (default 8)",
+    )
     return p
+
+
+def parse_share_group(text: str) -> tuple[str, ...]:
+    """``a,b,c`` -> the tenants of one sharing group (each a valid tenant name)."""
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    for name in names:
+        validate_tenant(name)
+    return names
 
 
 def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
@@ -299,6 +325,10 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             and mode.kv_reuse
             and mode.retain,
             device_prefix_cache=mode.device_prefix_cache if device_cache is None else device_cache,
+            locality_max_waits=args.locality_max_waits,
+            shared_prefix_tenants=tuple(
+                parse_share_group(text) for text in args.shared_prefix_tenants
+            ),
         ),
         host_lease_s=args.host_lease_s,
         retain_generate_ttl_s=None if args.retain_generate is None else float(args.retain_generate),

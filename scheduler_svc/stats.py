@@ -28,6 +28,11 @@ class Counters:
     device_hit_tokens: int = 0  # tokens whose KV a request shared from a worker's cached blocks
     device_hit_blocks: int = 0
     device_evicted_blocks: int = 0  # cached device blocks taken back for other allocations
+    # Cache-aware placement (scheduler_svc.placement): admissions it decided (on the worker a
+    # request was left for, or ahead of a better-ranked request overtaken in its band), and
+    # times a worker left a request for another whose cache holds more of its prefix.
+    locality_placements: int = 0
+    locality_deferrals: int = 0
     store_losses: int = 0  # the KV store died or restarted (host copies forgotten)
     schedule_s: float = 0.0  # wall time in ``schedule`` and ``update_from_output``
 

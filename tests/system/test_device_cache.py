@@ -76,3 +76,58 @@ def test_a_shared_system_prompt_is_served_from_the_device(cached: Deployment) ->
         assert 0 < r.metrics.cached_prompt_tokens <= shared
     total = sum(r.metrics.cached_prompt_tokens for r in results)
     assert device_tokens(cached.metrics_ports["scheduler"]) == total
+
+
+def locality_events(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {
+        s.labels["kind"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "fastswitch_scheduler_locality_total"
+    }
+
+
+def test_two_workers_with_placement_serve_shared_documents_exactly() -> None:
+    """Cache-aware placement through the real frontend (two worker sessions, their wake-ups):
+    a burst over documents cached on either worker drains, with the tiny model's own tokens."""
+    dep = Deployment(
+        model="tiny",
+        workers=2,
+        port=0,
+        device_kv_blocks=96,
+        policy="vtc",
+        max_batched_tokens=64,  # a document's prefill is several steps: worth a wait
+        extra_scheduler_args=("--device-prefix-cache",),
+    )
+    dep.start()
+    try:
+        docs = [
+            f"Document {d}: " + f"fact {d} is that {d} squared is {d * d}. " * 8 for d in range(4)
+        ]
+        prompts = [[BOS, *(doc + f"Q{k}?").encode()] for k in range(3) for doc in docs]
+
+        async def scenario():
+            async with AsyncClient(dep.address, timeout_s=120) as c:
+                warm = [
+                    await c.generate(prompt_token_ids=p, max_tokens=8, ignore_eos=True)
+                    for p in prompts[:4]
+                ]
+                burst = await asyncio.gather(
+                    *(
+                        c.generate(prompt_token_ids=p, max_tokens=8, ignore_eos=True)
+                        for p in prompts[4:]
+                    )
+                )
+                return [*warm, *burst]
+
+        results = asyncio.run(asyncio.wait_for(scenario(), 180))
+        offline = generate_offline("tiny", prompts, max_tokens=8, ignore_eos=True)
+        assert [list(r.token_ids) for r in results] == [o.token_ids for o in offline]
+        assert all(r.metrics.cached_prompt_tokens > 0 for r in results[4:])
+        events = locality_events(dep.metrics_ports["scheduler"])
+        assert set(events) == {"placement", "deferral"}
+    finally:
+        dep.stop()
+    assert dep.alive_pids() == []
