@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from scheduler_svc.host_copies import HostCopies
 from scheduler_svc.plan import BlockAppend, PrefillChunk, SeqStart, StepPlan
 from scheduler_svc.policy import Policy
-from scheduler_svc.request import LookupState, Request, Status
+from scheduler_svc.request import Request, Status
 from scheduler_svc.request_table import RequestTable
 from scheduler_svc.stats import Counters
 from scheduler_svc.swaps import SwapController
@@ -283,10 +283,7 @@ class Admission:
         for req in self._waiting.rank(self._policy.sort_key):
             if not budget.has_room() or len(slot.running) >= self._limits.max_num_seqs:
                 break
-            if req.seq in just_dropped or req.lookup in (
-                LookupState.PENDING,
-                LookupState.DEFERRED,
-            ):
+            if req.seq in just_dropped or req.deferred:
                 continue
             if req.num_tokens + 1 > slot.info.capacity_tokens:
                 continue  # fits another worker only

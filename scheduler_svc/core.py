@@ -28,7 +28,7 @@ The core is composed of small parts, each with its own state and its share of
     RequestTable    requests by id and seq, live counts, tenant tallies     request_table.py
     WorkerRegistry  the workers, their slots and allocators                 workers.py
     WaitQueue       waiting and swapped requests                            waiting.py
-    HostCopies      host copies, content hashes, retained lookups, HostOps  host_copies.py
+    HostCopies      host copies, content hashes, the host index, HostOps    host_copies.py
     SwapController  swap-out, swap-in, offload, swap results                swaps.py
     Admission       budget, running, waiting, preemption                    admission.py
 """
@@ -54,7 +54,6 @@ from scheduler_svc.request import (
     Fault,
     FinishReason,
     GenerationLimits,
-    LookupState,
     Request,
     Sampling,
     Status,
@@ -220,9 +219,7 @@ class SchedulerCore:
         self._table.add(req)
         self._waiting.append(req)
         if self._workers.block_size is not None:
-            self._host.begin_lookup(req)
-        else:
-            req.lookup = LookupState.DONE
+            self._host.look_up_prefix(req)
         return req
 
     def retained_hashes(self, tenant: str, token_ids: list[int]) -> list[bytes]:
@@ -304,16 +301,10 @@ class SchedulerCore:
         """The host copy is pinned: SeqStart + SwapIn go in the next plan."""
         self._swaps.on_pinned(seq, lease_id, ticket)
 
-    def on_looked_up(self, seq: int, host_blocks: list[int]) -> None:
-        """A new prompt's retained prefix: resume it from the host at that length."""
-        req = self._table.by_seq(seq)
-        if req is not None:
-            self._host.on_looked_up(req, host_blocks)
-
     def on_host_failed(
         self, seq: int, kind: HostOpKind, message: str, ticket: int | None = None
     ) -> None:
-        """A reserve, pin or lookup failed (host memory short, evicted, lease lost)."""
+        """A reserve or pin failed (host memory short, evicted, lease lost)."""
         self._swaps.on_host_failed(seq, kind, message, ticket)
 
     def on_store_lost(self) -> None:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class HostAgent:
     """Owns the channel to the KV store and the tasks running host ops (bounded by
     `max_in_flight`). Woken by the frontend when the core queued ops; hands each answer back to the
-    core (``on_reserved``, ``on_pinned``, ``on_looked_up``, ``on_host_failed``) and then tells the
+    core (``on_reserved``, ``on_pinned``, ``on_host_failed``) and then tells the
     frontend something changed. Invariant: every task it starts is awaited or cancelled by
     ``run`` before it returns."""
 
@@ -101,7 +101,7 @@ class HostAgent:
         try:
             await self._call(stub, op, epoch)
         except _Stale:
-            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
+            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN):
                 self._core.on_host_failed(
                     op.seq, op.kind, "the KV store was lost meanwhile", op.ticket
                 )
@@ -137,12 +137,6 @@ class HostAgent:
                 )
                 check(epoch)
                 self._core.on_pinned(op.seq, pin.lease_id, op.ticket)
-            elif op.kind is HostOpKind.LOOKUP:
-                found = await stub.Lookup(
-                    kv.LookupRequest(block_hashes=_wire(op.hashes)), timeout=t
-                )
-                check(epoch)
-                self._core.on_looked_up(op.seq, list(found.blocks))
             elif op.kind is HostOpKind.FREE:
                 await stub.Free(
                     kv.FreeRequest(blocks=op.blocks, block_hashes=_wire(op.hashes)), timeout=t
@@ -151,7 +145,7 @@ class HostAgent:
                 await stub.Release(kv.ReleaseRequest(lease_id=op.lease_id), timeout=t)
         except grpc.aio.AioRpcError as err:
             check(epoch)  # a failure from a store already forgotten is the same failure
-            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
+            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN):
                 self._core.on_host_failed(
                     op.seq, op.kind, f"{err.code().name}: {err.details()}", op.ticket
                 )

@@ -9,9 +9,10 @@ from sched_fakes import FakeHost, FakeWorker, drive, step
 
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.core import SchedulerCore
+from scheduler_svc.host_ops import HostOpKind
 from scheduler_svc.plan import StepOutput
 from scheduler_svc.policy import make_policy
-from scheduler_svc.request import FinishReason, GenerationLimits, Sampling
+from scheduler_svc.request import FinishReason, GenerationLimits, Sampling, Status
 
 BS = 4
 
@@ -82,29 +83,68 @@ def test_tenants_never_share_retained_blocks():
     assert fakes["w0"].host.retained() == 2 * (35 // BS)  # two separate copies
 
 
-def test_eviction_between_turns_degrades_to_recompute_with_identical_output():
+def test_a_hit_is_matched_at_submit_without_asking_the_store():
     core, fakes = make()
     first = run_one(core, fakes, PROMPT)
-    assert fakes["w0"].host.evict_all() > 0
-    again = run_one(core, fakes, PROMPT)
-    assert again.cached_prompt_tokens == 0 and again.output_ids == first.output_ids
-
-
-def test_eviction_after_lookup_before_pin_falls_back_safely():
-    core, fakes = make()
-    first = run_one(core, fakes, PROMPT)
-    host = fakes["w0"].host
     req = core.submit(
         prompt_ids=list(PROMPT),
         sampling=Sampling(),
         limits=GenerationLimits(max_tokens=6),
         tenant="t",
     )
-    host.serve(core)  # the lookup hits
-    assert req.cached_prompt_tokens > 0
-    host.evict_all()  # ... and the blocks are gone before the pin: the pin's hash check fails
+    # Resumed from the host at once: its first host op is the pin of its swap-in.
+    assert req.status is Status.SWAPPED and req.cached_prompt_tokens == 28
+    assert not core.has_host_ops
+    assert core.schedule("w0") is None  # admitted: it waits for the pin, nothing computes
+    assert req.status is Status.SWAPPING_IN
+    ops = core.take_host_ops()
+    assert [op.kind for op in ops] == [HostOpKind.PIN]
+    assert core.sizes()["host_index"] == 35 // BS  # what the first request's offload committed
+    fakes["w0"].host.answer(core, ops)
     drive(core, fakes)
-    assert req.output_ids == first.output_ids and req.recomputes == 1
+    assert req.output_ids == first.output_ids
+
+
+def test_eviction_the_index_missed_falls_back_to_recompute_and_is_forgotten():
+    """The store evicted the retained blocks on its own: the index still names them, the pin's
+    hash check fails, the request is recomputed (same output), and the index forgets them, so
+    the next prompt with that prefix prefills without a failed pin first."""
+    core, fakes = make()
+    first = run_one(core, fakes, PROMPT)
+    assert fakes["w0"].host.evict_all() > 0
+    again = run_one(core, fakes, PROMPT)
+    assert again.recomputes == 1 and again.output_ids == first.output_ids
+    assert again.cached_prompt_tokens == 0  # it prefilled all of it in the end
+    third = core.submit(
+        prompt_ids=list(PROMPT),
+        sampling=Sampling(),
+        limits=GenerationLimits(max_tokens=6),
+        tenant="t",
+    )
+    # again's offload at finish wrote the prefix back: a hit again, pinned for real this time.
+    assert third.status is Status.SWAPPED
+    drive(core, fakes)
+    assert third.recomputes == 0 and third.output_ids == first.output_ids
+
+
+def test_a_block_the_store_gave_out_again_leaves_the_index():
+    """A reserve hands out blocks the store evicted: the index drops what it had for them (a
+    later match would pin someone else's content; the pin's hash check would refuse it)."""
+    core, fakes = make(host=FakeHost(capacity=35 // BS))
+    host = fakes["w0"].host
+    run_one(core, fakes, PROMPT)
+    other = [(11 * i) % 200 for i in range(30)]
+    run_one(core, fakes, other)  # its offload evicts the first prompt's blocks, reusing them
+    assert host.evictions > 0
+    req = core.submit(
+        prompt_ids=list(PROMPT),
+        sampling=Sampling(),
+        limits=GenerationLimits(max_tokens=6),
+        tenant="t",
+    )
+    assert req.status is Status.WAITING and req.cached_prompt_tokens == 0
+    drive(core, fakes)
+    assert req.recomputes == 0
 
 
 def test_deleting_retained_blocks_by_content():
