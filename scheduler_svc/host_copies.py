@@ -147,6 +147,25 @@ class HostCopies:
         req.host_tokens = req.swap_tokens
         self.clear_swap(req)
 
+    def held_after(self, req: Request, first: int, num_blocks: int) -> list[int]:
+        """Host blocks the index says already hold `req`'s full blocks [first, num_blocks),
+        as far as it holds them without a gap: a copy out may skip them."""
+        if not self.retain or num_blocks <= first:
+            return []
+        return self.index.match(self.hashes(req, num_blocks)[first:])
+
+    def adopt_held(self, req: Request, num_blocks: int) -> int:
+        """Extends `req`'s host copy with the blocks the host already holds (``held_after``);
+        returns the host copy's length in blocks. Like any retained block they may be evicted
+        before they are read: the pin of the swap-in checks them."""
+        first = len(req.host_blocks)
+        held = self.held_after(req, first, num_blocks)
+        if held:
+            req.host_blocks.extend(held)
+            req.host_hashes.extend(self.hashes(req, first + len(held))[first:])
+            req.host_tokens = len(req.host_blocks) * self._bs()
+        return len(req.host_blocks)
+
     def drop_host_blocks(self, req: Request, keep: int) -> None:
         """Keeps the first `keep` host blocks; frees the private ones after them."""
         self.free_private(req.seq, req.host_blocks[keep:], req.host_hashes[keep:])

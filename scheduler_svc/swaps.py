@@ -192,9 +192,12 @@ class SwapController:
         self._waiting.append(req)
 
     def begin_swap_out(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:
-        """Swap-out: host blocks are reserved for what the host lacks; blocks stay until done."""
+        """Swap-out: host blocks are reserved for what the host lacks (its host copy's valid
+        blocks, then the blocks the host index holds, are skipped); blocks stay until done."""
         keep = self._host_blocks_kept(slot, req)
         self._host.drop_host_blocks(req, keep)
+        if self._kv_reuse:
+            keep = self._host.adopt_held(req, req.num_computed // slot.info.block_size)
         need = slot.info.blocks_for(req.num_computed) - keep
         req.status = Status.SWAPPING_OUT
         req.swap_tokens = req.num_computed
@@ -208,8 +211,11 @@ class SwapController:
         )
 
     def blocks_to_copy_out(self, slot: WorkerSlot, req: Request) -> int:
-        """Device blocks a swap-out of `req` would copy now: those its host copy lacks."""
-        return slot.info.blocks_for(req.num_computed) - self._host_blocks_kept(slot, req)
+        """Device blocks a swap-out of `req` would copy now: those the host lacks."""
+        kept = self._host_blocks_kept(slot, req)
+        if self._kv_reuse:
+            kept += len(self._host.held_after(req, kept, req.num_computed // slot.info.block_size))
+        return slot.info.blocks_for(req.num_computed) - kept
 
     def _host_blocks_kept(self, slot: WorkerSlot, req: Request) -> int:
         """Blocks of `req`'s host copy still valid (rule 5, KV reuse): a swap-out skips them."""
@@ -236,9 +242,12 @@ class SwapController:
         bs = slot.info.block_size
         full = req.num_computed // bs
         keep = min(req.host_tokens // bs, full)
-        if not self._host.retain or req.retain_ttl_s is None or full <= keep or not req.resident:
+        if not self._host.retain or req.retain_ttl_s is None or not req.resident:
             return False
         self._host.drop_host_blocks(req, keep)
+        keep = self._host.adopt_held(req, full)  # e.g. a shared prefix written through before
+        if full <= keep:
+            return False
         self._host.begin_offload(req)
         req.swap_tokens = full * bs
         self._counters.offloaded_blocks += full - keep

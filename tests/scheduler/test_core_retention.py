@@ -259,3 +259,53 @@ def test_after_a_store_restart_a_turn_misses_then_reuse_comes_back():
     assert second.cached_prompt_tokens == 0 and second.output_ids == first.output_ids
     third = run_one(core, fakes, PROMPT)
     assert third.cached_prompt_tokens > 0 and third.output_ids == first.output_ids
+
+
+def test_a_swap_out_copies_only_the_blocks_the_host_lacks():
+    """B prefilled a prefix A shares, before A's KV was retained; once A's offload is committed,
+    a swap-out of B skips the blocks the host index holds and copies only B's own."""
+    clock = itertools.count()
+    core = SchedulerCore(
+        CoreConfig(preemption="swap", min_swap_tokens=1, retain=True, preempt_margin=0),
+        make_policy("priority"),
+        eos_token_ids=[255],
+        clock=lambda: next(clock) * 0.001,
+        model_fingerprint="m",
+        secret=b"s",
+    )
+    from scheduler_svc.workers import WorkerInfo
+
+    info = WorkerInfo("w0", num_blocks=24, block_size=BS, block_bytes=100, max_model_len=4096)
+    core.add_worker(info)
+    w = FakeWorker(info, FakeHost())
+
+    def submit(prompt, out, priority=0, retain=None):
+        return core.submit(
+            prompt_ids=list(prompt),
+            sampling=Sampling(),
+            limits=GenerationLimits(max_tokens=out),
+            tenant="t",
+            priority=priority,
+            retain_ttl_s=retain,
+        )
+
+    a = submit(PROMPT, 6, retain=0.0)
+    b_prompt = [*PROMPT, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    b = submit(b_prompt, 30)
+    while not (a.is_finished and not a.offloading):
+        step(core, "w0", w)
+    assert core.sizes()["host_index"] == 35 // BS and b.status is Status.RUNNING
+    copied_before = w.blocks_copied_out
+    c_prompt = [(3 * i) % 200 for i in range(60)]
+    c = submit(c_prompt, 4, priority=10)  # needs B's blocks: B is swapped out
+    while b.status is not Status.SWAPPED:
+        step(core, "w0", w)
+    shared = 28 // BS  # B's chain leaves A's inside block 7 (tokens 28..31)
+    own = -(-b.host_tokens // BS)
+    assert b.host_hashes[:shared] == b.hashes[:shared]
+    assert w.blocks_copied_out - copied_before == own - shared
+    assert core.counters.swap_bytes_avoided == shared * 100
+    drive(core, {"w0": w})
+    ref_core, ref = make(retain=False)
+    for req, prompt, out in ((b, b_prompt, 30), (c, c_prompt, 4)):
+        assert req.output_ids == run_one(ref_core, ref, prompt, out=out).output_ids
