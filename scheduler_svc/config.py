@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scheduler_svc.fetch_cost import HOST_FETCH
+
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
@@ -28,6 +30,9 @@ class CoreConfig:
     # The device tier: finished requests' full blocks stay cached in the worker's pool, and new
     # requests share their longest cached prefix there (read-only, reference counted).
     device_prefix_cache: bool = False
+    # Fetch a retained prefix from the host when the workers' measured costs say it is faster
+    # than prefilling it ("auto"), or always, or never (scheduler_svc/fetch_cost.py).
+    host_fetch: str = "auto"
 
     def __post_init__(self) -> None:
         for name in (
@@ -46,5 +51,7 @@ class CoreConfig:
             raise ValueError(f"tenant_idle_s must be >= 0, got {self.tenant_idle_s}")
         if self.preemption not in ("swap", "recompute"):
             raise ValueError(f"preemption must be swap or recompute, got {self.preemption!r}")
+        if self.host_fetch not in HOST_FETCH:
+            raise ValueError(f"host_fetch must be one of {HOST_FETCH}, got {self.host_fetch!r}")
         if self.retain and (self.preemption != "swap" or not self.kv_reuse):
             raise ValueError("retain needs preemption='swap' and kv_reuse")

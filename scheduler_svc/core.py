@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from scheduler_svc.admission import Admission, AdmissionLimits
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.errors import InvalidArgument, ResourceExhausted
+from scheduler_svc.fetch_cost import HostFetch, count_runs, fetch_pays
 from scheduler_svc.host_copies import HostCopies
 from scheduler_svc.host_ops import HostOp, HostOpKind
 from scheduler_svc.plan import StepOutput, StepPlan
@@ -96,12 +97,15 @@ class SchedulerCore:
         self._table = RequestTable()
         self._workers = WorkerRegistry(config.growth_allowance, self.counters)
         self._waiting = WaitQueue()
+        self._host_fetch = HostFetch(config.host_fetch)
+        self.store_round_trip_s = 0.0
         self._host = HostCopies(
             retain=config.retain,
             secret=secret if secret is not None else secrets.token_bytes(16),
             model_fingerprint=model_fingerprint,
             block_size=lambda: self._workers.block_size,
             counters=self.counters,
+            fetch_pays=self._fetch_pays,
         )
         self._swaps = SwapController(
             kv_reuse=config.kv_reuse,
@@ -306,6 +310,26 @@ class SchedulerCore:
     ) -> None:
         """A reserve or pin failed (host memory short, evicted, lease lost)."""
         self._swaps.on_host_failed(seq, kind, message, ticket)
+
+    def note_store_round_trip(self, seconds: float) -> None:
+        """The host agent timed a call to the KV store: the round trip a pin costs a fetch."""
+        if self.store_round_trip_s == 0.0:
+            self.store_round_trip_s = seconds
+        else:  # a moving average: one slow call under load does not turn every fetch down
+            self.store_round_trip_s += 0.1 * (seconds - self.store_round_trip_s)
+
+    def _fetch_pays(self, host_blocks: list[int]) -> bool:
+        """Whether a new prompt's retained prefix in `host_blocks` is worth fetching."""
+        costs, block_bytes = self._workers.costs()
+        return fetch_pays(
+            self._host_fetch,
+            costs,
+            num_tokens=len(host_blocks) * (self._workers.block_size or 0),
+            num_blocks=len(host_blocks),
+            num_runs=count_runs(host_blocks),
+            block_bytes=block_bytes,
+            round_trip_s=self.store_round_trip_s,
+        )
 
     def on_store_lost(self) -> None:
         """The KV store died or restarted: every host copy is forgotten and the requests that
@@ -534,6 +558,7 @@ class SchedulerCore:
             counters=copy.copy(self.counters),
             tenants=tuple(tenants),
             workers=tuple(s.stats() for _, s in sorted(self._workers.slots().items())),
+            store_round_trip_s=self.store_round_trip_s,
         )
 
     def sizes(self) -> dict[str, int]:

@@ -46,12 +46,14 @@ class HostCopies:
         model_fingerprint: str,
         block_size: Callable[[], int | None],
         counters: Counters,
+        fetch_pays: Callable[[list[int]], bool],
     ) -> None:
         self.retain = retain
         self._secret = secret
         self._fingerprint = model_fingerprint
         self._block_size = block_size
         self._counters = counters
+        self._fetch_pays = fetch_pays  # whether to fetch a hit of these host blocks (fetch_cost)
         self._salts: dict[str, bytes] = {}
         self._ops: list[HostOp] = []
         self.index = HostIndex()
@@ -216,7 +218,8 @@ class HostCopies:
 
     def look_up_prefix(self, req: Request) -> None:
         """Matches a new prompt's retained prefix (all full blocks but the one to sample) in
-        the index: a hit resumes it from the host at that length. No round trip: the pin before
+        the index: a hit resumes it from the host at that length, unless fetching it would
+        cost more than computing it (then it is a declined hit). No round trip: the pin before
         its swap-in checks the blocks are still there."""
         n = (len(req.prompt_ids) - 1) // self._bs()
         if not self.retain or n <= 0:
@@ -231,8 +234,11 @@ class HostCopies:
         req.deferred = False
         self._counters.retained_lookups += 1
         host_blocks = self.index.match(self.hashes(req, n))
-        if host_blocks:
+        if host_blocks and self._fetch_pays(host_blocks):
             self._resume_from_host(req, host_blocks)
+        elif host_blocks:
+            self._counters.host_hits_declined += 1
+            self._counters.host_declined_tokens += len(host_blocks) * self._bs()
 
     def _resume_from_host(self, req: Request, host_blocks: list[int]) -> None:
         """A new prompt's retained prefix: it resumes from the host at that length."""
