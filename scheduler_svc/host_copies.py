@@ -11,7 +11,7 @@ orders every write into it), so a new prompt's retained prefix is matched at sub
 admission path's own thread, and the pin before its swap-in is its one round trip::
 
     arrive  ──▶ match the prompt's block hashes in the index ──▶ hit: SWAPPED at the cached length
-    offload ──▶ prompts with the same root wait (DEFERRED) until it is committed, then match
+    offload ──▶ prompts with the same root wait (`deferred`) until it is committed, then match
     commit  ──▶ the index learns the blocks; a pin that finds one gone drops them (recompute)
 """
 
