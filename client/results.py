@@ -154,6 +154,10 @@ class WorkerStats:
     step_s_total: float = 0.0  # plan received -> result sent, summed over steps
     idle_s_total: float = 0.0  # result sent -> next plan received (control-plane wait)
     forward_s_total: float = 0.0
+    # Measured by the worker at start, for fetch-or-compute (0: not measured).
+    prefill_tokens_per_s: float = 0.0
+    copy_latency_s: float = 0.0
+    copy_bytes_per_s: float = 0.0
 
     @classmethod
     def from_proto(cls, w: pb.WorkerStats) -> WorkerStats:
@@ -171,6 +175,9 @@ class WorkerStats:
             step_s_total=w.step_s_total,
             idle_s_total=w.idle_s_total,
             forward_s_total=w.forward_s_total,
+            prefill_tokens_per_s=w.prefill_tokens_per_s,
+            copy_latency_s=w.copy_latency_s,
+            copy_bytes_per_s=w.copy_bytes_per_s,
         )
 
 
@@ -200,6 +207,9 @@ class Stats:
     retained_hit_blocks: int = 0
     offloaded_blocks: int = 0  # blocks offloaded at finish, to be retained
     max_model_len: int | None = None  # the model's context in tokens (None: not reported)
+    host_hits_declined: int = 0  # retained prefixes found but prefilled: fetching costs more
+    host_declined_tokens: int = 0
+    store_round_trip_s: float = 0.0
 
     @classmethod
     def from_proto(cls, s: pb.StatsResponse) -> Stats:
@@ -226,6 +236,9 @@ class Stats:
             retained_hit_blocks=s.retained_hit_blocks,
             offloaded_blocks=s.offloaded_blocks,
             max_model_len=s.max_model_len or None,
+            host_hits_declined=s.host_hits_declined,
+            host_declined_tokens=s.host_declined_tokens,
+            store_round_trip_s=s.store_round_trip_s,
         )
 
     def tenant(self, name: str) -> TenantStats | None:

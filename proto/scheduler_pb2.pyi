@@ -224,7 +224,7 @@ class TenantStats(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., virtual_counter: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., waiting: _Optional[int] = ..., running: _Optional[int] = ..., finished: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("worker_id", "device", "num_blocks", "free_blocks", "running", "steps", "mean_step_s", "swap_out_bytes", "swap_in_bytes", "largest_free_run", "step_s_total", "idle_s_total", "forward_s_total")
+    __slots__ = ("worker_id", "device", "num_blocks", "free_blocks", "running", "steps", "mean_step_s", "swap_out_bytes", "swap_in_bytes", "largest_free_run", "step_s_total", "idle_s_total", "forward_s_total", "prefill_tokens_per_s", "copy_latency_s", "copy_bytes_per_s")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +238,9 @@ class WorkerStats(_message.Message):
     STEP_S_TOTAL_FIELD_NUMBER: _ClassVar[int]
     IDLE_S_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FORWARD_S_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    COPY_LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    COPY_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     device: str
     num_blocks: int
@@ -251,10 +254,13 @@ class WorkerStats(_message.Message):
     step_s_total: float
     idle_s_total: float
     forward_s_total: float
-    def __init__(self, worker_id: _Optional[str] = ..., device: _Optional[str] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., running: _Optional[int] = ..., steps: _Optional[int] = ..., mean_step_s: _Optional[float] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., largest_free_run: _Optional[int] = ..., step_s_total: _Optional[float] = ..., idle_s_total: _Optional[float] = ..., forward_s_total: _Optional[float] = ...) -> None: ...
+    prefill_tokens_per_s: float
+    copy_latency_s: float
+    copy_bytes_per_s: float
+    def __init__(self, worker_id: _Optional[str] = ..., device: _Optional[str] = ..., num_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., running: _Optional[int] = ..., steps: _Optional[int] = ..., mean_step_s: _Optional[float] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., largest_free_run: _Optional[int] = ..., step_s_total: _Optional[float] = ..., idle_s_total: _Optional[float] = ..., forward_s_total: _Optional[float] = ..., prefill_tokens_per_s: _Optional[float] = ..., copy_latency_s: _Optional[float] = ..., copy_bytes_per_s: _Optional[float] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("waiting", "running", "swapped", "finished", "preemptions", "swap_outs", "swap_ins", "recomputes", "swap_out_bytes", "swap_in_bytes", "reuse_hit_tokens", "swap_bytes_avoided", "tenants", "workers", "policy", "mode", "cancelled", "failed", "retained_lookups", "retained_hit_blocks", "offloaded_blocks", "max_model_len")
+    __slots__ = ("waiting", "running", "swapped", "finished", "preemptions", "swap_outs", "swap_ins", "recomputes", "swap_out_bytes", "swap_in_bytes", "reuse_hit_tokens", "swap_bytes_avoided", "tenants", "workers", "policy", "mode", "cancelled", "failed", "retained_lookups", "retained_hit_blocks", "offloaded_blocks", "max_model_len", "host_hits_declined", "host_declined_tokens", "store_round_trip_s")
     WAITING_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     SWAPPED_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +283,9 @@ class StatsResponse(_message.Message):
     RETAINED_HIT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     OFFLOADED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    HOST_HITS_DECLINED_FIELD_NUMBER: _ClassVar[int]
+    HOST_DECLINED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STORE_ROUND_TRIP_S_FIELD_NUMBER: _ClassVar[int]
     waiting: int
     running: int
     swapped: int
@@ -299,4 +308,7 @@ class StatsResponse(_message.Message):
     retained_hit_blocks: int
     offloaded_blocks: int
     max_model_len: int
-    def __init__(self, waiting: _Optional[int] = ..., running: _Optional[int] = ..., swapped: _Optional[int] = ..., finished: _Optional[int] = ..., preemptions: _Optional[int] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., recomputes: _Optional[int] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., reuse_hit_tokens: _Optional[int] = ..., swap_bytes_avoided: _Optional[int] = ..., tenants: _Optional[_Iterable[_Union[TenantStats, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., policy: _Optional[str] = ..., mode: _Optional[str] = ..., cancelled: _Optional[int] = ..., failed: _Optional[int] = ..., retained_lookups: _Optional[int] = ..., retained_hit_blocks: _Optional[int] = ..., offloaded_blocks: _Optional[int] = ..., max_model_len: _Optional[int] = ...) -> None: ...
+    host_hits_declined: int
+    host_declined_tokens: int
+    store_round_trip_s: float
+    def __init__(self, waiting: _Optional[int] = ..., running: _Optional[int] = ..., swapped: _Optional[int] = ..., finished: _Optional[int] = ..., preemptions: _Optional[int] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., recomputes: _Optional[int] = ..., swap_out_bytes: _Optional[int] = ..., swap_in_bytes: _Optional[int] = ..., reuse_hit_tokens: _Optional[int] = ..., swap_bytes_avoided: _Optional[int] = ..., tenants: _Optional[_Iterable[_Union[TenantStats, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., policy: _Optional[str] = ..., mode: _Optional[str] = ..., cancelled: _Optional[int] = ..., failed: _Optional[int] = ..., retained_lookups: _Optional[int] = ..., retained_hit_blocks: _Optional[int] = ..., offloaded_blocks: _Optional[int] = ..., max_model_len: _Optional[int] = ..., host_hits_declined: _Optional[int] = ..., host_declined_tokens: _Optional[int] = ..., store_round_trip_s: _Optional[float] = ...) -> None: ...

@@ -31,7 +31,7 @@ class Accepted(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
 
 class WorkerHello(_message.Message):
-    __slots__ = ("worker_id", "model_fingerprint", "num_blocks", "block_size", "block_bytes", "max_model_len", "device", "address", "vocab_size")
+    __slots__ = ("worker_id", "model_fingerprint", "num_blocks", "block_size", "block_bytes", "max_model_len", "device", "address", "vocab_size", "prefill_tokens_per_s", "copy_latency_s", "copy_bytes_per_s")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,9 @@ class WorkerHello(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    COPY_LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    COPY_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     model_fingerprint: str
     num_blocks: int
@@ -50,7 +53,10 @@ class WorkerHello(_message.Message):
     device: str
     address: str
     vocab_size: int
-    def __init__(self, worker_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., num_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., block_bytes: _Optional[int] = ..., max_model_len: _Optional[int] = ..., device: _Optional[str] = ..., address: _Optional[str] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+    prefill_tokens_per_s: float
+    copy_latency_s: float
+    copy_bytes_per_s: float
+    def __init__(self, worker_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., num_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., block_bytes: _Optional[int] = ..., max_model_len: _Optional[int] = ..., device: _Optional[str] = ..., address: _Optional[str] = ..., vocab_size: _Optional[int] = ..., prefill_tokens_per_s: _Optional[float] = ..., copy_latency_s: _Optional[float] = ..., copy_bytes_per_s: _Optional[float] = ...) -> None: ...
 
 class Goodbye(_message.Message):
     __slots__ = ("reason",)

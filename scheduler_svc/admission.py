@@ -26,7 +26,7 @@ from scheduler_svc.host_copies import HostCopies
 from scheduler_svc.placement import Placement, shareable_blocks
 from scheduler_svc.plan import BlockAppend, PrefillChunk, SeqStart, StepPlan
 from scheduler_svc.policy import Policy
-from scheduler_svc.request import LookupState, Request, Status
+from scheduler_svc.request import Request, Status
 from scheduler_svc.request_table import RequestTable
 from scheduler_svc.stats import Counters
 from scheduler_svc.swaps import SwapController
@@ -291,7 +291,7 @@ class Admission:
             req
             for req in self._waiting.rank(self._policy.sort_key)
             if req.seq not in just_dropped
-            and req.lookup not in (LookupState.PENDING, LookupState.DEFERRED)
+            and not req.deferred
             and req.num_tokens + 1 <= slot.info.capacity_tokens  # else it fits another worker
         ]
         placing = self._placement.begin(slot, ready)

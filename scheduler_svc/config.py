@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scheduler_svc.fetch_cost import HOST_FETCH
 from servekit.names import PREEMPTIONS
 
 
@@ -36,6 +37,9 @@ class CoreConfig:
     # Isolation: tenants never share cached KV (their blocks hash with their own salt) except
     # within a group declared here (scheduler_svc.prefix_hash.group_salt); none by default.
     shared_prefix_tenants: tuple[tuple[str, ...], ...] = ()
+    # Fetch a retained prefix from the host when the workers' measured costs say it is faster
+    # than prefilling it ("auto"), or always, or never (scheduler_svc/fetch_cost.py).
+    host_fetch: str = "auto"
 
     def __post_init__(self) -> None:
         for name in (
@@ -69,5 +73,7 @@ class CoreConfig:
             seen.update(group)
         if self.preemption not in PREEMPTIONS:
             raise ValueError(f"preemption must be swap or recompute, got {self.preemption!r}")
+        if self.host_fetch not in HOST_FETCH:
+            raise ValueError(f"host_fetch must be one of {HOST_FETCH}, got {self.host_fetch!r}")
         if self.retain and (self.preemption != "swap" or not self.kv_reuse):
             raise ValueError("retain needs preemption='swap' and kv_reuse")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from proto import scheduler_pb2 as api
 from proto import worker_pb2 as wk
 from scheduler_svc.deltas import Delta
+from scheduler_svc.fetch_cost import DeviceCosts
 from scheduler_svc.frontend import NewRequest, NewTurn
 from scheduler_svc.plan import StepOutput, StepPlan, SwapOrder
 from scheduler_svc.request import FinishReason, Request, Sampling
@@ -125,6 +126,9 @@ def stats(s: SchedulerStats, *, policy: str, mode: str, max_model_len: int) -> a
         retained_lookups=c.retained_lookups,
         retained_hit_blocks=c.retained_hit_blocks,
         offloaded_blocks=c.offloaded_blocks,
+        host_hits_declined=c.host_hits_declined,
+        host_declined_tokens=c.host_declined_tokens,
+        store_round_trip_s=s.store_round_trip_s,
         policy=policy,
         mode=mode,
         max_model_len=max_model_len,
@@ -162,6 +166,9 @@ def _worker(w: WorkerStats) -> api.WorkerStats:
         step_s_total=w.step_s_total,
         idle_s_total=w.idle_s_total,
         forward_s_total=w.forward_s_total,
+        prefill_tokens_per_s=w.prefill_tokens_per_s,
+        copy_latency_s=w.copy_latency_s,
+        copy_bytes_per_s=w.copy_bytes_per_s,
     )
 
 
@@ -174,6 +181,11 @@ def worker_info(hello: wk.WorkerHello) -> WorkerInfo:
         max_model_len=hello.max_model_len,
         device=hello.device,
         address=hello.address or None,
+        costs=DeviceCosts(
+            prefill_tokens_per_s=hello.prefill_tokens_per_s,
+            copy_latency_s=hello.copy_latency_s,
+            copy_bytes_per_s=hello.copy_bytes_per_s,
+        ),
     )
 
 

@@ -28,7 +28,7 @@ The core is composed of small parts, each with its own state and its share of
     RequestTable    requests by id and seq, live counts, tenant tallies     request_table.py
     WorkerRegistry  the workers, their slots and allocators                 workers.py
     WaitQueue       waiting and swapped requests                            waiting.py
-    HostCopies      host copies, content hashes, retained lookups, HostOps  host_copies.py
+    HostCopies      host copies, content hashes, the host index, HostOps    host_copies.py
     SwapController  swap-out, swap-in, offload, swap results                swaps.py
     Admission       budget, running, waiting, preemption                    admission.py
     Placement       which worker takes a waiting request (cache locality)   placement.py
@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable, Mapping
 from scheduler_svc.admission import Admission, AdmissionLimits
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.errors import InvalidArgument, ResourceExhausted
+from scheduler_svc.fetch_cost import HostFetch, count_runs, fetch_pays
 from scheduler_svc.host_copies import HostCopies
 from scheduler_svc.host_ops import HostOp, HostOpKind
 from scheduler_svc.placement import Placement, PlacementLimits
@@ -56,7 +57,6 @@ from scheduler_svc.request import (
     Fault,
     FinishReason,
     GenerationLimits,
-    LookupState,
     Request,
     Sampling,
     Status,
@@ -99,6 +99,8 @@ class SchedulerCore:
         self._table = RequestTable()
         self._workers = WorkerRegistry(config.growth_allowance, self.counters)
         self._waiting = WaitQueue()
+        self._host_fetch = HostFetch(config.host_fetch)
+        self.store_round_trip_s = 0.0
         self._host = HostCopies(
             retain=config.retain,
             secret=secret if secret is not None else secrets.token_bytes(16),
@@ -106,6 +108,7 @@ class SchedulerCore:
             block_size=lambda: self._workers.block_size,
             counters=self.counters,
             share_groups=config.shared_prefix_tenants,
+            fetch_pays=self._fetch_pays,
         )
         self._swaps = SwapController(
             kv_reuse=config.kv_reuse,
@@ -238,9 +241,7 @@ class SchedulerCore:
         self._table.add(req)
         self._waiting.append(req)
         if self._workers.block_size is not None:
-            self._host.begin_lookup(req)
-        else:
-            req.lookup = LookupState.DONE
+            self._host.look_up_prefix(req)
         return req
 
     def retained_hashes(self, tenant: str, token_ids: list[int]) -> list[bytes]:
@@ -322,17 +323,31 @@ class SchedulerCore:
         """The host copy is pinned: SeqStart + SwapIn go in the next plan."""
         self._swaps.on_pinned(seq, lease_id, ticket)
 
-    def on_looked_up(self, seq: int, host_blocks: list[int]) -> None:
-        """A new prompt's retained prefix: resume it from the host at that length."""
-        req = self._table.by_seq(seq)
-        if req is not None:
-            self._host.on_looked_up(req, host_blocks)
-
     def on_host_failed(
         self, seq: int, kind: HostOpKind, message: str, ticket: int | None = None
     ) -> None:
-        """A reserve, pin or lookup failed (host memory short, evicted, lease lost)."""
+        """A reserve or pin failed (host memory short, evicted, lease lost)."""
         self._swaps.on_host_failed(seq, kind, message, ticket)
+
+    def note_store_round_trip(self, seconds: float) -> None:
+        """The host agent timed a call to the KV store: the round trip a pin costs a fetch."""
+        if self.store_round_trip_s == 0.0:
+            self.store_round_trip_s = seconds
+        else:  # a moving average: one slow call under load does not turn every fetch down
+            self.store_round_trip_s += 0.1 * (seconds - self.store_round_trip_s)
+
+    def _fetch_pays(self, host_blocks: list[int]) -> bool:
+        """Whether a new prompt's retained prefix in `host_blocks` is worth fetching."""
+        costs, block_bytes = self._workers.costs()
+        return fetch_pays(
+            self._host_fetch,
+            costs,
+            num_tokens=len(host_blocks) * (self._workers.block_size or 0),
+            num_blocks=len(host_blocks),
+            num_runs=count_runs(host_blocks),
+            block_bytes=block_bytes,
+            round_trip_s=self.store_round_trip_s,
+        )
 
     def on_store_lost(self) -> None:
         """The KV store died or restarted: every host copy is forgotten and the requests that
@@ -561,6 +576,7 @@ class SchedulerCore:
             counters=copy.copy(self.counters),
             tenants=tuple(tenants),
             workers=tuple(s.stats() for _, s in sorted(self._workers.slots().items())),
+            store_round_trip_s=self.store_round_trip_s,
         )
 
     def sizes(self) -> dict[str, int]:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import grpc
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 class HostAgent:
     """Owns the channel to the KV store and the tasks running host ops (bounded by
     `max_in_flight`). Woken by the frontend when the core queued ops; hands each answer back to the
-    core (``on_reserved``, ``on_pinned``, ``on_looked_up``, ``on_host_failed``) and then tells the
+    core (``on_reserved``, ``on_pinned``, ``on_host_failed``) and then tells the
     frontend something changed. Invariant: every task it starts is awaited or cancelled by
     ``run`` before it returns."""
 
@@ -66,7 +68,9 @@ class HostAgent:
         async with self._plane.channel(self._target, options=PEER_CHANNEL_OPTIONS) as channel:
             stub = kv_grpc.KVStoreStub(channel)
             watch = asyncio.create_task(
-                watch_serving(channel, on_up=self._store_up, on_down=self._store_down),
+                watch_serving(
+                    channel, on_up=partial(self._store_up, stub), on_down=self._store_down
+                ),
                 name="kvstore-watch",
             )
             self._tasks.add(watch)
@@ -88,8 +92,19 @@ class HostAgent:
         self._tasks.discard(task)
         self._limit.release()
 
-    async def _store_up(self) -> None:
+    async def _store_up(self, stub: kv_grpc.KVStoreStub) -> None:
         log.info("KV store serving", extra={"store": self._target, "lost_before": self._epoch})
+        await self._time_round_trip(stub)
+
+    async def _time_round_trip(self, stub: kv_grpc.KVStoreStub) -> None:
+        """Times one cheap call to a store that has just come up: the round trip a fetch pays
+        for its pin is known before the first prompt arrives (pins then keep it current)."""
+        started = time.perf_counter()
+        try:
+            await stub.GetStats(kv.StoreStatsRequest(), timeout=self._timeout_s)
+        except grpc.aio.AioRpcError:
+            return  # gone again: the next time it comes up is timed
+        self._core.note_store_round_trip(time.perf_counter() - started)
 
     async def _store_down(self) -> None:
         self._epoch += 1
@@ -101,7 +116,7 @@ class HostAgent:
         try:
             await self._call(stub, op, epoch)
         except _Stale:
-            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
+            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN):
                 self._core.on_host_failed(
                     op.seq, op.kind, "the KV store was lost meanwhile", op.ticket
                 )
@@ -126,6 +141,7 @@ class HostAgent:
                 blocks = [b for e in resp.extents for b in range(e.start, e.start + e.count)]
                 self._core.on_reserved(op.seq, resp.lease_id, blocks, op.ticket)
             elif op.kind is HostOpKind.PIN:
+                started = time.perf_counter()
                 pin = await stub.Pin(
                     kv.PinRequest(
                         blocks=op.blocks,
@@ -136,13 +152,8 @@ class HostAgent:
                     timeout=t,
                 )
                 check(epoch)
+                self._core.note_store_round_trip(time.perf_counter() - started)
                 self._core.on_pinned(op.seq, pin.lease_id, op.ticket)
-            elif op.kind is HostOpKind.LOOKUP:
-                found = await stub.Lookup(
-                    kv.LookupRequest(block_hashes=_wire(op.hashes)), timeout=t
-                )
-                check(epoch)
-                self._core.on_looked_up(op.seq, list(found.blocks))
             elif op.kind is HostOpKind.FREE:
                 await stub.Free(
                     kv.FreeRequest(blocks=op.blocks, block_hashes=_wire(op.hashes)), timeout=t
@@ -151,7 +162,7 @@ class HostAgent:
                 await stub.Release(kv.ReleaseRequest(lease_id=op.lease_id), timeout=t)
         except grpc.aio.AioRpcError as err:
             check(epoch)  # a failure from a store already forgotten is the same failure
-            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
+            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN):
                 self._core.on_host_failed(
                     op.seq, op.kind, f"{err.code().name}: {err.details()}", op.ticket
                 )

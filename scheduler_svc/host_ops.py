@@ -8,7 +8,6 @@ ticket): one for a swap given up since is released, never applied to the next on
 
     preempt (swap)   RESERVE n host blocks ──▶ on_reserved  ──▶ SwapOut in the next plan
     resume           PIN the host copy      ──▶ on_pinned    ──▶ SeqStart + SwapIn in the next plan
-    new prompt       LOOKUP its block hashes ─▶ on_looked_up ──▶ resumed at the cached length
     finish / stale   FREE host blocks, RELEASE leases (no answer needed)
 """
 
@@ -24,7 +23,6 @@ from scheduler_svc.plan import RunCopy
 class HostOpKind(enum.Enum):
     RESERVE = "reserve"
     PIN = "pin"
-    LOOKUP = "lookup"
     FREE = "free"
     RELEASE = "release"
 
@@ -35,7 +33,7 @@ class HostOp(NamedTuple):
     num_blocks: int = 0
     blocks: tuple[int, ...] = ()
     lease_id: str | None = None  # RELEASE
-    # PIN: expected content, parallel to blocks (None: a private block); LOOKUP, FREE: hashes
+    # PIN: expected content, parallel to blocks (None: a private block); FREE: hashes
     hashes: tuple[bytes | None, ...] = ()
     ticket: int = 0  # RESERVE, PIN: the request's swap_ticket when the op was queued
 

@@ -10,8 +10,10 @@ services expose exactly what it names). How they are fed, on the event loop thre
 * ``on_step(worker, plan, out)``: after each step: the plan's shape (compute or not, sequences,
   prefill and decode tokens), the queue gauges, swap bytes, and the preemption counters and
   scheduling time (from the core's counters, by difference);
-* at scrape time, on the metrics HTTP thread: the per-tenant VTC gauges, and the KV store
-  losses (``core.counters.store_losses``: the host agent sees the store go, between steps).
+* at scrape time, on the metrics HTTP thread: the per-tenant VTC gauges, the KV store
+  losses (``core.counters.store_losses``: the host agent sees the store go, between steps), the
+  declined host hits, and the costs that fetch-or-compute weighs (each worker's, measured at
+  its start, and the store's round trip; ``scheduler_svc/fetch_cost.py``).
 
 Tenant labels are capped (``servekit.labels``): the first ``max_tenants`` tenants seen, plus
 any configured with ``--tenants``, are their own; the rest are reported as ``_other``. The
@@ -373,3 +375,42 @@ class _TenantCollector(Collector):
         )
         losses.add_metric([m.model], m.core.counters.store_losses)
         yield losses
+        yield from _fetch_costs(m.model, m.core)
+
+
+def _fetch_costs(model: str, core: SchedulerCore) -> Iterator[Metric]:
+    """What fetch-or-compute weighs and what it declined (read at scrape time: ints, floats, a
+    list of the joined workers)."""
+    declined = CounterMetricFamily(
+        "fastswitch_host_hits_declined",
+        "Retained prefixes found in the host arena but prefilled: fetching would cost more",
+        labels=["model"],
+    )
+    declined.add_metric([model], core.counters.host_hits_declined)
+    yield declined
+    rtt = GaugeMetricFamily(
+        "fastswitch_store_round_trip_seconds",
+        "The scheduler's calls to the KV store, a moving average (a fetch's pin costs one)",
+        labels=["model"],
+    )
+    rtt.add_metric([model], core.store_round_trip_s)
+    yield rtt
+    families = (
+        ("prefill_tokens_per_second", "Prefill throughput of one chunk", "prefill_tokens_per_s"),
+        ("copy_latency_seconds", "Host to device time per copy", "copy_latency_s"),
+        (
+            "copy_bytes_per_second",
+            "Host to device bandwidth beyond the latency",
+            "copy_bytes_per_s",
+        ),
+    )
+    slots = list(core.workers.values())
+    for name, doc, field in families:
+        family = GaugeMetricFamily(
+            f"fastswitch_fetch_cost_{name}",
+            f"{doc}, measured by each worker at its start (0: not measured)",
+            labels=["model", "worker"],
+        )
+        for slot in slots:
+            family.add_metric([model, slot.worker_id], getattr(slot.info.costs, field))
+        yield family

@@ -28,15 +28,6 @@ class Status(enum.IntEnum):
     FINISHED = 5
 
 
-class LookupState(enum.IntEnum):
-    """Whether a new prompt's retained prefix has been looked up in the KV store."""
-
-    NONE = 0
-    PENDING = 1
-    DONE = 2
-    DEFERRED = 3  # an offload of the same prefix is still being copied: look up after it
-
-
 class FinishReason(enum.Enum):
     STOP = "stop"
     LENGTH = "length"
@@ -110,7 +101,9 @@ class Request:
     # hash of each host block (None = private), and retention of a finished request's KV.
     hashes: list[bytes] = field(default_factory=list)
     host_hashes: list[bytes | None] = field(default_factory=list)
-    lookup: LookupState = LookupState.NONE
+    # An offload of its first block's content is still being copied: its retained prefix is
+    # matched once that is committed, and it is not admitted before (host_copies.py).
+    deferred: bool = False
     offloading: bool = False
     # Waits that cache-aware placement caused it (left for another worker, overtaken in its
     # band), and the worker it was last left for (scheduler_svc.placement).

@@ -13,6 +13,7 @@ from proto import worker_pb2_grpc as wk_grpc
 from scheduler_svc.auth import ApiKeyInterceptor
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.core import SchedulerCore
+from scheduler_svc.fetch_cost import HOST_FETCH
 from scheduler_svc.frontend import Frontend
 from scheduler_svc.handlers import add_fastswitch_servicer
 from scheduler_svc.host_agent import HostAgent
@@ -279,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
         "holding its longest prefix (near-ties within the fairness margin), waiting for it at "
         "most N times; 0: off (default 8)",
     )
+    g.add_argument(
+        "--host-fetch",
+        choices=HOST_FETCH,
+        default=env_default("--host-fetch", "auto"),
+        help="a retained prefix found in the host arena is fetched when the workers' measured "
+        "copy costs and the store's round trip beat prefilling it (auto), always, or never "
+        "(then it is prefilled)",
+    )
     return p
 
 
@@ -329,6 +338,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             shared_prefix_tenants=tuple(
                 parse_share_group(text) for text in args.shared_prefix_tenants
             ),
+            host_fetch=args.host_fetch,
         ),
         host_lease_s=args.host_lease_s,
         retain_generate_ttl_s=None if args.retain_generate is None else float(args.retain_generate),

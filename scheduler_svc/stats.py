@@ -24,6 +24,8 @@ class Counters:
     swap_bytes_avoided: int = 0
     retained_lookups: int = 0
     retained_hit_blocks: int = 0
+    host_hits_declined: int = 0  # retained prefixes found but computed: fetching costs more
+    host_declined_tokens: int = 0
     offloaded_blocks: int = 0
     device_hit_tokens: int = 0  # tokens whose KV a request shared from a worker's cached blocks
     device_hit_blocks: int = 0
@@ -63,6 +65,10 @@ class WorkerStats:
     idle_s_total: float
     swap_out_bytes: int
     swap_in_bytes: int
+    # Measured by the worker at start (scheduler_svc/fetch_cost.py; 0: not measured).
+    prefill_tokens_per_s: float = 0.0
+    copy_latency_s: float = 0.0
+    copy_bytes_per_s: float = 0.0
 
     @property
     def mean_step_s(self) -> float:
@@ -79,3 +85,4 @@ class SchedulerStats:
     counters: Counters  # a copy: later steps do not change it
     tenants: tuple[TenantStats, ...]
     workers: tuple[WorkerStats, ...]
+    store_round_trip_s: float = 0.0  # the host agent's round trips to the KV store, averaged

@@ -18,7 +18,7 @@ import logging
 from scheduler_svc.host_copies import HostCopies
 from scheduler_svc.host_ops import HostOp, HostOpKind, pair_runs
 from scheduler_svc.plan import SeqStart, StepOutput, StepPlan, SwapOrder
-from scheduler_svc.request import LookupState, Request, Status
+from scheduler_svc.request import Request, Status
 from scheduler_svc.request_table import RequestTable
 from scheduler_svc.stats import Counters
 from scheduler_svc.waiting import WaitQueue
@@ -62,6 +62,7 @@ class SwapController:
     ) -> None:
         """The store reserved host blocks: the swap-out (or offload) goes in the next plan.
         `ticket`: the reserve's (None: the request's current one)."""
+        self._host.on_reserved(host_blocks)
         req = self._table.by_seq(seq)
         slot = self._workers.slot_of(req)
         wanted = (
@@ -121,14 +122,11 @@ class SwapController:
     def on_host_failed(
         self, seq: int, kind: HostOpKind, message: str, ticket: int | None = None
     ) -> None:
-        """A reserve, pin or lookup failed (host memory short, evicted, lease lost): a lookup
-        counts as a miss, a swap falls back to recompute. `ticket`: the failed op's (None: the
-        request's current swap, e.g. a copy the worker reported failed)."""
+        """A reserve or pin failed (host memory short, evicted, lease lost): the swap falls back
+        to recompute, and a failed pin's blocks leave the host index. `ticket`: the failed op's
+        (None: the request's current swap, e.g. a copy the worker reported failed)."""
         req = self._table.by_seq(seq)
         if req is None:
-            return
-        if kind is HostOpKind.LOOKUP:
-            req.lookup = LookupState.DONE
             return
         if not _current(req, ticket):
             return  # a reserve or pin of a swap given up since: nothing waits on it
@@ -144,6 +142,8 @@ class SwapController:
         log.warning(
             "host op failed; recomputing", extra={"seq": seq, "op": kind.value, "why": message}
         )
+        if kind is HostOpKind.PIN:
+            self._host.on_pin_failed(req)
         if slot is not None and req.status in (Status.SWAPPING_OUT, Status.SWAPPING_IN):
             slot.allocator.free(seq)
             del slot.running[seq]
@@ -156,17 +156,18 @@ class SwapController:
     def on_store_lost(self) -> None:
         """The KV store is gone, and every host block, lease and retained prefix with it (KV is
         a cache, rule 7). Host copies are forgotten without calling the store; SWAPPED requests
-        are recomputed; queued reserves, pins and lookups fail as if the store had refused them
-        (frees and releases are dropped: nothing is left to free); a copy still in flight on a
-        worker counts as failed when it is reported, whatever its commit said."""
+        are recomputed; queued reserves and pins fail as if the store had refused them (frees
+        and releases are dropped: nothing is left to free); a copy still in flight on a worker
+        counts as failed when it is reported, whatever its commit said."""
         ops = self._host.take()
+        self._host.store_lost()
         for req in self._table.all_seqs():
             self._host.forget_lost(req)
             if req.status == Status.SWAPPED:
                 self._waiting.remove(req.seq)
                 self.requeue_for_recompute(req)
         for op in ops:
-            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
+            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN):
                 self.on_host_failed(op.seq, op.kind, "the KV store is gone", op.ticket)
 
     # ---------------------------------------------------------- transitions
@@ -180,6 +181,7 @@ class SwapController:
         self._host.clear_swap(req)
         self._host.take_stale(req.seq)
         req.swap_ticket += 1  # answers to its reserves and pins in flight are for nothing now
+        req.cached_prompt_tokens = req.device_cached_tokens = 0  # its prompt is prefilled again
         req.status = Status.WAITING
         req.worker_id = None
         req.resident = False
@@ -190,9 +192,12 @@ class SwapController:
         self._waiting.append(req)
 
     def begin_swap_out(self, slot: WorkerSlot, req: Request, plan: StepPlan) -> None:
-        """Swap-out: host blocks are reserved for what the host lacks; blocks stay until done."""
+        """Swap-out: host blocks are reserved for what the host lacks (its host copy's valid
+        blocks, then the blocks the host index holds, are skipped); blocks stay until done."""
         keep = self._host_blocks_kept(slot, req)
         self._host.drop_host_blocks(req, keep)
+        if self._kv_reuse:
+            keep = self._host.adopt_held(req, req.num_computed // slot.info.block_size)
         need = slot.info.blocks_for(req.num_computed) - keep
         req.status = Status.SWAPPING_OUT
         req.swap_tokens = req.num_computed
@@ -206,8 +211,11 @@ class SwapController:
         )
 
     def blocks_to_copy_out(self, slot: WorkerSlot, req: Request) -> int:
-        """Device blocks a swap-out of `req` would copy now: those its host copy lacks."""
-        return slot.info.blocks_for(req.num_computed) - self._host_blocks_kept(slot, req)
+        """Device blocks a swap-out of `req` would copy now: those the host lacks."""
+        kept = self._host_blocks_kept(slot, req)
+        if self._kv_reuse:
+            kept += len(self._host.held_after(req, kept, req.num_computed // slot.info.block_size))
+        return slot.info.blocks_for(req.num_computed) - kept
 
     def _host_blocks_kept(self, slot: WorkerSlot, req: Request) -> int:
         """Blocks of `req`'s host copy still valid (rule 5, KV reuse): a swap-out skips them."""
@@ -234,9 +242,12 @@ class SwapController:
         bs = slot.info.block_size
         full = req.num_computed // bs
         keep = min(req.host_tokens // bs, full)
-        if not self._host.retain or req.retain_ttl_s is None or full <= keep or not req.resident:
+        if not self._host.retain or req.retain_ttl_s is None or not req.resident:
             return False
         self._host.drop_host_blocks(req, keep)
+        keep = self._host.adopt_held(req, full)  # e.g. a shared prefix written through before
+        if full <= keep:
+            return False
         self._host.begin_offload(req)
         req.swap_tokens = full * bs
         self._counters.offloaded_blocks += full - keep
@@ -343,6 +354,7 @@ class SwapController:
     ) -> None:
         if committed is not None:  # duplicates of retained blocks were replaced
             req.swap_host_blocks = list(committed)
+        self._host.on_committed(req)
         if req.status == Status.SWAPPING_OUT:
             self._swapped_out(slot, req, slot.pending_drop)
         elif req.offloading:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from scheduler_svc.block_groups import BlockGroupAllocator
 from scheduler_svc.errors import AlreadyExists, FailedPrecondition
+from scheduler_svc.fetch_cost import NOT_MEASURED, DeviceCosts, mean_costs
 from scheduler_svc.plan import SeqStart, StepPlan, SwapOrder
 from scheduler_svc.request import Request, Status
 from scheduler_svc.stats import Counters, WorkerStats
@@ -26,6 +27,7 @@ class WorkerInfo:
     max_model_len: int
     device: str = "cpu"
     address: str | None = None
+    costs: DeviceCosts = NOT_MEASURED  # measured at its start
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -104,6 +106,9 @@ class WorkerSlot:
             idle_s_total=self.idle_s_total,
             swap_out_bytes=self.swap_out_bytes,
             swap_in_bytes=self.swap_in_bytes,
+            prefill_tokens_per_s=self.info.costs.prefill_tokens_per_s,
+            copy_latency_s=self.info.costs.copy_latency_s,
+            copy_bytes_per_s=self.info.costs.copy_bytes_per_s,
         )
 
     def check_integrity(self) -> None:
@@ -180,6 +185,13 @@ class WorkerRegistry:
 
     def __bool__(self) -> bool:
         return bool(self._slots)
+
+    def costs(self) -> tuple[DeviceCosts | None, int]:
+        """The joined workers' measured costs averaged (None: none measured), and the bytes
+        of one block (0 before any worker joined)."""
+        slots = list(self._slots.values())
+        block_bytes = slots[0].info.block_bytes if slots else 0
+        return mean_costs(s.info.costs for s in slots), block_bytes
 
     def largest_capacity(self) -> int | None:
         """The most tokens one worker's KV holds; None before any worker joined."""

@@ -199,6 +199,9 @@ def hello_to_proto(hello: WorkerHello) -> wk.WorkerHello:
         device=hello.device,
         address=hello.address,
         vocab_size=hello.vocab_size,
+        prefill_tokens_per_s=hello.prefill_tokens_per_s,
+        copy_latency_s=hello.copy_latency_s,
+        copy_bytes_per_s=hello.copy_bytes_per_s,
     )
 
 

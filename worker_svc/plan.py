@@ -173,3 +173,7 @@ class WorkerHello:
     device: str
     address: str
     vocab_size: int
+    # Measured at start (calibrate.py), for the scheduler's fetch-or-compute choice; 0: not.
+    prefill_tokens_per_s: float = 0.0
+    copy_latency_s: float = 0.0
+    copy_bytes_per_s: float = 0.0

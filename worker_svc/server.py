@@ -3,6 +3,7 @@
 (--device cuda:auto: claim a free GPU) -> resolve the device -> load the model
   -> allocate the device KV pool
   -> (with --kvstore) register with the KV store, map its arena, start the swap engine
+  -> measure its prefill and copy costs (calibrate.py: for the scheduler's fetch-or-compute)
   -> gRPC service up (health NOT_SERVING) -> join the scheduler (SERVING while joined)
   -> execute its step plans until SIGTERM / SIGINT or a rejection
   -> shutdown in order: NOT_SERVING, leave the scheduler, stop serving, close the swap
@@ -24,6 +25,7 @@ from proto import worker_pb2_grpc as wk_grpc
 from servekit.logs import setup_logging
 from servekit.names import SwapLayout
 from servekit.service import GrpcService, run
+from worker_svc.calibrate import measure
 from worker_svc.config import WorkerConfig, build_parser, config_from_args
 from worker_svc.device_pool import DevicePool, resolve_device, torch_dtype
 from worker_svc.engine import Engine
@@ -94,7 +96,10 @@ async def _serve(cfg: WorkerConfig, device_name: str) -> int:
                 plane=cfg.plane,
             )
             swaps = store.swaps
-        executor = StepExecutor(Engine(model, spec, pool.pool), swaps)
+        engine = Engine(model, spec, pool.pool)
+        costs = measure(engine, SwapLayout(cfg.swap_layout), cfg.swap_sync)
+        log.info("device costs measured", extra=costs._asdict())
+        executor = StepExecutor(engine, swaps)
         metrics = StepMetrics(service.registry, executor, model=spec.name, worker=cfg.worker_id)
         snapshot = partial(stats_snapshot, cfg.worker_id, executor, pool, telemetry)
         service.add(wk_grpc.add_WorkerServicer_to_server, WorkerServicer(snapshot), SERVICE_NAME)
@@ -108,6 +113,9 @@ async def _serve(cfg: WorkerConfig, device_name: str) -> int:
             device=str(device),
             address=cfg.advertise,
             vocab_size=spec.vocab_size,
+            prefill_tokens_per_s=costs.prefill_tokens_per_s,
+            copy_latency_s=costs.copy_latency_s,
+            copy_bytes_per_s=costs.copy_bytes_per_s,
         )
         stop = asyncio.Event()
         link = SchedulerLink(

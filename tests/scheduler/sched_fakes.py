@@ -40,7 +40,10 @@ class _Seq:
 
 @dataclass
 class FakeHost:
-    """Host arena + store: reserve/pin/free/release as the core asks (all answered at once)."""
+    """Host arena + store: reserve/pin/free/release as the core asks (all answered at once).
+    Like the real store it evicts on its own, without telling the scheduler: a reserve short of
+    free space takes the least recently used unpinned retained blocks (committed or unpinned
+    last), so the scheduler's host index goes stale and only its pins' hash checks find out."""
 
     capacity: int = 10_000
     blocks: dict[int, list[int | None]] = field(default_factory=dict)
@@ -53,6 +56,9 @@ class FakeHost:
     index: dict[bytes, int] = field(default_factory=dict)  # content hash -> block
     hash_of: dict[int, bytes] = field(default_factory=dict)
     pinned: dict[int, int] = field(default_factory=dict)
+    recency: dict[int, None] = field(default_factory=dict)  # retained blocks, oldest first
+    evictions: int = 0
+    stale_pins: int = 0  # pins refused because a block's content was evicted
     lease_ids: itertools.count = field(default_factory=itertools.count)
 
     def serve(self, core: SchedulerCore) -> int:
@@ -65,9 +71,7 @@ class FakeHost:
         """Answers `ops` (taken from the core earlier: a store whose answers lag)."""
         for op in ops:
             if op.kind is HostOpKind.RESERVE:
-                if self.fail_reserve or len(self.reserved) + len(self.committed) + op.num_blocks > (
-                    self.capacity
-                ):
+                if self.fail_reserve or not self._make_room(op.num_blocks):
                     core.on_host_failed(op.seq, op.kind, "host memory short", op.ticket)
                     continue
                 ids = [self._new_id() for _ in range(op.num_blocks)]
@@ -80,6 +84,7 @@ class FakeHost:
                 if any(
                     h and self.hash_of.get(b) != h for b, h in zip(op.blocks, expected, strict=True)
                 ):
+                    self.stale_pins += 1
                     core.on_host_failed(op.seq, op.kind, "evicted", op.ticket)
                     continue
                 if not set(op.blocks) <= self.committed:  # freed since (a late pin): NotFound
@@ -90,13 +95,6 @@ class FakeHost:
                 for b in op.blocks:
                     self.pinned[b] = self.pinned.get(b, 0) + 1
                 core.on_pinned(op.seq, lease, op.ticket)
-            elif op.kind is HostOpKind.LOOKUP:
-                found = []
-                for h in op.hashes:
-                    if h not in self.index:
-                        break
-                    found.append(self.index[h])
-                core.on_looked_up(op.seq, found)
             elif op.kind is HostOpKind.FREE:
                 for h in op.hashes:
                     if h in self.index and not self.pinned.get(self.index[h]):
@@ -108,7 +106,33 @@ class FakeHost:
             else:
                 self.release(op.lease_id)
 
+    def _make_room(self, num_blocks: int) -> bool:
+        """Evicts the least recently used unpinned retained blocks until `num_blocks` fit; False
+        (nothing evicted) when even evicting all of them would not be enough."""
+        short = len(self.reserved) + len(self.committed) + num_blocks - self.capacity
+        victims = [b for b in self.recency if not self.pinned.get(b)][: max(short, 0)]
+        if len(victims) < short:
+            return False
+        for b in victims:
+            self._drop(b)
+            self.evictions += 1
+        return True
+
+    def evict_some(self, fraction: float) -> int:
+        """Evicts the oldest `fraction` of the unpinned retained blocks; how many."""
+        victims = [b for b in self.recency if not self.pinned.get(b)]
+        victims = victims[: int(len(victims) * fraction)]
+        for b in victims:
+            self._drop(b)
+        self.evictions += len(victims)
+        return len(victims)
+
+    def _touch(self, b: int) -> None:
+        self.recency.pop(b, None)
+        self.recency[b] = None
+
     def _drop(self, b: int) -> None:
+        self.recency.pop(b, None)
         self.committed.discard(b)
         self.blocks.pop(b, None)
         h = self.hash_of.pop(b, None)
@@ -118,10 +142,7 @@ class FakeHost:
 
     def evict_all(self) -> int:
         """Drops every unpinned retained block (an eviction storm); how many."""
-        victims = [b for b in self.hash_of if not self.pinned.get(b)]
-        for b in victims:
-            self._drop(b)
-        return len(victims)
+        return self.evict_some(1.0)
 
     def retained(self) -> int:
         return len(self.hash_of)
@@ -144,11 +165,13 @@ class FakeHost:
                 self.free_ids.append(b)
                 self.blocks.pop(b, None)
                 canonical.append(self.index[h])
+                self._touch(self.index[h])
                 continue
             self.committed.add(b)
             if h:
                 self.index[h] = b
                 self.hash_of[b] = h
+                self._touch(b)
             canonical.append(b)
         return canonical
 
@@ -160,6 +183,8 @@ class FakeHost:
         if entry is not None and entry[0] == "pin":
             for b in entry[1]:
                 self.pinned[b] -= 1
+                if b in self.recency:
+                    self._touch(b)
 
 
 class FakeWorker:

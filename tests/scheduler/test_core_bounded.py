@@ -1,7 +1,8 @@
 """The core's tables hold what is in flight, never what was served: after rounds of requests
 with faults (a worker killed and re-joining, the store lost), once every stream has ended and
 its request is forgotten, each table is as small as after the first round (``core.sizes``, what
-the memory debug aid logs; docs/failures.md, "Memory")."""
+the memory debug aid logs; docs/failures.md, "Memory"). The host index is a picture of the
+arena: bounded by the arena's blocks, not by the requests served."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def test_tables_stay_bounded_over_rounds_with_faults():
         eos_token_ids=[255],
         clock=lambda: next(clock) * 0.001,
     )
-    host = FakeHost()
+    arena = 64
+    host = FakeHost(capacity=arena)
     fakes = {}
     for wid in ("w0", "w1"):
         core.add_worker(_info(wid))
@@ -56,7 +58,7 @@ def test_tables_stay_bounded_over_rounds_with_faults():
         core.remove_worker("w1")  # killed mid-run: its requests go back to the queue...
         if round_ % 2:
             core.on_store_lost()  # ...and the store restarts empty
-            host = FakeHost()
+            host = FakeHost(capacity=arena)
             fakes["w0"].host = host
         core.add_worker(_info("w1"))  # ...and it joins again, with an empty device
         fakes["w1"] = FakeWorker(_info("w1"), host)
@@ -69,4 +71,5 @@ def test_tables_stay_bounded_over_rounds_with_faults():
     for sizes in after_round:
         assert {k: sizes[k] for k in PER_REQUEST} == dict.fromkeys(PER_REQUEST, 0), sizes
         assert sizes["workers"] == 2 and sizes["tallies"] <= 3 and sizes["salts"] <= 3
+        assert sizes.pop("host_index") <= arena
     assert after_round[-1] == after_round[0]

@@ -9,9 +9,10 @@ from sched_fakes import FakeHost, FakeWorker, drive, step
 
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.core import SchedulerCore
+from scheduler_svc.host_ops import HostOpKind
 from scheduler_svc.plan import StepOutput
 from scheduler_svc.policy import make_policy
-from scheduler_svc.request import FinishReason, GenerationLimits, Sampling
+from scheduler_svc.request import FinishReason, GenerationLimits, Sampling, Status
 
 BS = 4
 
@@ -82,29 +83,68 @@ def test_tenants_never_share_retained_blocks():
     assert fakes["w0"].host.retained() == 2 * (35 // BS)  # two separate copies
 
 
-def test_eviction_between_turns_degrades_to_recompute_with_identical_output():
+def test_a_hit_is_matched_at_submit_without_asking_the_store():
     core, fakes = make()
     first = run_one(core, fakes, PROMPT)
-    assert fakes["w0"].host.evict_all() > 0
-    again = run_one(core, fakes, PROMPT)
-    assert again.cached_prompt_tokens == 0 and again.output_ids == first.output_ids
-
-
-def test_eviction_after_lookup_before_pin_falls_back_safely():
-    core, fakes = make()
-    first = run_one(core, fakes, PROMPT)
-    host = fakes["w0"].host
     req = core.submit(
         prompt_ids=list(PROMPT),
         sampling=Sampling(),
         limits=GenerationLimits(max_tokens=6),
         tenant="t",
     )
-    host.serve(core)  # the lookup hits
-    assert req.cached_prompt_tokens > 0
-    host.evict_all()  # ... and the blocks are gone before the pin: the pin's hash check fails
+    # Resumed from the host at once: its first host op is the pin of its swap-in.
+    assert req.status is Status.SWAPPED and req.cached_prompt_tokens == 28
+    assert not core.has_host_ops
+    assert core.schedule("w0") is None  # admitted: it waits for the pin, nothing computes
+    assert req.status is Status.SWAPPING_IN
+    ops = core.take_host_ops()
+    assert [op.kind for op in ops] == [HostOpKind.PIN]
+    assert core.sizes()["host_index"] == 35 // BS  # what the first request's offload committed
+    fakes["w0"].host.answer(core, ops)
     drive(core, fakes)
-    assert req.output_ids == first.output_ids and req.recomputes == 1
+    assert req.output_ids == first.output_ids
+
+
+def test_eviction_the_index_missed_falls_back_to_recompute_and_is_forgotten():
+    """The store evicted the retained blocks on its own: the index still names them, the pin's
+    hash check fails, the request is recomputed (same output), and the index forgets them, so
+    the next prompt with that prefix prefills without a failed pin first."""
+    core, fakes = make()
+    first = run_one(core, fakes, PROMPT)
+    assert fakes["w0"].host.evict_all() > 0
+    again = run_one(core, fakes, PROMPT)
+    assert again.recomputes == 1 and again.output_ids == first.output_ids
+    assert again.cached_prompt_tokens == 0  # it prefilled all of it in the end
+    third = core.submit(
+        prompt_ids=list(PROMPT),
+        sampling=Sampling(),
+        limits=GenerationLimits(max_tokens=6),
+        tenant="t",
+    )
+    # again's offload at finish wrote the prefix back: a hit again, pinned for real this time.
+    assert third.status is Status.SWAPPED
+    drive(core, fakes)
+    assert third.recomputes == 0 and third.output_ids == first.output_ids
+
+
+def test_a_block_the_store_gave_out_again_leaves_the_index():
+    """A reserve hands out blocks the store evicted: the index drops what it had for them (a
+    later match would pin someone else's content; the pin's hash check would refuse it)."""
+    core, fakes = make(host=FakeHost(capacity=35 // BS))
+    host = fakes["w0"].host
+    run_one(core, fakes, PROMPT)
+    other = [(11 * i) % 200 for i in range(30)]
+    run_one(core, fakes, other)  # its offload evicts the first prompt's blocks, reusing them
+    assert host.evictions > 0
+    req = core.submit(
+        prompt_ids=list(PROMPT),
+        sampling=Sampling(),
+        limits=GenerationLimits(max_tokens=6),
+        tenant="t",
+    )
+    assert req.status is Status.WAITING and req.cached_prompt_tokens == 0
+    drive(core, fakes)
+    assert req.recomputes == 0
 
 
 def test_deleting_retained_blocks_by_content():
@@ -219,3 +259,53 @@ def test_after_a_store_restart_a_turn_misses_then_reuse_comes_back():
     assert second.cached_prompt_tokens == 0 and second.output_ids == first.output_ids
     third = run_one(core, fakes, PROMPT)
     assert third.cached_prompt_tokens > 0 and third.output_ids == first.output_ids
+
+
+def test_a_swap_out_copies_only_the_blocks_the_host_lacks():
+    """B prefilled a prefix A shares, before A's KV was retained; once A's offload is committed,
+    a swap-out of B skips the blocks the host index holds and copies only B's own."""
+    clock = itertools.count()
+    core = SchedulerCore(
+        CoreConfig(preemption="swap", min_swap_tokens=1, retain=True, preempt_margin=0),
+        make_policy("priority"),
+        eos_token_ids=[255],
+        clock=lambda: next(clock) * 0.001,
+        model_fingerprint="m",
+        secret=b"s",
+    )
+    from scheduler_svc.workers import WorkerInfo
+
+    info = WorkerInfo("w0", num_blocks=24, block_size=BS, block_bytes=100, max_model_len=4096)
+    core.add_worker(info)
+    w = FakeWorker(info, FakeHost())
+
+    def submit(prompt, out, priority=0, retain=None):
+        return core.submit(
+            prompt_ids=list(prompt),
+            sampling=Sampling(),
+            limits=GenerationLimits(max_tokens=out),
+            tenant="t",
+            priority=priority,
+            retain_ttl_s=retain,
+        )
+
+    a = submit(PROMPT, 6, retain=0.0)
+    b_prompt = [*PROMPT, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    b = submit(b_prompt, 30)
+    while not (a.is_finished and not a.offloading):
+        step(core, "w0", w)
+    assert core.sizes()["host_index"] == 35 // BS and b.status is Status.RUNNING
+    copied_before = w.blocks_copied_out
+    c_prompt = [(3 * i) % 200 for i in range(60)]
+    c = submit(c_prompt, 4, priority=10)  # needs B's blocks: B is swapped out
+    while b.status is not Status.SWAPPED:
+        step(core, "w0", w)
+    shared = 28 // BS  # B's chain leaves A's inside block 7 (tokens 28..31)
+    own = -(-b.host_tokens // BS)
+    assert b.host_hashes[:shared] == b.hashes[:shared]
+    assert w.blocks_copied_out - copied_before == own - shared
+    assert core.counters.swap_bytes_avoided == shared * 100
+    drive(core, {"w0": w})
+    ref_core, ref = make(retain=False)
+    for req, prompt, out in ((b, b_prompt, 30), (c, c_prompt, 4)):
+        assert req.output_ids == run_one(ref_core, ref, prompt, out=out).output_ids

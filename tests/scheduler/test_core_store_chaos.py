@@ -1,5 +1,6 @@
-"""The KV store lost at random moments, with answers that lag and workers that refuse swaps
-until they registered again (and, in the second test, workers that die and come back): the
+"""The KV store lost at random moments, with answers that lag, a store that evicts on its own
+(a small arena, eviction storms: the scheduler's host index goes stale), and workers that refuse
+swaps until they registered again (and, in the second test, workers that die and come back): the
 scheduler core against two fake workers sharing one fake store (sched_fakes.py), seeded. Every
 request ends with the tokens an undisturbed run gives, the core agrees with itself after every
 step, and at the end every device block is free and the last store holds no lease or
@@ -33,7 +34,7 @@ SHARED = [(13 * j) % 200 for j in range(14)]  # every prompt's first tokens: loo
 
 class LaggingAgent:
     """The host agent: takes the core's ops at once and answers a random share of them each
-    tick; when the store is lost, the unanswered reserves, pins and lookups fail (they were
+    tick; when the store is lost, the unanswered reserves and pins fail (they were
     sent to a store that is gone) and frees and releases are dropped."""
 
     def __init__(self, rng: random.Random) -> None:
@@ -51,7 +52,7 @@ class LaggingAgent:
         lost, self.pending = self.pending, []
         core.on_store_lost()
         for op in lost:
-            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN, HostOpKind.LOOKUP):
+            if op.kind in (HostOpKind.RESERVE, HostOpKind.PIN):
                 core.on_host_failed(op.seq, op.kind, "the KV store was lost meanwhile", op.ticket)
 
 
@@ -92,7 +93,8 @@ def expected(prompt: list[int], n: int) -> list[int]:
     return history[len(prompt) :]
 
 
-def scenario(seed: int, worker_kills: int = 0) -> None:
+def scenario(seed: int, worker_kills: int = 0) -> tuple[SchedulerCore, FakeHost]:
+    """Runs one seeded scenario to the end and checks it; returns the core and the last store."""
     rng = random.Random(seed)
     clock = itertools.count()
     core = SchedulerCore(
@@ -103,7 +105,8 @@ def scenario(seed: int, worker_kills: int = 0) -> None:
         model_fingerprint="m",
         secret=b"s",
     )
-    host = FakeHost()
+    arena = rng.choice([12, 32, 10_000])  # host blocks: the small ones evict on every reserve
+    host = FakeHost(capacity=arena)
     workers: dict[str, RefusingWorker] = {}
     infos: dict[str, WorkerInfo] = {}
     for wid in ("w0", "w1"):
@@ -135,7 +138,7 @@ def scenario(seed: int, worker_kills: int = 0) -> None:
             losses += 1
             agent.store_lost(core)
             core.check_integrity()
-            host = FakeHost()  # the restarted store: empty, knows no lease of the old one
+            host = FakeHost(capacity=arena)  # restarted: empty, knows no lease of the old one
             for w in workers.values():
                 w.host = host
                 w.refuse = rng.randint(0, 3)
@@ -150,6 +153,8 @@ def scenario(seed: int, worker_kills: int = 0) -> None:
             info = infos[wid]
             core.add_worker(info)
             workers[wid] = RefusingWorker(info, host, swap_delay=rng.randint(1, 3))
+        if rng.random() < 0.01:
+            host.evict_some(rng.random())  # behind the scheduler's back
         progressed = agent.tick(core, host) > 0
         for wid, w in workers.items():
             plan = core.schedule(wid)
@@ -171,11 +176,22 @@ def scenario(seed: int, worker_kills: int = 0) -> None:
         assert not slot.running, f"{wid} still holds {sorted(slot.running)}"
         assert slot.allocator.num_free == BLOCKS, f"{wid}: device blocks leaked"
     assert not host.reserved and not host.leases, "host memory leaked in the last store"
+    return core, host
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_store_losses_at_random_moments_lose_and_leak_nothing(seed):
     scenario(seed)
+
+
+def test_the_scenarios_do_meet_a_stale_host_index():
+    """The store's own evictions reach the scheduler only as failed pins: the seeds above
+    include such pins (each one recomputed, with the same tokens), and hits that the index
+    served."""
+    runs = [scenario(seed) for seed in range(40)]
+    assert sum(host.stale_pins for _, host in runs) > 0
+    assert sum(host.evictions for _, host in runs) > 0
+    assert sum(core.counters.retained_hit_blocks for core, _ in runs) > 0
 
 
 @pytest.mark.parametrize("seed", range(120))

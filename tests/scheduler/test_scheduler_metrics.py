@@ -11,6 +11,7 @@ from sched_fakes import FakeHost, FakeWorker
 
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.core import SchedulerCore
+from scheduler_svc.fetch_cost import DeviceCosts
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.plan import StepOutput, StepPlan
 from scheduler_svc.policy import make_policy
@@ -227,3 +228,23 @@ def test_locality_placements_and_deferrals_are_exported_by_kind():
     metrics.refresh()  # counted once
     assert value(registry, "fastswitch_scheduler_locality_total", kind="placement") == 3
     assert value(registry, "fastswitch_scheduler_locality_total", kind="deferral") == 5
+
+
+def test_fetch_costs_and_declined_hits_are_exported():
+    """What fetch-or-compute weighs, read at scrape time: each worker's measured costs, the
+    store's round trip, and the host hits it declined."""
+    registry = CollectorRegistry()
+    core, _, _ = make(registry)
+    costs = DeviceCosts(prefill_tokens_per_s=1e6, copy_latency_s=5e-5, copy_bytes_per_s=2e9)
+    core.add_worker(
+        WorkerInfo("w1", num_blocks=8, block_size=4, block_bytes=100, max_model_len=64, costs=costs)
+    )
+    assert value(registry, "fastswitch_fetch_cost_prefill_tokens_per_second", worker="w0") == 0
+    assert value(registry, "fastswitch_fetch_cost_prefill_tokens_per_second", worker="w1") == 1e6
+    assert value(registry, "fastswitch_fetch_cost_copy_latency_seconds", worker="w1") == 5e-5
+    assert value(registry, "fastswitch_fetch_cost_copy_bytes_per_second", worker="w1") == 2e9
+    core.note_store_round_trip(0.004)
+    assert value(registry, "fastswitch_store_round_trip_seconds") == 0.004
+    assert value(registry, "fastswitch_host_hits_declined_total") == 0
+    core.counters.host_hits_declined += 3
+    assert value(registry, "fastswitch_host_hits_declined_total") == 3

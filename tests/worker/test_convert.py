@@ -150,6 +150,9 @@ def test_hello_keeps_every_field() -> None:
         device="cpu",
         address="127.0.0.1:50071",
         vocab_size=256,
+        prefill_tokens_per_s=2000.0,
+        copy_latency_s=4e-5,
+        copy_bytes_per_s=1.2e10,
     )
     assert_every_field_set(msg)
     hello = WorkerHello(**{f.name: getattr(msg, f.name) for f in msg.DESCRIPTOR.fields})
