@@ -459,9 +459,11 @@ EOF
 # One size setting: the KV store sized its arena from its /dev/shm (FASTSWITCH_SHM_SIZE) less
 # the reserve, as its "serving" log line says.
 check_arena_size() {
-  local line got
-  line=$("${COMPOSE[@]}" logs --no-color kvstore 2>&1 | grep -m1 '"msg":"serving"') ||
-    die "the KV store logged no serving line"
+  local logs line got
+  # the whole log first: grep -m1 in a pipe would end `compose logs` early (SIGPIPE), and
+  # under pipefail that reads as no line at all once the log outgrows the pipe's buffer
+  logs=$("${COMPOSE[@]}" logs --no-color kvstore 2>&1)
+  line=$(grep -m1 '"msg":"serving"' <<<"$logs") || die "the KV store logged no serving line"
   got=$(sed -nE 's/.*"arena_bytes":([0-9]+).*/\1/p' <<<"$line")
   [ "$got" = "$WANT_ARENA_BYTES" ] ||
     die "arena of ${got:-?} bytes, expected $WANT_ARENA_BYTES (shm $FASTSWITCH_SHM_SIZE less the reserve)"
