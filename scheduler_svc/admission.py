@@ -120,7 +120,7 @@ class Admission:
         """
         head = self._best_waiting(slot)
         self._maybe_cancel_swap_outs(slot, head)
-        if head is None or self._placement.begin(slot, [head]).leave(head):
+        if head is None or self._placement.leaves(slot, head):
             return  # nothing waits, or another worker takes it without a preemption
         need = self._admission_blocks(slot, head)
         leaving = slot.blocks_leaving()

@@ -160,6 +160,10 @@ class Placement:
         self.counters = counters
         self.enabled = enabled and limits.max_waits > 0
 
+    def leaves(self, slot: WorkerSlot, req: Request) -> bool:
+        """Whether `slot` would leave `req` for another worker (a pass opened only to ask)."""
+        return self.enabled and self.begin(slot, [req]).leave(req)
+
     def begin(self, slot: WorkerSlot, ready: Sequence[Request]) -> PlacementPass:
         """A pass of `slot`'s admission over `ready` (the admissible waiting requests, in rank
         order)."""
@@ -179,7 +183,13 @@ class PlacementPass:
         self._saved: dict[tuple[str, int], int] = {}
         self._loads: dict[str, WorkerLoad] = {}
         self._left: dict[int, str] = {}  # seq -> the worker it was left for
-        self._here = WorkerLoad.of(slot, placement.limits.max_num_seqs)
+        # Off (the default without the device tier), nothing here is asked: the step loop does
+        # not pay for the load of a worker nobody compares.
+        self._here = (
+            WorkerLoad.of(slot, placement.limits.max_num_seqs)
+            if placement.enabled
+            else WorkerLoad(0, 0, 0, 0)
+        )
         # Locality looks a bounded way ahead (a step admits at most a batch): past it, the
         # policy's order stands, and no match is computed for a long queue's tail.
         window = max(WINDOW, 2 * placement.limits.max_num_seqs) if placement.enabled else 0

@@ -270,22 +270,21 @@ class HttpClient:
             raise RuntimeError("the HTTP client is closed")
         reused = self._take_idle()
         conn = reused or await self._connect()
-        try:
-            conn.send(head, body)
-            await conn.head()
-            return conn
-        except HttpError:
-            self._drop(conn)
-            if reused is None or conn.received:
+        while True:
+            try:
+                conn.send(head, body)
+                await conn.head()
+                return conn
+            except HttpError:
+                self._drop(conn)
+                if reused is None or conn.received:
+                    raise
+            except BaseException:  # a cancel or timeout mid-exchange: the connection goes too
+                self._drop(conn)
                 raise
-        conn = await self._connect()  # the server closed the idle one as we took it: once more
-        try:
-            conn.send(head, body)
-            await conn.head()
-            return conn
-        except BaseException:
-            self._drop(conn)
-            raise
+            # the server closed the idle one as we took it: once more, on a fresh connection
+            reused = None
+            conn = await self._connect()
 
     def _take_idle(self) -> _Connection | None:
         while self._idle:
