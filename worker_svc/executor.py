@@ -245,9 +245,14 @@ class StepExecutor:
         return time.perf_counter() - started
 
     def _forward(self, plan: StepPlan, work: _StepWork) -> None:
-        """One forward over the prefills and decodes of sequences not failed so far; a fault of
-        the forward fails every sequence in it."""
+        """One forward over the prefills and decodes of known sequences not failed so far; a
+        fault of the forward fails every sequence in it."""
         failed = work.failed
+        for seq in [c.seq for c in plan.prefill] + list(plan.decode):
+            if seq not in failed and not self.engine.has_seq(seq):
+                # A plan made ahead (asynchronous scheduling) may still compute a sequence the
+                # step before failed and forgot: that sequence fails, not the whole forward.
+                failed[seq] = f"unknown sequence {seq}"
         prefills = [c for c in plan.prefill if c.seq not in failed]
         decodes = [s for s in plan.decode if s not in failed]
         if not prefills and not decodes:

@@ -9,6 +9,10 @@ Each step runs on the step thread (``StepExecutor.run``); its KV store bookkeepi
 the event loop, before the result is sent (``settle_swaps``): finished swap-outs are committed
 first and only then reported in ``swap_out_done`` (the scheduler pins committed blocks only);
 leases the step no longer needs are released in the same round of concurrent calls.
+
+Plans are read as they come, not one per result: a scheduler that plans ahead (asynchronous
+scheduling) has step N+1 here while step N runs, and the step thread starts it the moment N
+ends, while N's result is settled and sent. Steps run, and results go back, in plan order.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import NamedTuple, TypeAlias
 
 import grpc
 
@@ -48,6 +53,18 @@ _HINTS = {
         " (is --scheduler the scheduler's public --listen? workers dial its --internal-listen)"
     ),
 }
+
+
+# The worker's end of StepLink.Connect.
+_StepCall: TypeAlias = grpc.aio.StreamStreamCall[wk.WorkerMessage, wk.SchedulerMessage]
+
+
+class _Submitted(NamedTuple):
+    """A plan handed to the step thread: its future ``(outcome, began, ended)``, and the swaps
+    taken out of it because the KV store's arena was unreachable (reported refused)."""
+
+    future: asyncio.Future[tuple[StepOutcome, float, float]]
+    refused: StepPlan | None
 
 
 class LinkRejected(RuntimeError):
@@ -112,49 +129,93 @@ class SchedulerLink:
             self._thread.shutdown(wait=True)
 
     async def _session(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
+        """One stream: plans are read and handed to the step thread as they come (``_receive``)
+        while results are settled and sent in plan order (``_answer``), so a plan the scheduler
+        made ahead starts the moment the step before it ends. Ends when the scheduler closes
+        the stream, `stop` is set, or either side fails (its error is raised); the steps still
+        queued then are waited for and their leases released (``_abandon``)."""
         async with self._plane.channel(self._target) as channel:
             call = wk_grpc.StepLinkStub(channel).Connect()
-            stopper = loop.create_task(stop.wait())
+            queue: asyncio.Queue[_Submitted] = asyncio.Queue()
+            answering: list[_Submitted] = []  # the step whose result is being settled and sent
+            await call.write(wk.WorkerMessage(hello=hello_to_proto(self._hello)))
+            tasks = [
+                asyncio.create_task(self._receive(call, queue)),
+                asyncio.create_task(self._answer(call, queue, answering)),
+                asyncio.create_task(stop.wait()),
+            ]
             try:
-                await call.write(wk.WorkerMessage(hello=hello_to_proto(self._hello)))
-                sent = time.perf_counter()
-                while True:
-                    reader = loop.create_task(call.read())
-                    done, _ = await asyncio.wait(
-                        {reader, stopper}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if reader not in done:
-                        reader.cancel()
-                        call.cancel()
-                        return
-                    msg = reader.result()
-                    if msg is grpc.aio.EOF or msg.HasField("goodbye"):
-                        log.info("scheduler closed the step stream")
-                        return
-                    if msg.HasField("accepted"):
-                        log.info("joined the scheduler", extra={"scheduler": self._target})
-                        self._on_state(True)
-                        continue
-                    received = time.perf_counter()
-                    plan, refused = await self._prepare_store(plan_from_proto(msg.plan))
-                    outcome = await loop.run_in_executor(self._thread, self._executor.run, plan)
-                    settling = time.perf_counter()
-                    result = await settle_swaps(self._store, outcome)
-                    if refused is not None:
-                        result = _with_refused(result, refused)
-                    timing = replace(
-                        result.timing,
-                        step_s=result.timing.step_s + time.perf_counter() - settling,
-                        idle_s=received - sent,
-                    )
-                    result = replace(result, timing=timing)
-                    await call.write(wk.WorkerMessage(result=result_to_proto(result)))
-                    sent = time.perf_counter()
-                    if self._on_step is not None:
-                        self._on_step(result, outcome.swaps)
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # the first failure, if any
             finally:
-                stopper.cancel()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                call.cancel()
+                left = answering + [queue.get_nowait() for _ in range(queue.qsize())]
+                await self._abandon(left)
+
+    async def _receive(self, call: _StepCall, queue: asyncio.Queue[_Submitted]) -> None:
+        """Reads the stream: each plan goes to the step thread at once, in arrival order (its
+        single thread runs them one after another). Returns when the scheduler closes."""
+        loop = asyncio.get_running_loop()
+        while True:
+            msg = await call.read()
+            if msg is grpc.aio.EOF or msg.HasField("goodbye"):
+                log.info("scheduler closed the step stream")
+                return
+            if msg.HasField("accepted"):
+                log.info("joined the scheduler", extra={"scheduler": self._target})
+                self._on_state(True)
+                continue
+            plan, refused = await self._prepare_store(plan_from_proto(msg.plan))
+            future = loop.run_in_executor(self._thread, self._timed_run, plan)
+            queue.put_nowait(_Submitted(future, refused))
+
+    async def _answer(
+        self, call: _StepCall, queue: asyncio.Queue[_Submitted], answering: list[_Submitted]
+    ) -> None:
+        """Sends each step's result, in plan order, once the step is done and its swaps are
+        settled with the KV store (``settle_swaps``). ``idle_s`` is the step thread's wait
+        before the step began: the time the worker waited on the scheduler."""
+        last_end: float | None = None
+        while True:
+            item = await queue.get()
+            answering.append(item)
+            outcome, began, ended = await item.future
+            result = await settle_swaps(self._store, outcome)
+            if item.refused is not None:
+                result = _with_refused(result, item.refused)
+            idle = 0.0 if last_end is None else max(0.0, began - last_end)
+            last_end = ended
+            result = replace(result, timing=replace(result.timing, idle_s=idle))
+            await call.write(wk.WorkerMessage(result=result_to_proto(result)))
+            answering.clear()
+            if self._on_step is not None:
+                self._on_step(result, outcome.swaps)
+
+    def _timed_run(self, plan: StepPlan) -> tuple[StepOutcome, float, float]:
+        """The executor's step on the step thread, with when it began and ended there."""
+        began = time.perf_counter()
+        outcome = self._executor.run(plan)
+        return outcome, began, time.perf_counter()
+
+    async def _abandon(self, steps: list[_Submitted]) -> None:
+        """Steps whose results will never be sent (the stream is gone): waits for each, then
+        releases every lease its outcome still holds (swap-outs it would have committed,
+        pins and reservations it was done with), so nothing waits for the leases to expire."""
+        leases: list[str] = []
+        for item in steps:
+            try:
+                outcome, _, _ = await item.future
+            except Exception:  # the step itself failed: reset() cleans the executor up
+                log.exception("a step abandoned with the stream failed")
+                continue
+            leases += [w.lease_id for w in outcome.commits if w.lease_id]
+            leases += outcome.releases
+        if leases and self._store is not None:
+            await release_leases(self._store, leases, timeout_s=1.0)
 
     async def _prepare_store(self, plan: StepPlan) -> tuple[StepPlan, StepPlan | None]:
         """Before a step: installs a restarted store's arena if one was mapped, and checks that

@@ -122,9 +122,9 @@ class StepPlan:
 @dataclass(frozen=True, slots=True)
 class StepTiming:
     forward_s: float = 0.0
-    step_s: float = 0.0  # plan received -> result sent
+    step_s: float = 0.0  # the step's time on the step thread
     swap_wait_s: float = 0.0  # time the step spent on copies before its forward
-    idle_s: float = 0.0  # previous result sent -> this plan received
+    idle_s: float = 0.0  # the step thread's wait for this plan after the previous step
 
 
 class SeqError(NamedTuple):

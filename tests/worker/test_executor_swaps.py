@@ -234,6 +234,21 @@ def test_without_a_store_swaps_are_errors(tiny: Any) -> None:
     assert out.releases == () and out.commits == ()
 
 
+def test_an_unknown_sequence_fails_alone_and_the_rest_of_the_step_runs(
+    tiny: Any, reference: list[int]
+) -> None:
+    """A plan made ahead may decode a sequence the step before failed and forgot: only that
+    sequence fails, the others in the forward sample as if it were not there."""
+    spec, model = tiny
+    d = Driver(StepExecutor(Engine(model, spec, new_pool(spec, model, 8, BLOCK))))
+    first = d.run(
+        start=[SeqStart(seq=1, blocks=runs((0, 4)))], prefill=[PrefillChunk(1, PROMPT, True)]
+    ).result
+    out = d.run(decode=[7, 1]).result
+    assert [(e.seq, e.message) for e in out.errors] == [(7, "unknown sequence 7")]
+    assert out.seqs == (1,) and [first.tokens[0], out.tokens[0]] == reference[:2]
+
+
 def test_reset_waits_and_returns_leases(make_setup: Any) -> None:
     s: Setup = make_setup()
     d = s.driver
