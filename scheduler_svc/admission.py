@@ -218,12 +218,16 @@ class Admission:
 
     def _schedule_running(self, slot: WorkerSlot, plan: StepPlan, budget: Budget) -> None:
         ranked = sorted(slot.running.values(), key=self._policy.sort_key)
+        ahead = slot.sampling_ahead()
         for i, req in enumerate(ranked):
             if req.seq not in slot.running or req.status != Status.RUNNING:
                 continue  # preempted earlier in this loop, or swapping
             if not budget.has_room():
                 break
-            n = 1 if req.decode_ready else min(_remaining(req), budget.tokens)
+            decode = req.decode_ready or req.seq in ahead
+            if req.seq in ahead and _may_be_last(slot, req):
+                continue  # the token still being sampled may be its last: nothing to decode
+            n = 1 if decode else min(_remaining(req), budget.tokens)
             while not self._grow(slot, req, req.num_computed + n, plan):
                 if slot.blocks_leaving():
                     break  # blocks are on their way back from a swap-out (rule 1): wait
@@ -239,7 +243,7 @@ class Admission:
                 continue
             if slot.allocator.num_blocks_of(req.seq) < slot.info.blocks_for(req.num_computed + n):
                 continue  # waits for blocks being swapped out
-            self._add_compute(req, n, plan)
+            self._add_compute(req, n, plan, decode=decode)
             budget.take(n)
 
     def _grow(self, slot: WorkerSlot, req: Request, num_tokens: int, plan: StepPlan) -> bool:
@@ -253,9 +257,11 @@ class Admission:
         plan.append.append(BlockAppend(req.seq, tuple(runs)))
         return True
 
-    def _add_compute(self, req: Request, n: int, plan: StepPlan) -> None:
+    def _add_compute(self, req: Request, n: int, plan: StepPlan, *, decode: bool) -> None:
+        """`req` computes `n` tokens in `plan`: a decode (of the token the worker sampled last,
+        possibly in the plan still running) or its next prefill chunk."""
         req.just_swapped_in = False
-        if req.decode_ready:
+        if decode:
             plan.decode.append(req.seq)
             req.num_computed += 1
             return
@@ -364,7 +370,7 @@ class Admission:
                 blocks=slot.allocator.table(req.seq),
             )
         )
-        self._add_compute(req, n, plan)
+        self._add_compute(req, n, plan, decode=False)
         budget.take(n)
         return True
 
@@ -404,3 +410,12 @@ def _place(slot: WorkerSlot, req: Request, status: Status) -> None:
 
 def _remaining(req: Request) -> int:
     return req.num_tokens - req.num_computed
+
+
+def _may_be_last(slot: WorkerSlot, req: Request) -> bool:
+    """Whether the token `req` samples in the plan still running may end it by length (a stop
+    token cannot be foreseen: a plan made ahead then decodes once in vain)."""
+    return (
+        len(req.output_ids) + 1 >= req.limits.max_tokens
+        or req.num_tokens + 1 >= slot.info.max_model_len
+    )

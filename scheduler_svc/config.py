@@ -40,6 +40,9 @@ class CoreConfig:
     # Fetch a retained prefix from the host when the workers' measured costs say it is faster
     # than prefilling it ("auto"), or always, or never (scheduler_svc/fetch_cost.py).
     host_fetch: str = "auto"
+    # Asynchronous scheduling: a worker's next plan is made while its current step runs (one
+    # plan ahead), so the worker never waits on the scheduler between steps.
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         for name in (

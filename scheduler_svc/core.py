@@ -66,7 +66,7 @@ from scheduler_svc.request_table import RequestTable, TenantTally
 from scheduler_svc.stats import Counters, SchedulerStats, TenantStats
 from scheduler_svc.swaps import SwapController
 from scheduler_svc.waiting import WaitQueue
-from scheduler_svc.workers import WorkerInfo, WorkerRegistry, WorkerSlot
+from scheduler_svc.workers import InFlight, WorkerInfo, WorkerRegistry, WorkerSlot
 from servekit.validation import clip
 
 log = logging.getLogger(__name__)
@@ -376,12 +376,19 @@ class SchedulerCore:
 
     def _schedule(self, worker_id: str) -> StepPlan | None:
         slot = self._workers[worker_id]
+        ahead = 1 if self.config.async_scheduling else 0
+        if len(slot.in_flight) > ahead:
+            raise RuntimeError(
+                f"worker {worker_id} has {len(slot.in_flight)} plans unanswered; "
+                f"at most {ahead} may be while the next is planned"
+            )
         plan = StepPlan(step_id=slot.next_step_id, drop=slot.take_drops())
         slot.take_swap_orders(plan)
         self._admission.plan_step(slot, plan)
         if plan.is_empty and not slot.swaps_in_flight:
             return None
         slot.next_step_id += 1
+        slot.in_flight.append(InFlight.of(plan))
         now = self._clock()
         for seq in itertools.chain(plan.decode, (c.seq for c in plan.prefill)):
             req = self._table.by_seq(seq)
@@ -403,6 +410,12 @@ class SchedulerCore:
         slot = self._workers.get(worker_id)
         if slot is None:
             return []
+        if not slot.in_flight or slot.in_flight[0].step_id != output.step_id:
+            expected = slot.in_flight[0].step_id if slot.in_flight else None
+            raise ValueError(
+                f"worker {worker_id} answered step {output.step_id}, expected {expected}"
+            )
+        slot.in_flight.popleft()
         now = self._clock()
         slot.steps += 1
         slot.step_s_total += output.step_s
@@ -436,14 +449,13 @@ class SchedulerCore:
                 req.fault = Fault.ABORTED
                 self._finish(req, FinishReason.ABORTED)
                 events.append(TokenEvent(req, (), True))
-            elif req is not None and req.is_finished and req.hashes:
-                # Cancelled while this step ran, and its compute failed: the blocks it left
-                # cached were never written. (No plan of this worker was made since.)
-                slot.allocator.drop_cached(req.hashes)
         for seq, token in output.sampled.items():
             req = self._table.by_seq(seq)
             if req is None or req.is_finished or req.worker_id != worker_id:
-                continue  # cancelled or moved while the step ran
+                # Cancelled, finished (a plan made ahead decoded past its last token) or
+                # moved while the step ran: nobody sees this token.
+                self.counters.discarded_tokens += 1
+                continue
             req.output_ids.append(token)
             req.decode_ready = True
             req.token_times.append(now)
@@ -465,6 +477,10 @@ class SchedulerCore:
     def _finish(self, req: Request, reason: FinishReason) -> None:
         slot = self._workers.slot_of(req)
         if slot is not None and req.seq in slot.running:
+            if req.status == Status.RUNNING:
+                # KV that plans still running write is not known to be written (such a plan
+                # may yet fail): the device cache and an offload take only what was reported.
+                req.num_computed -= slot.unreported(req.seq)
             self._leave_device(slot, req, reason)
         if req.status in (Status.WAITING, Status.SWAPPED):
             self._waiting.remove(req.seq)

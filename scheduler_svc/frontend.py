@@ -2,8 +2,10 @@
 
 * ``open`` validates and tokenizes at the edge, queues the request and returns its event stream;
   ``close`` ends a stream (cancelling the request if the client left before it finished).
-* ``worker_session`` drives one worker: plan → exchange → update, until the worker leaves; then
-  its requests are queued again and recomputed elsewhere (KV is a cache, no request is lost).
+* ``worker_session`` drives one worker: plan → send → receive → update, until the worker leaves;
+  then its requests are queued again and recomputed elsewhere (KV is a cache, no request is
+  lost). With asynchronous scheduling the next plan is made and sent while the worker runs the
+  current one, so the worker starts it the moment its step ends.
 
 All state changes happen on the event loop thread, so the core needs no locks.
 """
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from scheduler_svc.conversations import Conversation, Conversations
 from scheduler_svc.core import SchedulerCore
@@ -41,7 +45,13 @@ from servekit.validation import (
 
 log = logging.getLogger(__name__)
 
-Exchange = Callable[[StepPlan], Awaitable[StepOutput]]
+
+class StepChannel(Protocol):
+    """One worker's step stream: plans go out, and their results come back in the same order."""
+
+    async def send(self, plan: StepPlan) -> None: ...
+
+    async def receive(self) -> StepOutput: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,9 +389,11 @@ class Frontend:
     # ----------------------------------------------------------------- workers
 
     async def worker_session(
-        self, info: WorkerInfo, exchange: Exchange, joined: Callable[[], Awaitable[None]]
+        self, info: WorkerInfo, channel: StepChannel, joined: Callable[[], Awaitable[None]]
     ) -> None:
-        """Runs one worker until its stream ends (or this task is cancelled).
+        """Runs one worker until its stream ends (or this task is cancelled): plans are sent
+        while fewer than ``depth`` are unanswered (two with asynchronous scheduling: the next is
+        planned while the worker runs one), and each result is applied as it comes.
 
         Raises AlreadyExists or FailedPrecondition (nothing changed) if a worker of that id has
         already joined or it uses another block size.
@@ -390,19 +402,27 @@ class Frontend:
         await joined()
         await self.notify()
         wid = info.worker_id
+        depth = 2 if self.core.config.async_scheduling else 1
+        sent: deque[StepPlan] = deque()
         try:
             while not self._closing:
                 seen = self._version
-                plan = self.core.schedule(wid)
-                self._poke_host_agent()
-                if plan is None:
-                    await self._wait_for_change(seen)
-                    continue
-                output = await exchange(plan)
+                if len(sent) < depth:
+                    plan = self.core.schedule(wid)
+                    self._poke_host_agent()
+                    if plan is not None:
+                        await channel.send(plan)
+                        sent.append(plan)
+                        continue
+                    if not sent:
+                        await self._wait_for_change(seen)
+                        continue
+                output = await channel.receive()
                 self._dispatch(self.core.update_from_output(wid, output))
                 self._poke_host_agent()
+                done = sent.popleft()
                 if self.on_step is not None:
-                    self.on_step(wid, plan, output)
+                    self.on_step(wid, done, output)
         finally:
             requeued = self.core.remove_worker(wid)
             if requeued:

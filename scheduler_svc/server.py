@@ -272,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default from --mode: on in vllm-v1, else off)",
     )
     g.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="plan each worker's next step while its current one runs (one plan ahead), so a "
+        "worker never waits on the scheduler between steps; outputs are unchanged, and a "
+        "request ending on a stop token costs one decode in vain (default from --mode: on in "
+        "fastswitch, off in the vLLM baselines)",
+    )
+    g.add_argument(
         "--locality-max-waits",
         type=int,
         default=8,
@@ -339,6 +348,9 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
                 parse_share_group(text) for text in args.shared_prefix_tenants
             ),
             host_fetch=args.host_fetch,
+            async_scheduling=mode.async_scheduling
+            if args.async_scheduling is None
+            else args.async_scheduling,
         ),
         host_lease_s=args.host_lease_s,
         retain_generate_ttl_s=None if args.retain_generate is None else float(args.retain_generate),
@@ -471,6 +483,7 @@ async def serve(cfg: SchedulerConfig) -> int:
             "mode": cfg.mode,
             "preemption": cfg.core.preemption,
             "device_prefix_cache": cfg.core.device_prefix_cache,
+            "async_scheduling": cfg.core.async_scheduling,
             "api_keys": len(keys),
             "tls": cfg.tls is not None,
             "internal_listen": cfg.internal_listen,

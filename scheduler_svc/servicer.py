@@ -9,6 +9,7 @@ with `scheduler_svc.handlers.add_fastswitch_servicer` (malformed bytes: INVALID_
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -214,8 +215,35 @@ class FastSwitchServicer(api_grpc.FastSwitchServicer):
         )
 
 
+class _StepStream:
+    """The scheduler's end of one worker's Connect stream (a ``StepChannel``): plans out,
+    results in, each result checked to answer the oldest plan unanswered."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, worker_id: str) -> None:
+        self._context = context
+        self._worker_id = worker_id
+        self._expected: deque[int] = deque()
+
+    async def send(self, plan: StepPlan) -> None:
+        await self._context.write(wk.SchedulerMessage(plan=convert.plan_to_proto(plan)))
+        self._expected.append(plan.step_id)
+
+    async def receive(self) -> StepOutput:
+        msg = await self._context.read()
+        if msg is grpc.aio.EOF or not msg.HasField("result"):
+            raise ConnectionResetError(f"worker {self._worker_id} closed its stream")
+        out = convert.output_from_proto(msg.result)
+        expected = self._expected.popleft() if self._expected else None
+        if out.step_id != expected:
+            raise ConnectionResetError(
+                f"worker {self._worker_id} answered step {out.step_id}, expected {expected}"
+            )
+        return out
+
+
 class StepLinkServicer(wk_grpc.StepLinkServicer):
-    """Each worker opens one Connect stream: hello, then one plan → one result, in order."""
+    """Each worker opens one Connect stream: hello, then plans → results, in order (with
+    asynchronous scheduling a plan ahead is sent before the result of the one running)."""
 
     def __init__(self, frontend: Frontend, *, model_fingerprint: str) -> None:
         self._frontend = frontend
@@ -236,23 +264,13 @@ class StepLinkServicer(wk_grpc.StepLinkServicer):
             )
         info = convert.worker_info(hello)
 
-        async def exchange(plan: StepPlan) -> StepOutput:
-            await context.write(wk.SchedulerMessage(plan=convert.plan_to_proto(plan)))
-            msg = await context.read()
-            if msg is grpc.aio.EOF or not msg.HasField("result"):
-                raise ConnectionResetError(f"worker {info.worker_id} closed its stream")
-            out = convert.output_from_proto(msg.result)
-            if out.step_id != plan.step_id:
-                raise ConnectionResetError(
-                    f"worker {info.worker_id} answered step {out.step_id}, expected {plan.step_id}"
-                )
-            return out
+        channel = _StepStream(context, info.worker_id)
 
         async def joined() -> None:
             await context.write(wk.SchedulerMessage(accepted=wk.Accepted(worker_id=info.worker_id)))
 
         try:
-            await self._frontend.worker_session(info, exchange, joined)
+            await self._frontend.worker_session(info, channel, joined)
         except SchedulerError as err:
             await context.abort(status_for(err), str(err))
         except ConnectionResetError as err:

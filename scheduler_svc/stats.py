@@ -36,6 +36,9 @@ class Counters:
     locality_placements: int = 0
     locality_deferrals: int = 0
     store_losses: int = 0  # the KV store died or restarted (host copies forgotten)
+    # Sampled tokens nobody sees: their request finished (a plan made ahead decoded past its
+    # last token), was cancelled or moved while the step ran.
+    discarded_tokens: int = 0
     schedule_s: float = 0.0  # wall time in ``schedule`` and ``update_from_output``
 
 

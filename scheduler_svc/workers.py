@@ -5,6 +5,7 @@ work; and the registry of workers that have joined."""
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -37,6 +38,23 @@ class WorkerInfo:
         return self.num_blocks * self.block_size
 
 
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A plan sent to a worker whose result has not come back: the tokens each sequence
+    computes in it, and the sequences that sample a token in it."""
+
+    step_id: int
+    computes: dict[int, int]  # seq -> tokens whose KV the step writes
+    samples: frozenset[int]
+
+    @classmethod
+    def of(cls, plan: StepPlan) -> InFlight:
+        computes = {seq: 1 for seq in plan.decode}
+        computes.update((c.seq, len(c.token_ids)) for c in plan.prefill)
+        samples = frozenset(plan.decode) | {c.seq for c in plan.prefill if c.sample}
+        return cls(plan.step_id, computes, samples)
+
+
 @dataclass(slots=True)
 class WorkerSlot:
     """One worker as the scheduler sees it. Invariant: its allocator's owners are exactly the
@@ -55,6 +73,9 @@ class WorkerSlot:
     cancel_swap_out: list[int] = field(default_factory=list)
     # Sequences whose swap order was sent and not yet reported done.
     swaps_in_flight: set[int] = field(default_factory=set)
+    # Plans sent and not yet answered, oldest first (two at most: asynchronous scheduling
+    # plans the next step while one runs).
+    in_flight: deque[InFlight] = field(default_factory=deque)
     iterations: int = 0
     next_step_id: int = 0
     steps: int = 0
@@ -82,6 +103,15 @@ class WorkerSlot:
         plan.cancel_swap_out, self.cancel_swap_out = self.cancel_swap_out, []
         self.swaps_in_flight.update(o.seq for o in plan.swap_out)
         self.swaps_in_flight.update(o.seq for o in plan.swap_in)
+
+    def sampling_ahead(self) -> frozenset[int]:
+        """The sequences that sample in a plan still running: planned now, their next token is
+        the one that plan samples (the worker feeds it itself)."""
+        return self.in_flight[-1].samples if self.in_flight else frozenset()
+
+    def unreported(self, seq: int) -> int:
+        """Tokens of `seq` whose KV plans still running write (not yet reported computed)."""
+        return sum(f.computes.get(seq, 0) for f in self.in_flight)
 
     def blocks_leaving(self) -> int:
         """Device blocks that come back once the swap-outs in progress are reported done."""
@@ -113,8 +143,11 @@ class WorkerSlot:
 
     def check_integrity(self) -> None:
         self.allocator.check_integrity()
+        assert len(self.in_flight) <= 2, f"{len(self.in_flight)} plans in flight"
         for seq, req in self.running.items():
             assert req.seq == seq and req.worker_id == self.worker_id, f"bad residency {seq}"
+            if req.status == Status.RUNNING:
+                assert self.unreported(seq) <= req.num_computed, f"{seq} computes unplanned KV"
             assert not req.is_finished or req.swap_sent or req.offloading, f"{seq} finished"
             need = self.info.blocks_for(req.num_computed)
             assert self.allocator.num_blocks_of(seq) >= need, f"request {seq} lacks blocks"

@@ -51,7 +51,8 @@ SWAP_LAYOUTS: tuple[str, ...] = tuple(s.value for s in SwapLayout)
 @dataclass(frozen=True, slots=True)
 class ModeSettings:
     """What a mode sets by default. Scheduler: ``preemption``, ``kv_reuse``, ``retain``,
-    ``device_prefix_cache``; worker: the swap path (used only when the scheduler swaps)."""
+    ``device_prefix_cache``, ``async_scheduling``; worker: the swap path (used only when the
+    scheduler swaps)."""
 
     swap_layout: SwapLayout
     swap_sync: bool  # copies inside the step, before the forward (vs. on the swap engine's thread)
@@ -59,6 +60,7 @@ class ModeSettings:
     retain: bool  # finished requests' KV is kept in the host arena for later prompts
     preemption: Preemption  # swap needs a KV store; without one the scheduler recomputes
     device_prefix_cache: bool  # finished requests' full blocks stay cached in the worker's pool
+    async_scheduling: bool  # a worker's next step is planned while its current one runs
 
 
 def parse_choice(kind: type[StrEnum], flag: str, value: object) -> StrEnum:
@@ -93,6 +95,7 @@ def mode_settings(mode: Mode | str) -> ModeSettings:
                 retain=True,
                 preemption=Preemption.SWAP,
                 device_prefix_cache=False,
+                async_scheduling=True,
             )
         case Mode.VLLM_V1:
             return ModeSettings(
@@ -102,6 +105,7 @@ def mode_settings(mode: Mode | str) -> ModeSettings:
                 retain=False,
                 preemption=Preemption.RECOMPUTE,
                 device_prefix_cache=True,
+                async_scheduling=False,
             )
         case Mode.VLLM_BASELINE:
             return ModeSettings(
@@ -111,4 +115,5 @@ def mode_settings(mode: Mode | str) -> ModeSettings:
                 retain=False,
                 preemption=Preemption.SWAP,
                 device_prefix_cache=False,
+                async_scheduling=False,
             )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
@@ -349,20 +350,31 @@ def step(core: SchedulerCore, wid: str, worker: FakeWorker) -> StepPlan | None:
 
 
 def drive(core: SchedulerCore, workers: dict[str, FakeWorker], max_steps: int = 20_000):
-    """Runs every worker (and its host store) until no work is left; returns the plans seen."""
+    """Runs every worker (and its host store) until no work is left; returns the plans seen.
+
+    With ``async_scheduling`` each worker's next plan is made before the result of the plan it
+    is running is applied (one plan ahead, as the frontend sends them): the worker executes a
+    plan only when its result is taken, so the plan after it never saw that result."""
     plans: list[StepPlan] = []
+    depth = 2 if core.config.async_scheduling else 1
+    sent: dict[str, deque[StepPlan]] = {wid: deque() for wid in workers}
     for _ in range(max_steps):
         progressed = False
         for wid, worker in workers.items():
+            pipe = sent[wid]
             served = worker.host.serve(core)
-            plan = core.schedule(wid)
-            served += worker.host.serve(core)
-            if plan is None:
+            while len(pipe) < depth:
+                plan = core.schedule(wid)
+                served += worker.host.serve(core)
+                if plan is None:
+                    break
+                pipe.append(plan)
+                plans.append(plan)
+            if not pipe:
                 progressed = progressed or served > 0
                 continue
             progressed = True
-            plans.append(plan)
-            core.update_from_output(wid, worker.run(plan))
+            core.update_from_output(wid, worker.run(pipe.popleft()))
             worker.host.serve(core)
             core.check_integrity()
         if not progressed:

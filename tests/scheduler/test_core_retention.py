@@ -241,7 +241,10 @@ def test_an_offload_whose_copy_fails_on_the_worker_frees_its_blocks():
     first = _first_turn_offloading(core, w)
     w.in_flight.clear()
     w.busy_blocks.clear()
-    core.update_from_output("w0", StepOutput(step_id=10_000, sampled={}, errors={first.seq: "x"}))
+    plan = core.schedule("w0")  # the step that finds the copy failed
+    assert plan is not None
+    error = StepOutput(step_id=plan.step_id, sampled={}, errors={first.seq: "x"})
+    core.update_from_output("w0", error)
     core.check_integrity()
     assert not first.offloading
     drive(core, fakes)
