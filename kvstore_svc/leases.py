@@ -35,7 +35,8 @@ class Lease:
 class LeaseTable:
     """Live leases by id, plus a heap of expiry times (entries of ended leases are skipped)."""
 
-    def __init__(self) -> None:
+    def __init__(self, instance: str) -> None:
+        self.instance = instance  # every lease id begins with it and a colon
         self._leases: dict[str, Lease] = {}
         self._heap: list[tuple[float, str]] = []
 
@@ -46,9 +47,11 @@ class LeaseTable:
         return iter(self._leases.values())
 
     def open(self, kind: LeaseKind, owner: str, expires_at: float, blocks: set[int]) -> Lease:
-        """A new lease with a fresh id (random: ids from an earlier store process never match)."""
+        """A new lease with a fresh id: ``<instance>:<r|p>-<random>`` (ids of an earlier store
+        process never match, and name the lifetime they belong to)."""
         prefix = "r" if kind is LeaseKind.RESERVATION else "p"
-        lease = Lease(f"{prefix}-{uuid.uuid4().hex}", kind, owner, expires_at, blocks)
+        lease_id = f"{self.instance}:{prefix}-{uuid.uuid4().hex}"
+        lease = Lease(lease_id, kind, owner, expires_at, blocks)
         self._leases[lease.lease_id] = lease
         heapq.heappush(self._heap, (expires_at, lease.lease_id))
         return lease

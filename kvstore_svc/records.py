@@ -51,6 +51,7 @@ class Registration(NamedTuple):
     arena_bytes: int
     block_bytes: int
     num_host_blocks: int
+    instance: str  # this store lifetime's id: every lease id begins with it and a colon
 
 
 class Reservation(NamedTuple):

@@ -53,6 +53,7 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
                 arena_bytes=reg.arena_bytes,
                 block_bytes=reg.block_bytes,
                 num_host_blocks=reg.num_host_blocks,
+                instance=reg.instance,
             )
 
         return await _answer(context, call)

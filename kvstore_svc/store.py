@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 from kvstore_svc.arena import ArenaLayout
@@ -94,7 +95,7 @@ class Store:
         self._clock = clock
         self._alloc = RunAllocator(0)
         self._workers = WorkerRegistry(arena_bytes)
-        self._leases = LeaseTable()
+        self._leases = LeaseTable(uuid.uuid4().hex[:12])  # this lifetime's id
         self._reserved: dict[int, str] = {}  # block -> reservation lease id
         self._committed = CommittedBlocks(self._release_block)
         self._expired_leases = 0
@@ -133,7 +134,11 @@ class Store:
         if self._workers.add(info, layout):
             log.info("worker re-registered", extra={"worker_id": info.worker_id})
         return Registration(
-            self._arena_name, self._arena_bytes, layout.block_bytes, layout.num_blocks
+            self._arena_name,
+            self._arena_bytes,
+            layout.block_bytes,
+            layout.num_blocks,
+            self._leases.instance,
         )
 
     def unregister_worker(self, worker_id: str) -> None:

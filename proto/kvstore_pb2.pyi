@@ -33,16 +33,18 @@ class RegisterWorkerRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., block_bytes: _Optional[int] = ..., device: _Optional[str] = ..., pool_kind: _Optional[str] = ..., pool_handle: _Optional[bytes] = ..., pool_blocks: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
-    __slots__ = ("arena_name", "arena_bytes", "block_bytes", "num_host_blocks")
+    __slots__ = ("arena_name", "arena_bytes", "block_bytes", "num_host_blocks", "instance")
     ARENA_NAME_FIELD_NUMBER: _ClassVar[int]
     ARENA_BYTES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_BYTES_FIELD_NUMBER: _ClassVar[int]
     NUM_HOST_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     arena_name: str
     arena_bytes: int
     block_bytes: int
     num_host_blocks: int
-    def __init__(self, arena_name: _Optional[str] = ..., arena_bytes: _Optional[int] = ..., block_bytes: _Optional[int] = ..., num_host_blocks: _Optional[int] = ...) -> None: ...
+    instance: str
+    def __init__(self, arena_name: _Optional[str] = ..., arena_bytes: _Optional[int] = ..., block_bytes: _Optional[int] = ..., num_host_blocks: _Optional[int] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class UnregisterWorkerRequest(_message.Message):
     __slots__ = ("worker_id",)

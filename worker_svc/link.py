@@ -34,8 +34,16 @@ from proto import worker_pb2_grpc as wk_grpc
 from servekit.planes import OPEN_PLANE, InternalPlane
 from worker_svc.convert import hello_to_proto, plan_from_proto, result_to_proto
 from worker_svc.executor import StepExecutor, StepOutcome
-from worker_svc.plan import CommittedBlocks, SeqError, StepPlan, StepResult, WorkerHello
-from worker_svc.store_client import StoreConnection
+from worker_svc.plan import (
+    CommittedBlocks,
+    SeqError,
+    StepPlan,
+    StepResult,
+    SwapIn,
+    SwapOut,
+    WorkerHello,
+)
+from worker_svc.store_client import StoreConnection, lease_instance
 from worker_svc.swap_engine import SwapDone
 
 log = logging.getLogger(__name__)
@@ -221,7 +229,9 @@ class SchedulerLink:
         """Before a step: installs a restarted store's arena if one was mapped, and checks that
         a step with swaps can reach the store's current arena (registering again if it was
         replaced). When it cannot, the swaps are taken out of the plan and returned, to be
-        reported refused (the scheduler recomputes those requests)."""
+        reported refused (the scheduler recomputes those requests); so are the swaps whose
+        lease a store lifetime since ended granted (planned before the scheduler knew of the
+        restart: copying for them would write into, or read from, the new arena's blocks)."""
         conn = self._conn
         if conn is None:
             return plan, None
@@ -232,25 +242,25 @@ class SchedulerLink:
             loop = asyncio.get_running_loop()
             old = await loop.run_in_executor(self._thread, self._executor.replace_swaps, new)
             await loop.run_in_executor(self._thread, conn.retire, old)
-        if ok or not swaps:
+        if not swaps:
             return plan, None
-        refused_in = {o.seq for o in plan.swap_in}
-        kept = replace(
-            plan,
-            swap_in=(),
-            swap_out=(),
-            start=tuple(s for s in plan.start if s.seq not in refused_in),
-            append=tuple(a for a in plan.append if a.seq not in refused_in),
-        )
-        leases = [o.lease_id for o in plan.swap_in if o.lease_id]
-        leases += [o.lease_id for o in plan.swap_out if o.lease_id]
-        if leases and self._store is not None:
-            await release_leases(self._store, leases, timeout_s=1.0)
-        log.warning(
-            "KV store arena unavailable; swaps refused",
-            extra={"swap_in": len(plan.swap_in), "swap_out": len(plan.swap_out)},
-        )
-        return kept, replace(plan, start=(), append=(), prefill=(), decode=(), drop=())
+        orders: tuple[SwapIn | SwapOut, ...] = (*plan.swap_in, *plan.swap_out)
+        if not ok:
+            log.warning(
+                "KV store arena unavailable; swaps refused",
+                extra={"swap_in": len(plan.swap_in), "swap_out": len(plan.swap_out)},
+            )
+            leases = [o.lease_id for o in orders if o.lease_id]
+            if leases and self._store is not None:
+                await release_leases(self._store, leases, timeout_s=1.0)
+            return _without_swaps(plan, {o.seq for o in orders})
+        stale = {
+            o.seq for o in orders if o.lease_id and lease_instance(o.lease_id) != conn.instance
+        }
+        if not stale:
+            return plan, None
+        log.warning("swaps for a restarted KV store's leases refused", extra={"n": len(stale)})
+        return _without_swaps(plan, stale)
 
     async def _reset(self) -> None:
         """Forgets every sequence (on the step thread, after any step still running) and
@@ -340,6 +350,25 @@ def _log_release_failures(leases: list[str], answers: list[object]) -> None:
             log.warning("lease release failed", extra={"lease": lease, "why": answer.code().name})
         elif isinstance(answer, BaseException):
             raise answer
+
+
+def _without_swaps(plan: StepPlan, seqs: set[int]) -> tuple[StepPlan, StepPlan]:
+    """`plan` without the swaps of `seqs` (a swapped-in sequence is not started either), and
+    those swaps as a plan of their own, to be reported refused (``_with_refused``)."""
+    refused_in = {o.seq for o in plan.swap_in if o.seq in seqs}
+    kept = replace(
+        plan,
+        swap_in=tuple(o for o in plan.swap_in if o.seq not in seqs),
+        swap_out=tuple(o for o in plan.swap_out if o.seq not in seqs),
+        start=tuple(s for s in plan.start if s.seq not in refused_in),
+        append=tuple(a for a in plan.append if a.seq not in refused_in),
+    )
+    refused = StepPlan(
+        step_id=plan.step_id,
+        swap_in=tuple(o for o in plan.swap_in if o.seq in seqs),
+        swap_out=tuple(o for o in plan.swap_out if o.seq in seqs),
+    )
+    return kept, refused
 
 
 def _with_refused(result: StepResult, refused: StepPlan) -> StepResult:

@@ -34,6 +34,11 @@ from worker_svc.swap_engine import SwapEngine
 log = logging.getLogger(__name__)
 
 
+def lease_instance(lease_id: str) -> str:
+    """The store lifetime that granted `lease_id` (its ids are ``<instance>:<rest>``)."""
+    return lease_id.partition(":")[0]
+
+
 class MappedArena:
     """This worker's mapping of the node's host arena: ``blocks`` is uint8
     ``[num_host_blocks, block_bytes]``. ``close`` drops the view and unmaps (the file is the
@@ -47,6 +52,7 @@ class MappedArena:
             )
         self._buf = shm.open_existing(resp.arena_name)
         self.identity = _file_identity(self._buf.path)
+        self.instance = resp.instance  # the store lifetime whose leases copy into this arena
         layout = ArenaLayout(resp.block_bytes, resp.num_host_blocks)
         self.blocks: torch.Tensor | None = layout.blocks_view(self._buf)
 
@@ -115,6 +121,11 @@ class StoreConnection:
         self.swaps = _open_swaps(self._pool.pool, self._arena, self._layout, self._sync)
         self.registrations = 1
         return self.swaps
+
+    @property
+    def instance(self) -> str | None:
+        """The store lifetime of the arena the next step's swaps use (see ``lease_instance``)."""
+        return None if self._arena is None else self._arena.instance
 
     def fresh(self) -> bool:
         """True when the engine's arena (or the one waiting to be installed) is the store's."""

@@ -310,7 +310,11 @@ def test_registration_fixes_block_size_and_model(clock: FakeClock) -> None:
         store.reserve(1)
     assert store.layout is None
     reg = store.register_worker(worker_info("w0"))
-    assert reg == ("fastswitch-test-arena", 10 * BLOCK_BYTES, BLOCK_BYTES, 10)
+    assert reg[:4] == ("fastswitch-test-arena", 10 * BLOCK_BYTES, BLOCK_BYTES, 10)
+    # Leases name the store lifetime that granted them; another store's lifetime differs.
+    assert store.reserve(1).lease_id.startswith(f"{reg.instance}:")
+    other = Store("fastswitch-test-arena", 10 * BLOCK_BYTES, clock=clock)
+    assert other.register_worker(worker_info("w0")).instance != reg.instance
     assert store.register_worker(worker_info("w1")) == reg
     assert store.register_worker(worker_info("w0")) == reg  # a restarted worker
     with pytest.raises(Precondition, match="block_bytes"):

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -210,6 +210,41 @@ class FakeWorker:
 
     # --- plan execution (the order executor.py uses) ---
     def run(self, plan: StepPlan) -> StepOutput:
+        """Executes `plan`; swaps under leases its current store never granted (a store that
+        restarted since they were planned) are refused, as worker_svc/link.py refuses them."""
+        stale = {
+            o.seq for o in [*plan.swap_in, *plan.swap_out] if o.lease_id not in self.host.leases
+        }
+        return self.refusing(plan, stale, release=False) if stale else self._run(plan)
+
+    def refusing(self, plan: StepPlan, seqs: set[int], *, release: bool) -> StepOutput:
+        """Runs `plan` without the swaps of `seqs`, reported refused: swap-outs not committed,
+        swap-ins as errors (never started); `release`: their leases are given back."""
+        ins = {o.seq for o in plan.swap_in if o.seq in seqs}
+        kept = StepPlan(
+            step_id=plan.step_id,
+            start=[s for s in plan.start if s.seq not in ins],
+            append=[a for a in plan.append if a.seq not in ins],
+            swap_in=[o for o in plan.swap_in if o.seq not in seqs],
+            swap_out=[o for o in plan.swap_out if o.seq not in seqs],
+            prefill=plan.prefill,
+            decode=plan.decode,
+            cancel_swap_out=plan.cancel_swap_out,
+            drop=plan.drop,
+        )
+        out = self._run(kept)
+        refused_out = tuple(o.seq for o in plan.swap_out if o.seq in seqs)
+        if release:
+            for order in [*plan.swap_in, *plan.swap_out]:
+                if order.seq in seqs:
+                    self.host.release(order.lease_id)
+        return replace(
+            out,
+            swap_out_failed=out.swap_out_failed + refused_out,
+            errors={**out.errors, **{seq: "the KV store's arena is unavailable" for seq in ins}},
+        )
+
+    def _run(self, plan: StepPlan) -> StepOutput:
         self.steps += 1
         for seq in plan.drop:
             s = self.seqs.pop(seq, None)

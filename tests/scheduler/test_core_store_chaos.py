@@ -8,13 +8,14 @@ reservation.
 
 This is what the real deployment does around a store restart (``host_agent.py``: answers from a
 lost store count as failures; ``worker_svc/link.py``: swaps refused while the arena is not
-mapped), without the processes, so many interleavings run in a second."""
+mapped), without the processes, so many interleavings run in a second. Half the seeds schedule
+asynchronously (each worker's next plan made before its running plan's result is in)."""
 
 from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import replace
+from collections import deque
 
 import pytest
 from sched_fakes import FakeHost, FakeWorker, next_token
@@ -66,24 +67,7 @@ class RefusingWorker(FakeWorker):
         if self.refuse <= 0 or not (plan.swap_in or plan.swap_out):
             return super().run(plan)
         self.refuse -= 1
-        ins = {o.seq for o in plan.swap_in}
-        kept = StepPlan(
-            step_id=plan.step_id,
-            start=[s for s in plan.start if s.seq not in ins],
-            append=[a for a in plan.append if a.seq not in ins],
-            prefill=plan.prefill,
-            decode=plan.decode,
-            cancel_swap_out=plan.cancel_swap_out,
-            drop=plan.drop,
-        )
-        out = super().run(kept)
-        for order in [*plan.swap_in, *plan.swap_out]:
-            self.host.release(order.lease_id)
-        return replace(
-            out,
-            swap_out_failed=out.swap_out_failed + tuple(o.seq for o in plan.swap_out),
-            errors={**out.errors, **{seq: "the KV store's arena is unavailable" for seq in ins}},
-        )
+        return self.refusing(plan, {o.seq for o in [*plan.swap_in, *plan.swap_out]}, release=True)
 
 
 def expected(prompt: list[int], n: int) -> list[int]:
@@ -97,8 +81,15 @@ def scenario(seed: int, worker_kills: int = 0) -> tuple[SchedulerCore, FakeHost]
     """Runs one seeded scenario to the end and checks it; returns the core and the last store."""
     rng = random.Random(seed)
     clock = itertools.count()
+    ahead = rng.random() < 0.5  # asynchronous scheduling: one plan made ahead per worker
     core = SchedulerCore(
-        CoreConfig(preemption="swap", min_swap_tokens=1, retain=True, preempt_margin=0),
+        CoreConfig(
+            preemption="swap",
+            min_swap_tokens=1,
+            retain=True,
+            preempt_margin=0,
+            async_scheduling=ahead,
+        ),
         make_policy(rng.choice(["vtc", "fcfs"])),
         eos_token_ids=[255],
         clock=lambda: next(clock) * 0.001,
@@ -117,6 +108,7 @@ def scenario(seed: int, worker_kills: int = 0) -> tuple[SchedulerCore, FakeHost]
         infos[wid] = info
         workers[wid] = RefusingWorker(info, host, swap_delay=rng.randint(1, 3))
     agent = LaggingAgent(rng)
+    sent: dict[str, deque[StepPlan]] = {wid: deque() for wid in workers}
     reqs: list[tuple[Request, list[int]]] = []
     to_submit = 24
     losses = 0
@@ -149,6 +141,10 @@ def scenario(seed: int, worker_kills: int = 0) -> tuple[SchedulerCore, FakeHost]
             dead = workers[wid]
             for _, kind, order in dead.in_flight:  # the store lets their leases expire
                 dead.issued_on.get((kind, order.seq), host).release(order.lease_id)
+            for plan in sent[wid]:  # ... and those of the swaps it was sent and never began
+                for order in [*plan.swap_in, *plan.swap_out]:
+                    host.release(order.lease_id)
+            sent[wid].clear()
             core.check_integrity()
             info = infos[wid]
             core.add_worker(info)
@@ -157,11 +153,16 @@ def scenario(seed: int, worker_kills: int = 0) -> tuple[SchedulerCore, FakeHost]
             host.evict_some(rng.random())  # behind the scheduler's back
         progressed = agent.tick(core, host) > 0
         for wid, w in workers.items():
-            plan = core.schedule(wid)
-            if plan is None:
+            pipe = sent[wid]
+            while len(pipe) < (2 if ahead else 1):
+                plan = core.schedule(wid)
+                if plan is None:
+                    break
+                pipe.append(plan)
+            if not pipe:
                 continue
             progressed = True
-            core.update_from_output(wid, w.run(plan))
+            core.update_from_output(wid, w.run(pipe.popleft()))
             core.check_integrity()
         done = all(r.is_finished for r, _ in reqs)
         if not to_submit and done and not progressed and not agent.pending:
