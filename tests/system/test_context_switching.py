@@ -27,7 +27,7 @@ PROMPTS = [
 MAX_TOKENS = 40
 
 
-def storm(mode: str) -> tuple[list[list[int]], object]:
+def storm(mode: str, *scheduler_args: str) -> tuple[list[list[int]], object]:
     dep = Deployment(
         model="tiny",
         workers=2,
@@ -42,6 +42,7 @@ def storm(mode: str) -> tuple[list[list[int]], object]:
             "1",
             "--min-swap-tokens",
             "16",
+            *scheduler_args,
         ),
     )
     with dep:
@@ -83,9 +84,16 @@ def offline_reference() -> list[list[int]]:
     return [list(r.token_ids) for r in out]
 
 
-@pytest.mark.parametrize("mode", ["fastswitch", "vllm-baseline"])
-def test_preemption_storm_gives_the_offline_tokens(mode, offline_reference):
-    tokens, stats = storm(mode)
+@pytest.mark.parametrize(
+    ("mode", "scheduling"),
+    [
+        ("fastswitch", "--async-scheduling"),
+        ("fastswitch", "--no-async-scheduling"),
+        ("vllm-baseline", "--no-async-scheduling"),
+    ],
+)
+def test_preemption_storm_gives_the_offline_tokens(mode, scheduling, offline_reference):
+    tokens, stats = storm(mode, scheduling)
     assert tokens == offline_reference
     assert stats.preemptions > 0 and stats.swap_outs > 0 and stats.swap_ins > 0, stats
     assert stats.swap_out_bytes > 0 and stats.swap_in_bytes > 0
