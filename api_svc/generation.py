@@ -173,7 +173,7 @@ class _Watch:
     def left(self) -> None:
         if not self.gone:
             self.gone = True
-            self._metrics.disconnects.labels(self._metrics.model).inc()
+            self._metrics.disconnected.inc()
             self._gen.cancel()
 
     def stop(self) -> None:
