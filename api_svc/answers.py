@@ -24,6 +24,8 @@ class Shape:
     include_usage: bool = False
     continuous_usage: bool = False
     _head: bytes = field(default=b"", init=False, repr=False, compare=False)
+    _text_head: bytes = field(default=b"", init=False, repr=False, compare=False)
+    _text_tail: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # what every chunk of the answer begins with, encoded once
@@ -33,6 +35,14 @@ class Shape:
             + _string(self.model) + b',"choices":[{"index":0,'
         )  # fmt: skip
         object.__setattr__(self, "_head", head)
+        # a chunk of text only (no role, no finish, no ids, no running usage): nearly every
+        # chunk of a stream is this one, so its parts around the text are encoded once too
+        if not (self.token_ids or self.continuous_usage):
+            usage = b',"usage":null' if self.include_usage else b""
+            text_head = head + (b'"delta":{"content":' if self.chat else b'"text":')
+            text_tail = (b"}" if self.chat else b"") + b',"logprobs":null,"finish_reason":null}]'
+            object.__setattr__(self, "_text_head", text_head)
+            object.__setattr__(self, "_text_tail", text_tail + usage + b"}\n\n")
 
     @property
     def _object(self) -> str:
@@ -78,6 +88,8 @@ class Shape:
         for every chunk of every stream, so the parts every chunk of the answer shares are encoded
         once (``_head``) and the rest is joined, not built as a dict and serialised (the output
         is the JSON ``json.dumps`` would give; tests parse it)."""
+        if self._text_tail and text is not None and finish is None and not role:
+            return self._text_head + _string(text) + self._text_tail
         parts = [self._head]
         if self.chat:
             parts.append(b'"delta":{')

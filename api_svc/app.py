@@ -103,7 +103,7 @@ class Gate:
                     body = await self._read_body(receive)
                     counted = True
                     self.state.in_flight += 1
-                    self.metrics.in_flight.labels(self.metrics.model).inc()
+                    self.metrics.in_flight_now.inc()
                     status = await self.generation(path, body, tenant, receive, send)
                     return
             await self.app(scope, receive, send_status)
@@ -114,7 +114,7 @@ class Gate:
         finally:
             if counted:
                 self.state.in_flight -= 1
-                self.metrics.in_flight.labels(self.metrics.model).dec()
+                self.metrics.in_flight_now.dec()
             self.metrics.observe(route, status, time.perf_counter() - t0)
 
     def _admit(self, headers: dict[bytes, bytes]) -> None:

@@ -173,7 +173,7 @@ class _Watch:
     def left(self) -> None:
         if not self.gone:
             self.gone = True
-            self._metrics.disconnects.labels(self._metrics.model).inc()
+            self._metrics.disconnected.inc()
             self._gen.cancel()
 
     def stop(self) -> None:
@@ -226,7 +226,10 @@ async def _events(
     parts = [shape.chunk("", role=True, usage=usage)] if shape.chat else []
     try:
         while True:
-            n = len(msg.token_ids)
+            # each read of a protobuf field builds a new Python object: read each once
+            ids = msg.token_ids
+            text = msg.text
+            n = len(ids)
             usage.completion_tokens += n
             reason = msg.finish_reason
             if reason:
@@ -235,8 +238,8 @@ async def _events(
                     parts.append(event(bad.body()))
                     break
                 usage.finish(msg)
-            if msg.text or (shape.token_ids and n):
-                parts.append(shape.chunk(msg.text, usage=usage, ids=msg.token_ids))
+            if text or (shape.token_ids and n):
+                parts.append(shape.chunk(text, usage=usage, ids=ids))
             if reason:
                 parts.append(shape.chunk(None, finish_reason(reason), usage=usage))
                 if shape.include_usage:

@@ -12,7 +12,11 @@ _DURATION_BUCKETS = (
 
 
 class ApiMetrics:
-    """Counters of the door; ``model`` labels every series."""
+    """Counters of the door; ``model`` labels every series.
+
+    Every request passes here two or three times, so the labelled series are looked up once
+    (``labels()`` builds and hashes its key under a lock each call): the in-flight gauge and the
+    disconnect counter at start, each route's and status's series on first use."""
 
     def __init__(self, registry: CollectorRegistry, model: str) -> None:
         self.registry = registry
@@ -43,6 +47,17 @@ class ApiMetrics:
             registry=registry,
         )
 
+        self.in_flight_now = self.in_flight.labels(model)
+        self.disconnected = self.disconnects.labels(model)
+        self._answered: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
     def observe(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(self.model, route, str(status)).inc()
-        self.duration.labels(self.model, route).observe(seconds)
+        series = self._answered.get((route, status))
+        if series is None:
+            series = self._answered[(route, status)] = (
+                self.requests.labels(self.model, route, str(status)),
+                self.duration.labels(self.model, route),
+            )
+        count, duration = series
+        count.inc()
+        duration.observe(seconds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -301,12 +302,16 @@ async def serve(cfg: ApiConfig) -> int:
         lifespan="off",
         log_config=None,
         access_log=False,
+        proxy_headers=False,  # nothing here reads the client's address: no wrapper per request
         timeout_keep_alive=30,
         timeout_graceful_shutdown=5,
         ssl_certfile=None if cfg.tls is None else str(cfg.tls.cert),
         ssl_keyfile=None if cfg.tls is None else str(cfg.tls.key),
     )
     server = _Server(config)
+    # what startup built (templates, schemas, gRPC and FastAPI modules) lives as long as the
+    # process: out of the collector's generations, full collections under load stay short
+    gc.freeze()
     loop = asyncio.get_running_loop()
     drain: asyncio.Task[None] | None = None
 

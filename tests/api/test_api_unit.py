@@ -285,11 +285,16 @@ async def test_health_says_whether_a_worker_serves():
 async def test_metrics_count_answers_by_route_and_status():
     app, _, _ = make_app(FakeClient())
     async with http(app) as c:
-        await c.post("/v1/completions", json=BODY)
+        for _ in range(2):  # the second answer counts on the series the first one made
+            await c.post("/v1/completions", json=BODY)
         await c.post("/v1/completions", json={**BODY, "n": 5})
         text = (await c.get("/metrics")).text
     assert (
-        'fastswitch_http_requests_total{model="tiny",route="/v1/completions",status="200"} 1.0'
+        'fastswitch_http_requests_total{model="tiny",route="/v1/completions",status="200"} 2.0'
+        in text
+    )
+    assert (
+        'fastswitch_http_request_duration_seconds_count{model="tiny",route="/v1/completions"} 3.0'
         in text
     )
     assert (
