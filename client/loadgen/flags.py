@@ -149,9 +149,7 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
         "stays (markov, --markov-stay); new requests carry the level, running ones are moved "
         "with SetPriority (none)",
     )
-    f.add_argument(
-        "--priority-levels", metavar="N", type=int, default=3, help="levels 0..N-1 (3)"
-    )
+    f.add_argument("--priority-levels", metavar="N", type=int, default=3, help="levels 0..N-1 (3)")
     f.add_argument(
         "--priority-interval", metavar="S", type=float, default=5.0, help="seconds per level"
     )
