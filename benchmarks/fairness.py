@@ -14,7 +14,9 @@ tenants; ``--turns`` turns each, a turn's prompt the conversation's whole histor
 turn, sent on the Chat API (earlier turns' KV retained). Each tenant's priority level
 (0..``--levels``-1) changes every ``--priority-interval`` seconds by ``--pattern``: ``markov``
 keeps the level with probability ``--markov-stay`` and else moves one level up or down,
-``random`` draws a uniform level; the schedule is seeded (``client.loadgen.priorities``).
+``random`` draws a uniform level; the schedule is seeded (``client.loadgen.priorities``). The
+defaults (30 conversations/s, about 4 turns of 64 + 64 tokens, 0.5 s think) keep the worker's
+batch mostly full here, requests waiting seconds for their first token.
 Priorities reach the scheduler as the load generator sends them to every server: a new turn
 carries its tenant's level at the time it is issued (the request's priority field), and when a
 level changes the requests of that tenant still in flight are moved with SetPriority. VTC
@@ -56,7 +58,7 @@ the gap is the largest difference in service two tenants received over any stret
 during which both were backlogged.
 
     .venv/bin/python benchmarks/fairness.py [--workload both] [--repeats 3] [--duration 20]
-        [--rates 80,20] [--prompt 128] [--output 64] [--tenants 4] [--conv-rate 12]
+        [--rates 80,20] [--prompt 128] [--output 64] [--tenants 4] [--conv-rate 30]
         [--pattern markov] [--seed 0] [--json PATH]
 
 About 17 minutes here (30 deployments of ~30 s; ``backlog`` alone 7). On a busy 2-core machine a
@@ -537,11 +539,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument(
         "--tenants", type=int, default=4, help="tenants, conversations dealt in turn (4)"
     )
-    g.add_argument("--conv-rate", type=float, default=12.0, help="conversations/s in all (12)")
+    g.add_argument("--conv-rate", type=float, default=30.0, help="conversations/s in all (30)")
     g.add_argument("--turns", default="geom:4", help="turns per conversation (geom:4)")
     g.add_argument("--message", default="lognormal:64,0.5", help="new tokens per turn")
     g.add_argument("--reply", default="lognormal:64,0.5", help="reply tokens per turn")
-    g.add_argument("--think", default="exp:1", help="seconds before the next turn (exp:1)")
+    g.add_argument("--think", default="exp:0.5", help="seconds before the next turn (exp:0.5)")
     g.add_argument("--pattern", choices=("markov", "random"), default="markov")
     g.add_argument("--levels", type=int, default=3, help="priority levels 0..N-1 (3)")
     g.add_argument("--priority-interval", type=float, default=2.0, help="seconds per level (2)")
