@@ -45,7 +45,8 @@ Figures (medians of ``--repeats``): requests/s and output tokens/s with their ra
 Jain's index over the tenants' service by the end of the arrivals, the largest service gap
 between backlogged tenants against VTC's bound ``2 * max(w_p * L_input, w_q * M)``
 (:func:`vtc_bound`, :func:`workload_bound`), the light (``backlog``) or level-0 (``paper``)
-requests' TTFT P50/P99, preemptions per second, and where the worker's time went (steps, batch
+requests' TTFT P50/P99 and how many of them had no first token by the end (a starved request
+has no TTFT to count), preemptions per second, and where the worker's time went (steps, batch
 sizes, swap waits, recomputed prefill, scheduler time).
 
 Service is VTC's, with its weights ``w_p`` = 1 per prompt token and ``w_q`` = 2 per output
@@ -279,6 +280,7 @@ class Figures:
     bound: float | None
     light_ttft_p50_s: float | None
     light_ttft_p99_s: float | None
+    light_unserved: int  # light/low requests sent that had no first token by the end
     preemptions_per_s: float | None
     swap_ins: float | None
     recomputes: float | None
@@ -300,7 +302,7 @@ def figures(
     """`light` picks the requests whose TTFT the light-tenant columns report."""
     srv = summary.server
     wall = max(summary.wall_s, 1e-9)
-    ttfts = [t for r in records if light(r) and (t := r.ttft_s) is not None]
+    ttfts, unserved = light_ttfts(records, light)
     bound = None
     if capacity_tokens is not None:
         bound = workload_bound(workload, capacity_tokens, max_num_seqs)
@@ -314,11 +316,23 @@ def figures(
         bound=bound,
         light_ttft_p50_s=percentile(ttfts, 50),
         light_ttft_p99_s=percentile(ttfts, 99),
+        light_unserved=unserved,
         preemptions_per_s=None if srv is None else srv.preemptions / wall,
         swap_ins=None if srv is None else float(srv.swap_ins),
         recomputes=None if srv is None else float(srv.recomputes),
         counters=counters,
     )
+
+
+def light_ttfts(
+    records: Sequence[RequestRecord], light: Callable[[RequestRecord], bool]
+) -> tuple[list[float], int]:
+    """The TTFTs of the requests `light` picks, and how many of them had no first token by the
+    end: those have no TTFT, and are counted apart since a policy that starves them would
+    otherwise look the better for it."""
+    picked = [r for r in records if light(r)]
+    ttfts = [t for r in picked if (t := r.ttft_s) is not None]
+    return ttfts, len(picked) - len(ttfts)
 
 
 def capacity_tokens(result: RunResult, block_size: int) -> int | None:
@@ -356,6 +370,7 @@ def rows() -> list[Row]:
         Row("VTC bound", lambda x: x.bound, None, "{:.0f}"),
         Row("light/low TTFT P50 (ms)", lambda x: _scale(x.light_ttft_p50_s, ms), "lower", "{:.0f}"),
         Row("light/low TTFT P99 (ms)", lambda x: _scale(x.light_ttft_p99_s, ms), "lower", "{:.0f}"),
+        Row("light/low no 1st token", lambda x: x.light_unserved, "lower", "{:.0f}"),
         Row("preemptions/s", lambda x: x.preemptions_per_s, None, "{:.1f}"),
         Row("swap-ins", lambda x: x.swap_ins, None, "{:.0f}"),
         Row("recomputes", lambda x: x.recomputes, None, "{:.0f}"),

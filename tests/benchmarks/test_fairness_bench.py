@@ -15,6 +15,7 @@ from fairness import (
     PAPER_CONFIGS,
     backlog,
     backlogged,
+    light_ttfts,
     max_service_gap,
     overlap,
     paper,
@@ -116,6 +117,12 @@ def test_a_prompt_taken_from_retained_kv_is_not_charged():
     assert service_events([r], "a", W) == [(1.0, 2.0 + 10.0)]
     r.usage = ServerUsage(prompt_tokens=100, cached_prompt_tokens=None)
     assert service_events([r], "a", W) == [(1.0, 2.0 + 100.0)]
+
+
+def test_light_ttfts_count_the_requests_never_served_apart():
+    records = [rec("a", 1.0, [1.5, 2.0]), rec("a", 2.0, []), rec("b", 0.0, [9.0])]
+    assert light_ttfts(records, lambda r: r.tenant == "a") == ([0.5], 1)
+    assert light_ttfts(records, lambda r: r.tenant == "c") == ([], 0)
 
 
 def test_a_turns_prompt_is_its_history_and_the_bound_takes_the_longest():
