@@ -5,8 +5,9 @@ from one tenant, starting at ``arrival_s`` and sending its turns in order. A tur
 the whole history (earlier prompts and replies) plus its new ``message``; a single request is
 a session of one turn. The ``fairness`` and ``multiturn`` workloads may carry a
 :class:`PrioritySchedule` (``--priority-pattern``): each tenant's level over time, which the
-runner puts on every new request and moves running requests to when it changes. Every length is scaled by ``length_scale`` and then clipped to the
-model's context; :attr:`Workload.notes` says what was scaled or clipped.
+runner puts on every new request and moves running requests to when it changes. Every length
+is scaled by ``length_scale`` and then clipped to the model's context; :attr:`Workload.notes`
+says what was scaled or clipped.
 """
 
 from __future__ import annotations
