@@ -140,8 +140,16 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
         default=(),
         help="output length distribution per tenant (..., 64, 32)",
     )
-    f.add_argument("--priority-pattern", choices=PATTERNS, default="none")
-    f.add_argument("--priority-levels", metavar="N", type=int, default=3)
+    f.add_argument(
+        "--priority-pattern",
+        choices=PATTERNS,
+        default="none",
+        help="fairness and multiturn: each tenant's priority level changes every "
+        "--priority-interval, to a random level (random) or one level up or down unless it "
+        "stays (markov, --markov-stay); new requests carry the level, running ones are moved "
+        "with SetPriority (none)",
+    )
+    f.add_argument("--priority-levels", metavar="N", type=int, default=3, help="levels 0..N-1 (3)")
     f.add_argument(
         "--priority-interval", metavar="S", type=float, default=5.0, help="seconds per level"
     )

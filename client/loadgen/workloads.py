@@ -3,8 +3,11 @@
 A :class:`Workload` is a list of :class:`Session` s -- a conversation, or one request -- each
 from one tenant, starting at ``arrival_s`` and sending its turns in order. A turn's prompt is
 the whole history (earlier prompts and replies) plus its new ``message``; a single request is
-a session of one turn. Every length is scaled by ``length_scale`` and then clipped to the
-model's context; :attr:`Workload.notes` says what was scaled or clipped.
+a session of one turn. The ``fairness`` and ``multiturn`` workloads may carry a
+:class:`PrioritySchedule` (``--priority-pattern``): each tenant's level over time, which the
+runner puts on every new request and moves running requests to when it changes. Every length
+is scaled by ``length_scale`` and then clipped to the model's context; :attr:`Workload.notes`
+says what was scaled or clipped.
 """
 
 from __future__ import annotations
@@ -279,6 +282,7 @@ def _multiturn(spec: WorkloadSpec) -> Workload:
         f"(turns {turns_d}, message {prompt_d}, reply {output_d}, think {think_d} s)"
     )
     tenants = tuple(dict.fromkeys(s.tenant for s in sessions))
+    schedule = _priorities(spec, tenants, lengths)
     return Workload(
         "multiturn",
         tuple(sessions),
@@ -286,6 +290,7 @@ def _multiturn(spec: WorkloadSpec) -> Workload:
         spec.duration_s,
         spec.max_requests,
         tuple(lengths.notes()),
+        schedule,
     )
 
 
@@ -329,9 +334,24 @@ def _fairness(spec: WorkloadSpec) -> Workload:
             for i in range(n)
         )
     )
+    return Workload(
+        "fairness",
+        tuple(sessions),
+        names,
+        spec.duration_s,
+        spec.max_requests,
+        tuple(lengths.notes()),
+        _priorities(spec, names, lengths),
+    )
+
+
+def _priorities(
+    spec: WorkloadSpec, tenants: tuple[str, ...], lengths: _Lengths
+) -> PrioritySchedule | None:
+    """The tenants' changing priority levels (``--priority-pattern``), noted in the notes."""
     schedule = make_schedule(
         spec.priority_pattern,
-        names,
+        tenants,
         levels=spec.priority_levels,
         interval_s=spec.priority_interval_s,
         duration_s=spec.duration_s,
@@ -343,15 +363,7 @@ def _fairness(spec: WorkloadSpec) -> Workload:
             f"priorities: {spec.priority_pattern}, {spec.priority_levels} levels, "
             f"changing every {spec.priority_interval_s:g} s"
         )
-    return Workload(
-        "fairness",
-        tuple(sessions),
-        names,
-        spec.duration_s,
-        spec.max_requests,
-        tuple(lengths.notes()),
-        schedule,
-    )
+    return schedule
 
 
 def _trace(spec: WorkloadSpec) -> Workload:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -92,6 +93,29 @@ def test_multiturn_is_deterministic_and_fits_the_context():
     assert any("ended early" in n for n in w.notes) and any("clipped" in n for n in w.notes)
     grouped = build_workload(WorkloadSpec("multiturn", duration_s=10, tenants=2))
     assert {s.tenant for s in grouped.sessions} == {"tenant-0", "tenant-1"}
+
+
+def test_multiturn_tenants_carry_a_seeded_priority_schedule():
+    spec = WorkloadSpec(
+        "multiturn",
+        seed=3,
+        duration_s=20,
+        rate=4.0,
+        tenants=3,
+        priority_pattern="markov",
+        priority_levels=2,
+        priority_interval_s=2.0,
+        markov_stay=0.5,
+    )
+    w = build_workload(spec)
+    assert w.priorities is not None and w.priorities == build_workload(spec).priorities
+    assert set(w.priorities.levels) == set(w.tenants) == {"tenant-0", "tenant-1", "tenant-2"}
+    assert all(len(row) == 10 and set(row) <= {0, 1} for row in w.priorities.levels.values())
+    assert w.priorities.changes()  # 27 chances to flip at P 0.5
+    assert any(n.startswith("priorities: markov, 2 levels") for n in w.notes)
+    other = build_workload(dataclasses.replace(spec, seed=4))
+    assert other.priorities != w.priorities
+    assert build_workload(WorkloadSpec("multiturn", duration_s=5, tenants=2)).priorities is None
 
 
 def test_multiturn_defaults_are_sharegpt_like():
