@@ -254,6 +254,21 @@ class SwapController:
         self._counters.swap_ins += 1
         req.swap_ins += 1
 
+    def fetch_still_pays(self, req: Request, device_blocks: int) -> bool:
+        """Whether a new prompt's host hit is still worth its swap-in on a worker whose device
+        holds its first `device_blocks` blocks: the pin's round trip and the copy of the rest
+        against prefilling the rest (the lookup at submit knew no worker). Nothing left to
+        fetch never pays: the device match is shared and the last block computed, with no pin
+        and no swap-in step. A preempted request's swap-in is not questioned here."""
+        if req.swap_outs or req.output_ids:
+            return True
+        rest = req.host_blocks[device_blocks:]
+        return bool(rest) and self._host.fetch_pays(rest)
+
+    def decline_fetch(self, req: Request, device_blocks: int) -> None:
+        """The host hit does not pay (``fetch_still_pays``): `req` starts afresh instead."""
+        self._host.decline_hit(req, device_blocks)
+
     def begin_offload(self, slot: WorkerSlot, req: Request) -> bool:
         """A finished request's full blocks the host lacks (of those the host-write policy
         writes) are copied out and retained (6). False when there is nothing to offload (the

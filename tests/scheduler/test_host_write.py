@@ -11,6 +11,7 @@ from sched_fakes import drive, step
 from test_core_device_cache import SYSTEM, evict_cached, expected, make, prompts, submit
 
 from scheduler_svc.config import CoreConfig
+from scheduler_svc.fetch_cost import NOT_MEASURED, DeviceCosts
 from scheduler_svc.request import GenerationLimits, Request, Sampling
 from scheduler_svc.swaps import HOST_WRITE
 
@@ -108,3 +109,37 @@ def test_a_preemption_storm_keeps_outputs_identical(host_write):
 def test_an_unknown_host_write_policy_is_refused():
     with pytest.raises(ValueError, match="host_write"):
         CoreConfig(host_write="around")
+
+
+def test_a_host_hit_the_device_holds_is_shared_there_without_a_pin_or_swap_in():
+    core, fakes = make(**HOST)
+    first = run_on(core, fakes, "w0", [*SYSTEM, 1, 2])  # written through, and cached on w0
+    again = submit(core, [*SYSTEM, 1, 2], retain=True)
+    hit = (len(SYSTEM) + 2 - 1) // BS * BS  # every full block but the last token's
+    assert again.status.name == "SWAPPED" and again.cached_prompt_tokens == hit  # at submit
+    plans = drive(core, fakes)
+    # w0's device holds all of it: no pin, no copy, no swap-in step; the last block computed.
+    assert not any(p.swap_in for p in plans) and again.swap_ins == 0
+    assert again.device_cached_tokens == again.cached_prompt_tokens == hit
+    assert core.counters.host_hits_declined == 1 and core.counters.host_declined_tokens == 0
+    assert core.counters.reuse_hit_tokens == 0  # the host served nothing
+    assert again.output_ids == first.output_ids == expected(first.prompt_ids, 6)
+
+
+def test_a_host_hit_is_fetched_for_what_the_device_lacks_only_when_that_pays():
+    # A copy's latency (10 s) is paid once, a block prefills in 3 s: the whole hit of 5 blocks
+    # is worth a fetch at submit (10 < 15 s), the 1 block the device lacks is not (10 > 3 s).
+    latency = DeviceCosts(prefill_tokens_per_s=BS / 3, copy_latency_s=10.0, copy_bytes_per_s=1e9)
+    for costs, fetched in ((NOT_MEASURED, True), (latency, False)):
+        core, fakes = make(costs=costs, **HOST)
+        prompt = [*SYSTEM, 1, 2]
+        first = run_on(core, fakes, "w0", prompt)
+        evict_cached(core, "w0", 3)  # the device keeps only the head of the chain
+        kept = len(core.workers["w0"].allocator.match(first.hashes))
+        again = submit(core, prompt, retain=True)
+        assert again.status.name == "SWAPPED"  # the lookup at submit took the whole hit
+        drive(core, fakes)
+        assert kept == 4 and (again.swap_ins == 1) is fetched
+        assert again.device_cached_tokens == kept * BS
+        assert again.cached_prompt_tokens == ((len(prompt) - 1) // BS if fetched else kept) * BS
+        assert again.output_ids == first.output_ids == expected(prompt, 6)
