@@ -23,7 +23,9 @@ between repeats; the workloads' tenants differ, so the second cannot hit the fir
   tier (off by default for now) over the host arena, which retains finished Generate requests'
   KV (the Chat API does so for turns; the load generator sends Generate);
 * ``vllm-v1``: ``--mode vllm-v1``: device prefix cache, preemption by recompute, no host tier;
-* ``vllm-baseline``: per-layer synchronous swaps, no cache, no reuse.
+* ``vllm-baseline``: per-layer synchronous swaps, no cache, no reuse;
+* ``fastswitch-POLICY`` for each ``--host-write`` policy asked: ``fastswitch`` with that policy
+  of writing finished blocks to the host arena (``scheduler_svc/swaps.py`` ``HostWrite``).
 
 The device pool (``--device-kv-blocks``) is sized so that the device cache alone cannot hold
 the working set (mooncake: the distinct full blocks the prompts name, per tenant; multiturn:
@@ -39,7 +41,7 @@ not known before the run). Ratios: other / fastswitch for latencies and prefille
 fastswitch / other for throughput (> 1: ``fastswitch`` better).
 
     .venv/bin/python benchmarks/prefix_sharing.py [--quick] [--repeats 3] [--seed 0]
-        [--device-kv-blocks 160] [--json PATH]
+        [--device-kv-blocks 160] [--host-write selective] [--workloads mooncake] [--json PATH]
 
 5 to 7 minutes here (9 deployments, each ~15 s to start and ~30 s of runs); ``--quick`` (one
 repeat, shorter runs) about 2. On a shared machine the numbers are noisy: compare them within
