@@ -23,7 +23,9 @@ between repeats; the workloads' tenants differ, so the second cannot hit the fir
   tier (off by default for now) over the host arena, which retains finished Generate requests'
   KV (the Chat API does so for turns; the load generator sends Generate);
 * ``vllm-v1``: ``--mode vllm-v1``: device prefix cache, preemption by recompute, no host tier;
-* ``vllm-baseline``: per-layer synchronous swaps, no cache, no reuse.
+* ``vllm-baseline``: per-layer synchronous swaps, no cache, no reuse;
+* ``fastswitch-POLICY`` for each ``--host-write`` policy asked: ``fastswitch`` with that policy
+  of writing finished blocks to the host arena (``scheduler_svc/swaps.py`` ``HostWrite``).
 
 The device pool (``--device-kv-blocks``) is sized so that the device cache alone cannot hold
 the working set (mooncake: the distinct full blocks the prompts name, per tenant; multiturn:
@@ -39,7 +41,7 @@ not known before the run). Ratios: other / fastswitch for latencies and prefille
 fastswitch / other for throughput (> 1: ``fastswitch`` better).
 
     .venv/bin/python benchmarks/prefix_sharing.py [--quick] [--repeats 3] [--seed 0]
-        [--device-kv-blocks 160] [--json PATH]
+        [--device-kv-blocks 160] [--host-write selective] [--workloads mooncake] [--json PATH]
 
 5 to 7 minutes here (9 deployments, each ~15 s to start and ~30 s of runs); ``--quick`` (one
 repeat, shorter runs) about 2. On a shared machine the numbers are noisy: compare them within
@@ -71,6 +73,7 @@ from client.loadgen.traces import HashBlockTokens, TraceRecord, default_trace, r
 from client.loadgen.workloads import Session, Turn, Workload, WorkloadSpec, build_workload
 from fastswitch.deploy import Deployment, DeploymentConfig
 from fastswitch.deploy.variants import Variant, schedule
+from scheduler_svc.swaps import HOST_WRITE
 
 BLOCK = 16  # tokens per KV block (the worker's default, passed explicitly)
 VARIANTS = (
@@ -82,6 +85,23 @@ VARIANTS = (
     Variant("vllm-v1", "vllm-v1"),
     Variant("vllm-baseline", "vllm-baseline"),
 )
+WORKLOADS = ("mooncake", "multiturn")
+
+
+def variants(host_writes: Sequence[str] = ()) -> tuple[Variant, ...]:
+    """``VARIANTS``, with a ``fastswitch-POLICY`` variant after ``fastswitch`` (the server's
+    default host-write policy) for each other policy asked (``--host-write``)."""
+    first, *rest = VARIANTS
+    extra = tuple(
+        replace(
+            first,
+            label=f"fastswitch-{p}",
+            scheduler_args=(*first.scheduler_args, "--host-write", p),
+        )
+        for p in host_writes
+    )
+    return (first, *extra, *rest)
+
 
 # ------------------------------------------------------------------ workloads
 
@@ -304,6 +324,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--mt-prompt-len", default="lognormal:120,0.5", help="new tokens per turn")
     g.add_argument("--mt-output-len", default="lognormal:24,0.5", help="reply tokens per turn")
     g.add_argument("--mt-think-time", default="exp:0.5", help="seconds before the next turn")
+    p.add_argument(
+        "--host-write",
+        type=_names(HOST_WRITE),
+        default=(),
+        metavar="P,...",
+        help="also run fastswitch with each of these host-write policies ("
+        + ",".join(HOST_WRITE)
+        + "), beside the server's default",
+    )
+    p.add_argument(
+        "--workloads",
+        type=_names(WORKLOADS),
+        default=WORKLOADS,
+        metavar="W,...",
+        help="which workloads to run (" + ",".join(WORKLOADS) + ")",
+    )
     p.add_argument("--json", type=Path, metavar="PATH", help="write every run and the medians")
     a = p.parse_args(argv)
     a.repeats = a.repeats or (1 if a.quick else 3)
@@ -315,17 +351,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def _names(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """A comma-separated list of some of `allowed` (an argparse type)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        bad = [n for n in names if n not in allowed]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)}, got {text!r}")
+        return names
+
+    return parse
+
+
 def measure(
     workloads: Sequence[Workload],
     base: DeploymentConfig,
     repeats: int,
     log: Callable[[str], None],
+    chosen: Sequence[Variant] = VARIANTS,
 ) -> list[Run]:
     """Every (repeat, variant) in ``schedule``'s order, on a fresh deployment that runs every
     workload in turn; stopped before the next starts (also on an error or Ctrl-C)."""
     cfg = RunConfig(target="", drain_timeout_s=120.0, request_timeout_s=240.0)
     runs = []
-    for r, v in schedule(VARIANTS, repeats):
+    for r, v in schedule(chosen, repeats):
         with Deployment(v.config(base)) as dep:
             for w in workloads:
                 go = partial(run_once, w, replace(cfg, target=dep.address), progress=False)
@@ -356,12 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         max_output=a.max_output,
         seed=a.seed,
     )
-    workloads = [
-        trace_workload(read_mooncake(default_trace("mooncake")), replay),
-        multiturn_workload(a),
-    ]
-    bound = reuse_bound(workloads[0])
-    working = {"mooncake": bound.distinct_blocks, "multiturn": history_blocks(workloads[1])}
+    mooncake = trace_workload(read_mooncake(default_trace("mooncake")), replay)
+    multiturn = multiturn_workload(a)
+    workloads = [w for w in (mooncake, multiturn) if w.name in a.workloads]
+    bound = reuse_bound(mooncake)
+    working = {"mooncake": bound.distinct_blocks, "multiturn": history_blocks(multiturn)}
     base = DeploymentConfig(
         model="tiny",
         workers=1,
@@ -372,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         log_level="warning",
     )
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    runs = measure(workloads, base, a.repeats, log)
-    labels = [v.label for v in VARIANTS]
+    chosen = variants(a.host_write)
+    runs = measure(workloads, base, a.repeats, log, chosen)
+    labels = [v.label for v in chosen]
     print()
     for w in workloads:
         mine = [x for x in runs if x.workload == w.name]
@@ -405,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         "  ratio > 1: fastswitch better (latencies and prefilled tokens other/fastswitch, "
         "throughput fastswitch/other)"
     )
-    for v in VARIANTS:
+    for v in chosen:
         print(f"  {v.label}: --mode {v.mode} {' '.join(v.scheduler_args)}".rstrip())
     load_after = os.getloadavg()
     print(

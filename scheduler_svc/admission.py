@@ -323,6 +323,11 @@ class Admission:
 
     def _admit(self, slot: WorkerSlot, req: Request, plan: StepPlan, budget: Budget) -> bool:
         if req.status == Status.SWAPPED:
+            full = req.num_computed // slot.info.block_size
+            device = len(self._device_prefix(slot, req, full))
+            if not self._swaps.fetch_still_pays(req, device):
+                self._swaps.decline_fetch(req, device)  # the device holds enough of it
+        if req.status == Status.SWAPPED:
             return self._resume(slot, req)
         return self._start(slot, req, plan, budget)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scheduler_svc.fetch_cost import HOST_FETCH
+from scheduler_svc.swaps import HOST_WRITE
 from servekit.names import PREEMPTIONS
 
 
@@ -43,6 +44,10 @@ class CoreConfig:
     # Asynchronous scheduling: a worker's next plan is made while its current step runs (one
     # plan ahead), so the worker never waits on the scheduler between steps.
     async_scheduling: bool = False
+    # Which finished requests' blocks are written to the host arena (scheduler_svc/swaps.py
+    # HostWrite): "through" (every full block the host lacks) or "selective" (only the blocks
+    # that were hit at least once). Measured on the prefix-sharing benchmark: docs/architecture.md.
+    host_write: str = "through"
 
     def __post_init__(self) -> None:
         for name in (
@@ -78,5 +83,7 @@ class CoreConfig:
             raise ValueError(f"preemption must be swap or recompute, got {self.preemption!r}")
         if self.host_fetch not in HOST_FETCH:
             raise ValueError(f"host_fetch must be one of {HOST_FETCH}, got {self.host_fetch!r}")
+        if self.host_write not in HOST_WRITE:
+            raise ValueError(f"host_write must be one of {HOST_WRITE}, got {self.host_write!r}")
         if self.retain and (self.preemption != "swap" or not self.kv_reuse):
             raise ValueError("retain needs preemption='swap' and kv_reuse")

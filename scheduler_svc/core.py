@@ -64,7 +64,7 @@ from scheduler_svc.request import (
 )
 from scheduler_svc.request_table import RequestTable, TenantTally
 from scheduler_svc.stats import Counters, SchedulerStats, TenantStats
-from scheduler_svc.swaps import SwapController
+from scheduler_svc.swaps import HostWrite, SwapController
 from scheduler_svc.waiting import WaitQueue
 from scheduler_svc.workers import InFlight, WorkerInfo, WorkerRegistry, WorkerSlot
 from servekit.validation import clip
@@ -113,6 +113,7 @@ class SchedulerCore:
         self._swaps = SwapController(
             kv_reuse=config.kv_reuse,
             device_prefix_cache=config.device_prefix_cache,
+            host_write=HostWrite(config.host_write),
             table=self._table,
             workers=self._workers,
             waiting=self._waiting,

@@ -248,6 +248,24 @@ class HostCopies:
             self._counters.host_hits_declined += 1
             self._counters.host_declined_tokens += len(host_blocks) * self._bs()
 
+    def fetch_pays(self, host_blocks: list[int]) -> bool:
+        """Whether fetching `host_blocks` beats prefilling their tokens (``fetch_cost``)."""
+        return self._fetch_pays(host_blocks)
+
+    def decline_hit(self, req: Request, device_blocks: int) -> None:
+        """A new prompt's host hit is given up at admission, its worker's device holding its
+        first `device_blocks` blocks and the rest not worth a fetch: it waits again as a fresh
+        prompt (to share the device's blocks and prefill the rest), counted as a declined hit
+        as if the lookup had declined it."""
+        n = len(req.host_blocks)
+        self._counters.reuse_hit_tokens -= req.num_computed
+        self._counters.retained_hit_blocks -= n
+        self._counters.host_hits_declined += 1
+        self._counters.host_declined_tokens += (n - device_blocks) * self._bs()
+        self.release(req)
+        req.num_computed = req.prompt_charged = req.cached_prompt_tokens = 0
+        req.status = Status.WAITING
+
     def _resume_from_host(self, req: Request, host_blocks: list[int]) -> None:
         """A new prompt's retained prefix: it resumes from the host at that length."""
         n = len(host_blocks)

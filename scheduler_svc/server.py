@@ -20,6 +20,7 @@ from scheduler_svc.host_agent import HostAgent
 from scheduler_svc.metrics import SchedulerMetrics
 from scheduler_svc.policy import make_policy
 from scheduler_svc.servicer import REJECT_REASONS, FastSwitchServicer, StepLinkServicer
+from scheduler_svc.swaps import HOST_WRITE
 from scheduler_svc.tenancy import PriorityClasses
 from servekit import heap, memtrace
 from servekit.config import add_common_flags, env_default, parse_weights
@@ -297,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
         "copy costs and the store's round trip beat prefilling it (auto), always, or never "
         "(then it is prefilled)",
     )
+    g.add_argument(
+        "--host-write",
+        choices=HOST_WRITE,
+        default=env_default("--host-write", "through"),
+        help="which of a retained request's blocks are written to the host arena when it "
+        "finishes: every full block the host lacks (through), or only those that were hit at "
+        "least once, on the device or the host (selective; the rest stays in the device cache "
+        "alone); default %(default)s",
+    )
     return p
 
 
@@ -351,6 +361,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
             async_scheduling=mode.async_scheduling
             if args.async_scheduling is None
             else args.async_scheduling,
+            host_write=args.host_write,
         ),
         host_lease_s=args.host_lease_s,
         retain_generate_ttl_s=None if args.retain_generate is None else float(args.retain_generate),

@@ -4,6 +4,11 @@
     resume  ──▶ device blocks, PIN host copy (hashes checked) ──▶ SeqStart + SwapIn ──▶ RUNNING
     finish  ──▶ offload the full blocks the host lacks (content-addressed, retained) ──▶ free
 
+Which of a finished request's blocks are written to the host is the host-write policy
+(``HostWrite``, ``--host-write``): all of its full blocks (write-through), or only those that
+were hit at least once, on either tier (selective): a block nobody reused is left to the device
+cache, and costs no copy, no reserve and no commit.
+
 Rules (docs/architecture.md, swap rules): device blocks under a copy are freed only when the worker
 reports it done (1); a swapping-in request is in no forward until done (2); pins and reservations
 are leases (4); the host copy stays valid after a swap-in and only blocks the host lacks move again
@@ -14,6 +19,7 @@ falls back to recompute (7).
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 
 from scheduler_svc.host_copies import HostCopies
 from scheduler_svc.host_ops import HostOp, HostOpKind, pair_runs
@@ -25,6 +31,16 @@ from scheduler_svc.waiting import WaitQueue
 from scheduler_svc.workers import WorkerRegistry, WorkerSlot
 
 log = logging.getLogger(__name__)
+
+
+class HostWrite(StrEnum):
+    """When a finished request's device blocks are written to the host arena."""
+
+    THROUGH = "through"  # at finish, every full block the host lacks
+    SELECTIVE = "selective"  # at finish, only the blocks that were hit (its reused prefix)
+
+
+HOST_WRITE: tuple[str, ...] = tuple(h.value for h in HostWrite)
 
 
 class SwapController:
@@ -41,6 +57,7 @@ class SwapController:
         *,
         kv_reuse: bool,
         device_prefix_cache: bool = False,
+        host_write: HostWrite = HostWrite.THROUGH,
         table: RequestTable,
         workers: WorkerRegistry,
         waiting: WaitQueue,
@@ -49,6 +66,7 @@ class SwapController:
     ) -> None:
         self._kv_reuse = kv_reuse
         self._device_prefix_cache = device_prefix_cache
+        self._host_write = host_write
         self._table = table
         self._workers = workers
         self._waiting = waiting
@@ -236,11 +254,27 @@ class SwapController:
         self._counters.swap_ins += 1
         req.swap_ins += 1
 
+    def fetch_still_pays(self, req: Request, device_blocks: int) -> bool:
+        """Whether a new prompt's host hit is still worth its swap-in on a worker whose device
+        holds its first `device_blocks` blocks: the pin's round trip and the copy of the rest
+        against prefilling the rest (the lookup at submit knew no worker). Nothing left to
+        fetch never pays: the device match is shared and the last block computed, with no pin
+        and no swap-in step. A preempted request's swap-in is not questioned here."""
+        if req.swap_outs or req.output_ids:
+            return True
+        rest = req.host_blocks[device_blocks:]
+        return bool(rest) and self._host.fetch_pays(rest)
+
+    def decline_fetch(self, req: Request, device_blocks: int) -> None:
+        """The host hit does not pay (``fetch_still_pays``): `req` starts afresh instead."""
+        self._host.decline_hit(req, device_blocks)
+
     def begin_offload(self, slot: WorkerSlot, req: Request) -> bool:
-        """A finished request's full blocks the host lacks are copied out and retained (6).
-        False when there is nothing to offload (the caller frees at once)."""
+        """A finished request's full blocks the host lacks (of those the host-write policy
+        writes) are copied out and retained (6). False when there is nothing to offload (the
+        caller frees at once)."""
         bs = slot.info.block_size
-        full = req.num_computed // bs
+        full = self._blocks_to_write(req, bs)
         keep = min(req.host_tokens // bs, full)
         if not self._host.retain or req.retain_ttl_s is None or not req.resident:
             return False
@@ -256,6 +290,15 @@ class SwapController:
             HostOp(HostOpKind.RESERVE, req.seq, num_blocks=full - keep, ticket=req.swap_ticket)
         )
         return True
+
+    def _blocks_to_write(self, req: Request, block_size: int) -> int:
+        """How many of a finished request's first full blocks the host-write policy writes:
+        all of them, or (selective) those of its prefix that was hit, on the device or the host
+        (the system prompt a second request found, not the reply nobody asked for again)."""
+        full = req.num_computed // block_size
+        if self._host_write is HostWrite.SELECTIVE:
+            return min(full, req.cached_prompt_tokens // block_size)
+        return full
 
     def _swapped_out(self, slot: WorkerSlot, req: Request, drops: list[int]) -> None:
         """Rule 1: the copy is done, so the device blocks go back and the worker forgets it

@@ -18,9 +18,11 @@ from prefix_sharing import (
     TraceReplay,
     chain_key,
     main,
+    parse_args,
     reuse_bound,
     rows,
     trace_workload,
+    variants,
 )
 
 from client.loadgen.traces import TraceRecord
@@ -74,6 +76,25 @@ def test_the_reuse_bound_counts_full_block_prefixes_per_tenant():
     # r0 names 2 full blocks (the last token's is never shared); r1 finds both and names a third;
     # r2 is another tenant's: nothing, and its 3 blocks are its own (3 + 3 distinct).
     assert (bound.prompt_tokens, bound.reusable_tokens, bound.distinct_blocks) == (176, 32, 6)
+
+
+def test_host_write_policies_add_fastswitch_variants_and_workloads_can_be_chosen():
+    assert variants() == VARIANTS
+    chosen = variants(parse_args(["--host-write", "selective,through"]).host_write)
+    assert [v.label for v in chosen] == [
+        "fastswitch",
+        "fastswitch-selective",
+        "fastswitch-through",
+        "vllm-v1",
+        "vllm-baseline",
+    ]
+    assert chosen[1].mode == "fastswitch"
+    assert chosen[1].scheduler_args == (*VARIANTS[0].scheduler_args, "--host-write", "selective")
+    assert parse_args(["--workloads", "mooncake"]).workloads == ("mooncake",)
+    assert parse_args([]).workloads == ("mooncake", "multiturn")
+    for bad in (["--host-write", "back"], ["--workloads", "chat"], ["--workloads", ","]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
 
 
 @pytest.mark.system

@@ -19,6 +19,7 @@ from sched_fakes import FakeHost, FakeWorker, drive, next_token, step
 
 from scheduler_svc.config import CoreConfig
 from scheduler_svc.core import SchedulerCore
+from scheduler_svc.fetch_cost import NOT_MEASURED
 from scheduler_svc.plan import StepOutput
 from scheduler_svc.policy import make_policy
 from scheduler_svc.request import FinishReason, GenerationLimits, Request, Sampling
@@ -36,7 +37,7 @@ def expected(prompt: list[int], n: int) -> list[int]:
     return out
 
 
-def make(*, cache=True, blocks=64, workers=("w0",), policy="fcfs", **cfg):
+def make(*, cache=True, blocks=64, workers=("w0",), policy="fcfs", costs=NOT_MEASURED, **cfg):
     clock = itertools.count()
     core = SchedulerCore(
         CoreConfig(device_prefix_cache=cache, **cfg),
@@ -49,7 +50,9 @@ def make(*, cache=True, blocks=64, workers=("w0",), policy="fcfs", **cfg):
     host = FakeHost()
     fakes = {}
     for wid in workers:
-        info = WorkerInfo(wid, num_blocks=blocks, block_size=BS, block_bytes=10, max_model_len=512)
+        info = WorkerInfo(
+            wid, num_blocks=blocks, block_size=BS, block_bytes=10, max_model_len=512, costs=costs
+        )
         core.add_worker(info)
         fakes[wid] = FakeWorker(info, host)
     return core, fakes
