@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15proto/scheduler.proto\x12\rfastswitch.v1\"\xad\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\x05\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x0c\n\x04stop\x18\x08 \x03(\tB\x07\n\x05_seed\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xec\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12,\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x17.fastswitch.v1.TokenIdsH\x00\x12/\n\x08sampling\x18\x04 \x01(\x0b\x32\x1d.fastswitch.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x19\n\x0cretain_ttl_s\x18\x07 \x01(\x01H\x01\x88\x01\x01\x42\x08\n\x06promptB\x0f\n\r_retain_ttl_s\"\x93\x01\n\x0bManyRequest\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x32\n\x08generate\x18\x02 \x01(\x0b\x32\x1e.fastswitch.v1.GenerateRequestH\x00\x12\x33\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32!.fastswitch.v1.ManyRequest.CancelH\x00\x1a\x08\n\x06\x43\x61ncelB\x04\n\x02op\"f\n\x0bTaggedChunk\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1c.fastswitch.v1.GenerateChunk\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\":\n\x0cManyResponse\x12*\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1a.fastswitch.v1.TaggedChunk\"\xbd\x01\n\x0b\x43hatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12/\n\x08sampling\x18\x05 \x01(\x0b\x32\x1d.fastswitch.v1.SamplingParams\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\r\n\x05ttl_s\x18\x08 \x01(\x01\"\xd2\x01\n\x0eRequestMetrics\x12\x0f\n\x07queue_s\x18\x01 \x01(\x01\x12\x0e\n\x06ttft_s\x18\x02 \x01(\x01\x12\r\n\x05tbt_s\x18\x03 \x03(\x01\x12\r\n\x05\x65\x32\x65_s\x18\x04 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x06 \x01(\x05\x12\x13\n\x0bpreemptions\x18\x07 \x01(\x05\x12\x11\n\tswap_outs\x18\x08 \x01(\x05\x12\x10\n\x08swap_ins\x18\t \x01(\x05\x12\x12\n\nrecomputes\x18\n \x01(\x05\"\xd4\x01\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x32\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1b.fastswitch.v1.FinishReason\x12.\n\x07metrics\x18\x05 \x01(\x0b\x32\x1d.fastswitch.v1.RequestMetrics\x12\x17\n\x0f\x63onversation_id\x18\x06 \x01(\t\x12\x11\n\tworker_id\x18\x07 \x01(\t\"A\n\x16\x45ndConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"/\n\x17\x45ndConversationResponse\x12\x14\n\x0c\x66reed_blocks\x18\x01 \x01(\x03\"3\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"J\n\x12SetPriorityRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"\x15\n\x13SetPriorityResponse\"\x0e\n\x0cStatsRequest\"\xa8\x01\n\x0bTenantStats\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0fvirtual_counter\x18\x02 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x0f\n\x07waiting\x18\x05 \x01(\x05\x12\x0f\n\x07running\x18\x06 \x01(\x05\x12\x10\n\x08\x66inished\x18\x07 \x01(\x03\x12\x0e\n\x06weight\x18\x08 \x01(\x01\"\xec\x02\n\x0bWorkerStats\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x12\n\nnum_blocks\x18\x03 \x01(\x05\x12\x13\n\x0b\x66ree_blocks\x18\x04 \x01(\x05\x12\x0f\n\x07running\x18\x05 \x01(\x05\x12\r\n\x05steps\x18\x06 \x01(\x03\x12\x13\n\x0bmean_step_s\x18\x07 \x01(\x01\x12\x16\n\x0eswap_out_bytes\x18\x08 \x01(\x03\x12\x15\n\rswap_in_bytes\x18\t \x01(\x03\x12\x18\n\x10largest_free_run\x18\n \x01(\x05\x12\x14\n\x0cstep_s_total\x18\x0b \x01(\x01\x12\x14\n\x0cidle_s_total\x18\x0c \x01(\x01\x12\x17\n\x0f\x66orward_s_total\x18\r \x01(\x01\x12\x1c\n\x14prefill_tokens_per_s\x18\x0e \x01(\x01\x12\x16\n\x0e\x63opy_latency_s\x18\x0f \x01(\x01\x12\x18\n\x10\x63opy_bytes_per_s\x18\x10 \x01(\x01\"\xe0\x04\n\rStatsResponse\x12\x0f\n\x07waiting\x18\x01 \x01(\x05\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x0f\n\x07swapped\x18\x03 \x01(\x05\x12\x10\n\x08\x66inished\x18\x04 \x01(\x03\x12\x13\n\x0bpreemptions\x18\x05 \x01(\x03\x12\x11\n\tswap_outs\x18\x06 \x01(\x03\x12\x10\n\x08swap_ins\x18\x07 \x01(\x03\x12\x12\n\nrecomputes\x18\x08 \x01(\x03\x12\x16\n\x0eswap_out_bytes\x18\t \x01(\x03\x12\x15\n\rswap_in_bytes\x18\n \x01(\x03\x12\x18\n\x10reuse_hit_tokens\x18\x0b \x01(\x03\x12\x1a\n\x12swap_bytes_avoided\x18\x0c \x01(\x03\x12+\n\x07tenants\x18\r \x03(\x0b\x32\x1a.fastswitch.v1.TenantStats\x12+\n\x07workers\x18\x0e \x03(\x0b\x32\x1a.fastswitch.v1.WorkerStats\x12\x0e\n\x06policy\x18\x0f \x01(\t\x12\x0c\n\x04mode\x18\x10 \x01(\t\x12\x11\n\tcancelled\x18\x11 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x12 \x01(\x03\x12\x18\n\x10retained_lookups\x18\x13 \x01(\x03\x12\x1b\n\x13retained_hit_blocks\x18\x14 \x01(\x03\x12\x18\n\x10offloaded_blocks\x18\x15 \x01(\x03\x12\x15\n\rmax_model_len\x18\x16 \x01(\r\x12\x1a\n\x12host_hits_declined\x18\x17 \x01(\x03\x12\x1c\n\x14host_declined_tokens\x18\x18 \x01(\x03\x12\x1a\n\x12store_round_trip_s\x18\x19 \x01(\x01*\x97\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x19\n\x15\x46INISH_REASON_ABORTED\x10\x04\x32\xaf\x04\n\nFastSwitch\x12J\n\x08Generate\x12\x1e.fastswitch.v1.GenerateRequest\x1a\x1c.fastswitch.v1.GenerateChunk0\x01\x12K\n\x0cGenerateMany\x12\x1a.fastswitch.v1.ManyRequest\x1a\x1b.fastswitch.v1.ManyResponse(\x01\x30\x01\x12\x42\n\x04\x43hat\x12\x1a.fastswitch.v1.ChatRequest\x1a\x1c.fastswitch.v1.GenerateChunk0\x01\x12`\n\x0f\x45ndConversation\x12%.fastswitch.v1.EndConversationRequest\x1a&.fastswitch.v1.EndConversationResponse\x12\x45\n\x06\x43\x61ncel\x12\x1c.fastswitch.v1.CancelRequest\x1a\x1d.fastswitch.v1.CancelResponse\x12T\n\x0bSetPriority\x12!.fastswitch.v1.SetPriorityRequest\x1a\".fastswitch.v1.SetPriorityResponse\x12\x45\n\x08GetStats\x12\x1b.fastswitch.v1.StatsRequest\x1a\x1c.fastswitch.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15proto/scheduler.proto\x12\rfastswitch.v1\"\xad\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x16\n\x0estop_token_ids\x18\x06 \x03(\x05\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x0c\n\x04stop\x18\x08 \x03(\tB\x07\n\x05_seed\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xec\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12,\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x17.fastswitch.v1.TokenIdsH\x00\x12/\n\x08sampling\x18\x04 \x01(\x0b\x32\x1d.fastswitch.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x19\n\x0cretain_ttl_s\x18\x07 \x01(\x01H\x01\x88\x01\x01\x42\x08\n\x06promptB\x0f\n\r_retain_ttl_s\"\xbe\x01\n\x0bManyRequest\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x32\n\x08generate\x18\x02 \x01(\x0b\x32\x1e.fastswitch.v1.GenerateRequestH\x00\x12\x33\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32!.fastswitch.v1.ManyRequest.CancelH\x00\x12)\n\x05\x62\x61tch\x18\x04 \x03(\x0b\x32\x1a.fastswitch.v1.ManyRequest\x1a\x08\n\x06\x43\x61ncelB\x04\n\x02op\"f\n\x0bTaggedChunk\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1c.fastswitch.v1.GenerateChunk\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\":\n\x0cManyResponse\x12*\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1a.fastswitch.v1.TaggedChunk\"\xbd\x01\n\x0b\x43hatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12/\n\x08sampling\x18\x05 \x01(\x0b\x32\x1d.fastswitch.v1.SamplingParams\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\r\n\x05ttl_s\x18\x08 \x01(\x01\"\xd2\x01\n\x0eRequestMetrics\x12\x0f\n\x07queue_s\x18\x01 \x01(\x01\x12\x0e\n\x06ttft_s\x18\x02 \x01(\x01\x12\r\n\x05tbt_s\x18\x03 \x03(\x01\x12\r\n\x05\x65\x32\x65_s\x18\x04 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x06 \x01(\x05\x12\x13\n\x0bpreemptions\x18\x07 \x01(\x05\x12\x11\n\tswap_outs\x18\x08 \x01(\x05\x12\x10\n\x08swap_ins\x18\t \x01(\x05\x12\x12\n\nrecomputes\x18\n \x01(\x05\"\xd4\x01\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x32\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1b.fastswitch.v1.FinishReason\x12.\n\x07metrics\x18\x05 \x01(\x0b\x32\x1d.fastswitch.v1.RequestMetrics\x12\x17\n\x0f\x63onversation_id\x18\x06 \x01(\t\x12\x11\n\tworker_id\x18\x07 \x01(\t\"A\n\x16\x45ndConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"/\n\x17\x45ndConversationResponse\x12\x14\n\x0c\x66reed_blocks\x18\x01 \x01(\x03\"3\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"J\n\x12SetPriorityRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"\x15\n\x13SetPriorityResponse\"\x0e\n\x0cStatsRequest\"\xa8\x01\n\x0bTenantStats\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\x0fvirtual_counter\x18\x02 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x0f\n\x07waiting\x18\x05 \x01(\x05\x12\x0f\n\x07running\x18\x06 \x01(\x05\x12\x10\n\x08\x66inished\x18\x07 \x01(\x03\x12\x0e\n\x06weight\x18\x08 \x01(\x01\"\xec\x02\n\x0bWorkerStats\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x12\n\nnum_blocks\x18\x03 \x01(\x05\x12\x13\n\x0b\x66ree_blocks\x18\x04 \x01(\x05\x12\x0f\n\x07running\x18\x05 \x01(\x05\x12\r\n\x05steps\x18\x06 \x01(\x03\x12\x13\n\x0bmean_step_s\x18\x07 \x01(\x01\x12\x16\n\x0eswap_out_bytes\x18\x08 \x01(\x03\x12\x15\n\rswap_in_bytes\x18\t \x01(\x03\x12\x18\n\x10largest_free_run\x18\n \x01(\x05\x12\x14\n\x0cstep_s_total\x18\x0b \x01(\x01\x12\x14\n\x0cidle_s_total\x18\x0c \x01(\x01\x12\x17\n\x0f\x66orward_s_total\x18\r \x01(\x01\x12\x1c\n\x14prefill_tokens_per_s\x18\x0e \x01(\x01\x12\x16\n\x0e\x63opy_latency_s\x18\x0f \x01(\x01\x12\x18\n\x10\x63opy_bytes_per_s\x18\x10 \x01(\x01\"\xe0\x04\n\rStatsResponse\x12\x0f\n\x07waiting\x18\x01 \x01(\x05\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x0f\n\x07swapped\x18\x03 \x01(\x05\x12\x10\n\x08\x66inished\x18\x04 \x01(\x03\x12\x13\n\x0bpreemptions\x18\x05 \x01(\x03\x12\x11\n\tswap_outs\x18\x06 \x01(\x03\x12\x10\n\x08swap_ins\x18\x07 \x01(\x03\x12\x12\n\nrecomputes\x18\x08 \x01(\x03\x12\x16\n\x0eswap_out_bytes\x18\t \x01(\x03\x12\x15\n\rswap_in_bytes\x18\n \x01(\x03\x12\x18\n\x10reuse_hit_tokens\x18\x0b \x01(\x03\x12\x1a\n\x12swap_bytes_avoided\x18\x0c \x01(\x03\x12+\n\x07tenants\x18\r \x03(\x0b\x32\x1a.fastswitch.v1.TenantStats\x12+\n\x07workers\x18\x0e \x03(\x0b\x32\x1a.fastswitch.v1.WorkerStats\x12\x0e\n\x06policy\x18\x0f \x01(\t\x12\x0c\n\x04mode\x18\x10 \x01(\t\x12\x11\n\tcancelled\x18\x11 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x12 \x01(\x03\x12\x18\n\x10retained_lookups\x18\x13 \x01(\x03\x12\x1b\n\x13retained_hit_blocks\x18\x14 \x01(\x03\x12\x18\n\x10offloaded_blocks\x18\x15 \x01(\x03\x12\x15\n\rmax_model_len\x18\x16 \x01(\r\x12\x1a\n\x12host_hits_declined\x18\x17 \x01(\x03\x12\x1c\n\x14host_declined_tokens\x18\x18 \x01(\x03\x12\x1a\n\x12store_round_trip_s\x18\x19 \x01(\x01*\x97\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x19\n\x15\x46INISH_REASON_ABORTED\x10\x04\x32\xaf\x04\n\nFastSwitch\x12J\n\x08Generate\x12\x1e.fastswitch.v1.GenerateRequest\x1a\x1c.fastswitch.v1.GenerateChunk0\x01\x12K\n\x0cGenerateMany\x12\x1a.fastswitch.v1.ManyRequest\x1a\x1b.fastswitch.v1.ManyResponse(\x01\x30\x01\x12\x42\n\x04\x43hat\x12\x1a.fastswitch.v1.ChatRequest\x1a\x1c.fastswitch.v1.GenerateChunk0\x01\x12`\n\x0f\x45ndConversation\x12%.fastswitch.v1.EndConversationRequest\x1a&.fastswitch.v1.EndConversationResponse\x12\x45\n\x06\x43\x61ncel\x12\x1c.fastswitch.v1.CancelRequest\x1a\x1d.fastswitch.v1.CancelResponse\x12T\n\x0bSetPriority\x12!.fastswitch.v1.SetPriorityRequest\x1a\".fastswitch.v1.SetPriorityResponse\x12\x45\n\x08GetStats\x12\x1b.fastswitch.v1.StatsRequest\x1a\x1c.fastswitch.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2885
-  _globals['_FINISHREASON']._serialized_end=3036
+  _globals['_FINISHREASON']._serialized_start=2928
+  _globals['_FINISHREASON']._serialized_end=3079
   _globals['_SAMPLINGPARAMS']._serialized_start=41
   _globals['_SAMPLINGPARAMS']._serialized_end=214
   _globals['_TOKENIDS']._serialized_start=216
@@ -40,39 +40,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST']._serialized_start=242
   _globals['_GENERATEREQUEST']._serialized_end=478
   _globals['_MANYREQUEST']._serialized_start=481
-  _globals['_MANYREQUEST']._serialized_end=628
-  _globals['_MANYREQUEST_CANCEL']._serialized_start=614
-  _globals['_MANYREQUEST_CANCEL']._serialized_end=622
-  _globals['_TAGGEDCHUNK']._serialized_start=630
-  _globals['_TAGGEDCHUNK']._serialized_end=732
-  _globals['_MANYRESPONSE']._serialized_start=734
-  _globals['_MANYRESPONSE']._serialized_end=792
-  _globals['_CHATREQUEST']._serialized_start=795
-  _globals['_CHATREQUEST']._serialized_end=984
-  _globals['_REQUESTMETRICS']._serialized_start=987
-  _globals['_REQUESTMETRICS']._serialized_end=1197
-  _globals['_GENERATECHUNK']._serialized_start=1200
-  _globals['_GENERATECHUNK']._serialized_end=1412
-  _globals['_ENDCONVERSATIONREQUEST']._serialized_start=1414
-  _globals['_ENDCONVERSATIONREQUEST']._serialized_end=1479
-  _globals['_ENDCONVERSATIONRESPONSE']._serialized_start=1481
-  _globals['_ENDCONVERSATIONRESPONSE']._serialized_end=1528
-  _globals['_CANCELREQUEST']._serialized_start=1530
-  _globals['_CANCELREQUEST']._serialized_end=1581
-  _globals['_CANCELRESPONSE']._serialized_start=1583
-  _globals['_CANCELRESPONSE']._serialized_end=1618
-  _globals['_SETPRIORITYREQUEST']._serialized_start=1620
-  _globals['_SETPRIORITYREQUEST']._serialized_end=1694
-  _globals['_SETPRIORITYRESPONSE']._serialized_start=1696
-  _globals['_SETPRIORITYRESPONSE']._serialized_end=1717
-  _globals['_STATSREQUEST']._serialized_start=1719
-  _globals['_STATSREQUEST']._serialized_end=1733
-  _globals['_TENANTSTATS']._serialized_start=1736
-  _globals['_TENANTSTATS']._serialized_end=1904
-  _globals['_WORKERSTATS']._serialized_start=1907
-  _globals['_WORKERSTATS']._serialized_end=2271
-  _globals['_STATSRESPONSE']._serialized_start=2274
-  _globals['_STATSRESPONSE']._serialized_end=2882
-  _globals['_FASTSWITCH']._serialized_start=3039
-  _globals['_FASTSWITCH']._serialized_end=3598
+  _globals['_MANYREQUEST']._serialized_end=671
+  _globals['_MANYREQUEST_CANCEL']._serialized_start=657
+  _globals['_MANYREQUEST_CANCEL']._serialized_end=665
+  _globals['_TAGGEDCHUNK']._serialized_start=673
+  _globals['_TAGGEDCHUNK']._serialized_end=775
+  _globals['_MANYRESPONSE']._serialized_start=777
+  _globals['_MANYRESPONSE']._serialized_end=835
+  _globals['_CHATREQUEST']._serialized_start=838
+  _globals['_CHATREQUEST']._serialized_end=1027
+  _globals['_REQUESTMETRICS']._serialized_start=1030
+  _globals['_REQUESTMETRICS']._serialized_end=1240
+  _globals['_GENERATECHUNK']._serialized_start=1243
+  _globals['_GENERATECHUNK']._serialized_end=1455
+  _globals['_ENDCONVERSATIONREQUEST']._serialized_start=1457
+  _globals['_ENDCONVERSATIONREQUEST']._serialized_end=1522
+  _globals['_ENDCONVERSATIONRESPONSE']._serialized_start=1524
+  _globals['_ENDCONVERSATIONRESPONSE']._serialized_end=1571
+  _globals['_CANCELREQUEST']._serialized_start=1573
+  _globals['_CANCELREQUEST']._serialized_end=1624
+  _globals['_CANCELRESPONSE']._serialized_start=1626
+  _globals['_CANCELRESPONSE']._serialized_end=1661
+  _globals['_SETPRIORITYREQUEST']._serialized_start=1663
+  _globals['_SETPRIORITYREQUEST']._serialized_end=1737
+  _globals['_SETPRIORITYRESPONSE']._serialized_start=1739
+  _globals['_SETPRIORITYRESPONSE']._serialized_end=1760
+  _globals['_STATSREQUEST']._serialized_start=1762
+  _globals['_STATSREQUEST']._serialized_end=1776
+  _globals['_TENANTSTATS']._serialized_start=1779
+  _globals['_TENANTSTATS']._serialized_end=1947
+  _globals['_WORKERSTATS']._serialized_start=1950
+  _globals['_WORKERSTATS']._serialized_end=2314
+  _globals['_STATSRESPONSE']._serialized_start=2317
+  _globals['_STATSRESPONSE']._serialized_end=2925
+  _globals['_FASTSWITCH']._serialized_start=3082
+  _globals['_FASTSWITCH']._serialized_end=3641
 # @@protoc_insertion_point(module_scope)

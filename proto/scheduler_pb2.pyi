@@ -65,17 +65,19 @@ class GenerateRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., tenant: _Optional[str] = ..., priority: _Optional[int] = ..., retain_ttl_s: _Optional[float] = ...) -> None: ...
 
 class ManyRequest(_message.Message):
-    __slots__ = ("tag", "generate", "cancel")
+    __slots__ = ("tag", "generate", "cancel", "batch")
     class Cancel(_message.Message):
         __slots__ = ()
         def __init__(self) -> None: ...
     TAG_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     tag: int
     generate: GenerateRequest
     cancel: ManyRequest.Cancel
-    def __init__(self, tag: _Optional[int] = ..., generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., cancel: _Optional[_Union[ManyRequest.Cancel, _Mapping]] = ...) -> None: ...
+    batch: _containers.RepeatedCompositeFieldContainer[ManyRequest]
+    def __init__(self, tag: _Optional[int] = ..., generate: _Optional[_Union[GenerateRequest, _Mapping]] = ..., cancel: _Optional[_Union[ManyRequest.Cancel, _Mapping]] = ..., batch: _Optional[_Iterable[_Union[ManyRequest, _Mapping]]] = ...) -> None: ...
 
 class TaggedChunk(_message.Message):
     __slots__ = ("tag", "chunk", "code", "message")

@@ -5,14 +5,16 @@ client and receive one message per stream per step: at 64 streams, 64 reads, 64 
 and 64 wake-ups of gRPC's poller for each step on both sides. On one GenerateMany call every
 chunk ready at once goes out as one ``ManyResponse``::
 
-    caller ── ManyRequest(tag, generate | cancel) ──▶ reader task: open / cancel
-                                                         │ one pump task per open request
+    caller ── ManyRequest(tag, generate | cancel | batch) ──▶ reader task: open / cancel
+                                                                 │ one pump task per open request
     caller ◀── ManyResponse(chunks=[...]) ── run() ◀── outbox (every chunk ready, in order)
 
 * A request is what Generate would make of the same GenerateRequest: same validation, tenant
   (the caller's key narrows it), fairness, stop strings and metrics. Its chunks are Generate's;
   where Generate's call would end with a status (a refusal, a fault), its tag gets one
   TaggedChunk with that code and message, and the call goes on for the others.
+* A message may carry a batch of such operations instead of one (what the caller had queued
+  when it wrote): each is handled in order, as if it had come alone.
 * A cancel ends the request as leaving its Generate call does (it is cancelled and freed); no
   chunk of it is sent after the cancel is read, so the caller may reuse the tag at once.
 * The caller's half-close ends the call once every open request has finished; the call's
@@ -94,15 +96,26 @@ class ManyCall:
     async def _read(self, requests: AsyncIterator[api.ManyRequest]) -> None:
         try:
             async for msg in requests:
-                match msg.WhichOneof("op"):
-                    case "generate":
-                        await self._start(msg.tag, msg.generate)
-                    case "cancel":
-                        self._cancel(msg.tag)
-                    case _:
-                        raise InvalidArgument(f"request tag {msg.tag} names no operation")
+                if not msg.batch:
+                    await self._handle(msg)
+                    continue
+                if msg.HasField("op"):
+                    raise InvalidArgument("a message with a batch carries no operation of its own")
+                for op in msg.batch:
+                    if op.batch:
+                        raise InvalidArgument("a batch holds no batch")
+                    await self._handle(op)
         finally:
             self._ready.set()
+
+    async def _handle(self, msg: api.ManyRequest) -> None:
+        match msg.WhichOneof("op"):
+            case "generate":
+                await self._start(msg.tag, msg.generate)
+            case "cancel":
+                self._cancel(msg.tag)
+            case _:
+                raise InvalidArgument(f"request tag {msg.tag} names no operation")
 
     async def _start(self, tag: int, request: api.GenerateRequest) -> None:
         if tag in self._pumps:

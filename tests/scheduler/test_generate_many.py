@@ -18,6 +18,8 @@ from client.errors import Cancelled, DeadlineExceeded, InvalidArgument, Unavaila
 from proto import scheduler_pb2 as api
 from proto import scheduler_pb2_grpc as api_grpc
 from scheduler_svc.config import CoreConfig
+from scheduler_svc.many import ManyCall
+from scheduler_svc.servicer import status_for
 
 
 def expected(prompt: list[int], n: int) -> list[int]:
@@ -113,6 +115,73 @@ async def test_a_refused_request_fails_alone_with_its_status(deployment):
     assert len(in_use) == 1 and "in use" in in_use[0].message
     ids = [t for tc in got[2] if not tc.code for t in tc.chunk.token_ids]
     assert ids == expected([3, 4], 3)
+    await idle(front)
+
+
+async def test_a_batch_is_its_operations_in_order(deployment):
+    target, front, _ = deployment
+    long = generate([3, 4], 100, ignore_eos=True)
+    batch = [
+        api.ManyRequest(tag=1, generate=generate([1, 2], 3)),
+        api.ManyRequest(tag=2, generate=long),
+        api.ManyRequest(tag=2, cancel=api.ManyRequest.Cancel()),
+        api.ManyRequest(tag=3, generate=generate([5], max_tokens=0)),
+    ]
+    async with grpc.aio.insecure_channel(target) as ch:
+        call = api_grpc.FastSwitchStub(ch).GenerateMany()
+        await call.write(api.ManyRequest(batch=batch))
+        await call.done_writing()
+        got: dict[int, list[api.TaggedChunk]] = {1: [], 2: [], 3: []}
+        async for msg in call:
+            for tc in msg.chunks:
+                got[tc.tag].append(tc)
+    assert [t for tc in got[1] for t in tc.chunk.token_ids] == expected([1, 2], 3)
+    assert got[2] == []  # cancelled as it was read: nothing of it was sent
+    (refused,) = got[3]
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    await idle(front)
+
+
+@pytest.mark.parametrize(
+    ("msg", "why"),
+    [
+        (
+            api.ManyRequest(
+                tag=1,
+                generate=generate([1], 2),
+                batch=[api.ManyRequest(tag=2, generate=generate([2], 2))],
+            ),
+            "carries no operation",
+        ),
+        (
+            api.ManyRequest(
+                batch=[api.ManyRequest(batch=[api.ManyRequest(tag=1, generate=generate([1], 2))])]
+            ),
+            "holds no batch",
+        ),
+    ],
+)
+async def test_a_malformed_batch_ends_the_call_invalid_argument(deployment, msg, why):
+    target, front, _ = deployment
+    async with grpc.aio.insecure_channel(target) as ch:
+        call = api_grpc.FastSwitchStub(ch).GenerateMany()
+        await call.write(msg)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and why in info.value.details()
+    await idle(front)
+
+
+async def test_many_streams_started_together_get_their_own_tokens(deployment):
+    target, front, worker = deployment
+    worker.step_delay_s = 0.005
+    prompts = [[i, 3] for i in range(40)]  # more than max_num_seqs: some wait their turn
+    async with AsyncClient(target, multiplex=True) as c:
+        results = await asyncio.gather(
+            *(c.generate(prompt_token_ids=p, max_tokens=4, timeout_s=30) for p in prompts)
+        )
+    assert [list(r.token_ids) for r in results] == [expected(p, 4) for p in prompts]
     await idle(front)
 
 
@@ -217,3 +286,37 @@ async def test_the_client_maps_a_tag_status_to_its_exception(deployment):
             [2], 2
         )
     await idle(front)
+
+
+async def test_at_most_max_open_requests_counting_those_of_a_batch():
+    async def open_(request):
+        return request
+
+    async def chunks(request):
+        await asyncio.sleep(0.01)
+        yield api.GenerateChunk(token_ids=[1], finish_reason=api.FINISH_REASON_LENGTH)
+
+    async def close(_):
+        pass
+
+    async def requests():
+        yield api.ManyRequest(
+            batch=[api.ManyRequest(tag=t, generate=generate([t], 1)) for t in (1, 2, 3)]
+        )
+
+    rejected = []
+    call = ManyCall(
+        open=open_,
+        chunks=chunks,
+        close=close,
+        code_of=status_for,
+        on_rejected=rejected.append,
+        max_open=2,
+    )
+    got = [tc async for msg in call.run(requests()) for tc in msg.chunks]
+    assert sorted((tc.tag, tc.code) for tc in got) == [
+        (1, 0),
+        (2, 0),
+        (3, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]),
+    ]
+    assert len(rejected) == 1
