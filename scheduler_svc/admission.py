@@ -323,13 +323,21 @@ class Admission:
 
     def _admit(self, slot: WorkerSlot, req: Request, plan: StepPlan, budget: Budget) -> bool:
         if req.status == Status.SWAPPED:
-            full = req.num_computed // slot.info.block_size
-            device = len(self._device_prefix(slot, req, full))
-            if not self._swaps.fetch_still_pays(req, device):
-                self._swaps.decline_fetch(req, device)  # the device holds enough of it
+            self._recheck_host_hit(slot, req)  # may turn it into a fresh start
         if req.status == Status.SWAPPED:
             return self._resume(slot, req)
         return self._start(slot, req, plan, budget)
+
+    def _recheck_host_hit(self, slot: WorkerSlot, req: Request) -> None:
+        """A new prompt's host hit, decided again on this worker: declined (the request starts
+        afresh) when the device holds enough of it (``SwapController.fetch_still_pays``). A
+        preempted request's swap-in is not questioned, and costs no device match here."""
+        if req.swap_outs or req.output_ids:
+            return
+        full = req.num_computed // slot.info.block_size
+        device = len(self._device_prefix(slot, req, full))
+        if not self._swaps.fetch_still_pays(req, device):
+            self._swaps.decline_fetch(req, device)
 
     def _expected_blocks(self, slot: WorkerSlot, req: Request) -> int:
         total = min(len(req.prompt_ids) + req.limits.max_tokens, slot.info.max_model_len)

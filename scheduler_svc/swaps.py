@@ -259,9 +259,7 @@ class SwapController:
         holds its first `device_blocks` blocks: the pin's round trip and the copy of the rest
         against prefilling the rest (the lookup at submit knew no worker). Nothing left to
         fetch never pays: the device match is shared and the last block computed, with no pin
-        and no swap-in step. A preempted request's swap-in is not questioned here."""
-        if req.swap_outs or req.output_ids:
-            return True
+        and no swap-in step."""
         rest = req.host_blocks[device_blocks:]
         return bool(rest) and self._host.fetch_pays(rest)
 
