@@ -55,7 +55,7 @@ QUEUE_BUCKETS = (
 
 CACHE_TIERS = ("host", "device")  # where cached prompt KV came from
 PREEMPTION_KINDS = ("swap", "recompute")
-LOCALITY_KINDS = ("placement", "deferral")
+LOCALITY_KINDS = ("placement", "deferral", "fallback")
 DIRECTIONS = ("out", "in")
 
 
@@ -181,7 +181,8 @@ class SchedulerMetrics:
         )
         self.locality = Counter(
             "fastswitch_scheduler_locality",
-            "Cache-aware placement: admissions it placed, and requests left for another worker",
+            "Cache-aware placement: admissions it placed, requests left for another worker, and "
+            "those that ran elsewhere after all",
             [*m, "kind"],
             registry=registry,
         )
@@ -313,6 +314,7 @@ class SchedulerMetrics:
         for kind, total in (
             ("placement", c.locality_placements),
             ("deferral", c.locality_deferrals),
+            ("fallback", c.locality_fallbacks),
         ):
             if total > self._locality_counted[kind]:
                 self._locality[kind].inc(total - self._locality_counted[kind])

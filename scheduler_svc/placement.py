@@ -31,7 +31,9 @@ rules, fairness first:
 
 A request admitted on the worker it was left for, or ahead of a better-ranked request it
 overtook, is a *locality placement* (``Counters.locality_placements``); each time a worker
-leaves a request for another is a ``locality_deferral``.
+leaves a request for another is a ``locality_deferral``; a request left for another worker that
+runs here after all (taken rather than idle, or due) is a ``locality_fallback``: locality gave
+way, and the request computes its prefix here.
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ class PlacementPass:
         self._saved: dict[tuple[str, int], int] = {}
         self._loads: dict[str, WorkerLoad] = {}
         self._left: dict[int, str] = {}  # seq -> the worker it was left for
+        self._gave_way: set[int] = set()  # admitted here though left for another worker
         # Off (the default without the device tier), nothing here is asked: the step loop does
         # not pay for the load of a worker nobody compares.
         self._here = (
@@ -265,7 +268,11 @@ class PlacementPass:
     def admitted(self, req: Request) -> None:
         """`req` was admitted here: this worker's queued prefill grows by what it has left."""
         self._here.take(req.num_tokens - req.num_computed, 0)
-        self._left.pop(req.seq, None)
+        if self._left.pop(req.seq, None) is not None or req.left_for not in (
+            None,
+            self._slot.worker_id,
+        ):
+            self._gave_way.add(req.seq)
 
     def fallback(self) -> list[Request]:
         """The requests this pass left for another worker that an idle worker takes rather than
@@ -285,10 +292,12 @@ class PlacementPass:
 
     def finish(self, admitted: set[int]) -> None:
         """Counts what locality did in this pass: requests left for another worker, requests
-        overtaken in their band (each one more wait), and admissions it placed."""
+        overtaken in their band (each one more wait), admissions it placed, and those where it
+        gave way."""
         if not self._p.enabled:
             return
         c = self._p.counters
+        c.locality_fallbacks += len(self._gave_way & admitted)
         for req in self._ready:
             if req.seq in self._left:
                 req.locality_waits += 1

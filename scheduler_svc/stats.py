@@ -32,9 +32,11 @@ class Counters:
     device_evicted_blocks: int = 0  # cached device blocks taken back for other allocations
     # Cache-aware placement (scheduler_svc.placement): admissions it decided (on the worker a
     # request was left for, or ahead of a better-ranked request overtaken in its band), and
-    # times a worker left a request for another whose cache holds more of its prefix.
+    # times a worker left a request for another whose cache holds more of its prefix, and
+    # requests so left that ran on another worker after all (taken rather than idle, or due).
     locality_placements: int = 0
     locality_deferrals: int = 0
+    locality_fallbacks: int = 0
     store_losses: int = 0  # the KV store died or restarted (host copies forgotten)
     # Sampled tokens nobody sees: their request finished (a plan made ahead decoded past its
     # last token), was cancelled or moved while the step ran.

@@ -103,6 +103,8 @@ def test_a_shared_prefix_stream_lands_on_the_worker_that_holds_it():
     assert hits >= 0.9 * len(reqs) * DOC  # nearly every document served from the device
     stats = core.stats().counters
     assert stats.locality_placements == core.counters.locality_placements
+    away = len(reqs) - at_home
+    assert stats.locality_fallbacks == core.counters.locality_fallbacks <= away
 
 
 def test_placement_is_off_without_the_device_cache():
@@ -165,6 +167,7 @@ def test_a_worker_takes_work_when_the_holder_is_saturated():
     req = submit(core, ask(0, 2))
     step(core, "w0", fakes["w0"])
     assert req.worker_id == "w0" and core.counters.locality_deferrals == 0
+    assert core.counters.locality_fallbacks == 0  # never left: no locality gave way
     drive(core, fakes)
     assert req.output_ids == expected(req.prompt_ids, 6)
 
@@ -179,6 +182,7 @@ def test_an_idle_worker_takes_what_it_left_for_a_busy_one_rather_than_idle():
     req = submit(core, ask(0, 2))
     assert step(core, "w0", fakes["w0"]) is not None  # w0 computes instead of idling
     assert req.worker_id == "w0" and req.device_cached_tokens == 0
+    assert core.counters.locality_fallbacks == 1
     drive(core, fakes)
     assert req.output_ids == expected(req.prompt_ids, 6)
 
@@ -196,6 +200,7 @@ def test_a_busy_worker_leaves_a_request_for_the_holder_a_bounded_number_of_steps
     # Two steps own's prefill takes the whole budget; then left 3 times, then due.
     assert req.worker_id == "w0" and steps == 2 + 3 + 1
     assert core.counters.locality_deferrals == 3 and own.worker_id == "w0"
+    assert core.counters.locality_fallbacks == 1  # due: it computes its prefix here
     drive(core, fakes)
     assert req.output_ids == expected(req.prompt_ids, 6)
 
@@ -212,6 +217,7 @@ def test_an_idle_worker_takes_a_request_that_waited_before_though_the_holder_is_
     assert waited > 0 and req.worker_id is None
     step(core, "w0", fakes["w0"])  # now idle: it takes req rather than idle, long before due
     assert req.worker_id == "w0" and core.counters.locality_deferrals == waited < 8
+    assert core.counters.locality_fallbacks == 1
     drive(core, fakes)
     assert req.output_ids == expected(req.prompt_ids, 6)
 

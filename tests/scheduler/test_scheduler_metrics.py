@@ -218,16 +218,18 @@ def test_store_losses_are_exported_as_they_happen():
     assert value(registry, "fastswitch_store_losses_total") == 2
 
 
-def test_locality_placements_and_deferrals_are_exported_by_kind():
+def test_locality_placements_deferrals_and_fallbacks_are_exported_by_kind():
     registry = CollectorRegistry()
     core, _worker, metrics = make(registry, device_cache=True)
     assert value(registry, "fastswitch_scheduler_locality_total", kind="placement") == 0
     core.counters.locality_placements += 3  # as placement counts them (tests/scheduler/
     core.counters.locality_deferrals += 5  # test_placement.py drives the real ones)
+    core.counters.locality_fallbacks += 2
     metrics.refresh()
     metrics.refresh()  # counted once
     assert value(registry, "fastswitch_scheduler_locality_total", kind="placement") == 3
     assert value(registry, "fastswitch_scheduler_locality_total", kind="deferral") == 5
+    assert value(registry, "fastswitch_scheduler_locality_total", kind="fallback") == 2
 
 
 def test_fetch_costs_and_declined_hits_are_exported():

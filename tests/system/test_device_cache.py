@@ -125,9 +125,15 @@ def test_two_workers_with_placement_serve_shared_documents_exactly() -> None:
         results = asyncio.run(asyncio.wait_for(scenario(), 180))
         offline = generate_offline("tiny", prompts, max_tokens=8, ignore_eos=True)
         assert [list(r.token_ids) for r in results] == [o.token_ids for o in offline]
-        assert all(r.metrics.cached_prompt_tokens > 0 for r in results[4:])
         events = locality_events(dep.metrics_ports["scheduler"])
-        assert set(events) == {"placement", "deferral"}
+        assert set(events) == {"placement", "deferral", "fallback"}
+        # The burst hits the worker holding each document, unless locality gave way (an idle
+        # worker took a request rather than idle, counted as a fallback) or load sent it to the
+        # idle worker: a loaded machine stretches a holder's steps until that happens, so a
+        # miss or two is allowed, not more (with a hit, a prefill is one step instead of five).
+        misses = sum(r.metrics.cached_prompt_tokens == 0 for r in results[4:])
+        assert misses <= 2
+        assert events["placement"] > 0
     finally:
         dep.stop()
     assert dep.alive_pids() == []
